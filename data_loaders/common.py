@@ -1,0 +1,79 @@
+"""What every loader shares: the chat-messages schema, clear errors, the skip report.
+
+The schema every text loader returns (a `datasets.Dataset`):
+
+    messages: list of {"role": "system"|"user"|"assistant", "content": str}
+              the conversation; the last message is the assistant's answer
+    source:   str  "<file name>:<row number>" the row came from (1-based, header = row 1 for CSV)
+    ...       loader-specific metadata columns (e.g. department), documented per loader
+
+Rows that cannot be used are never dropped silently: each is recorded in a
+`SkipReport` with its file, row, reason and a short detail, which the caller
+shows and writes to the run directory as CSV.
+"""
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Input the lab cannot use. The message is one line: file, row, field, what was expected."""
+
+
+def data_error(path, message: str, row=None, field_name=None) -> DataError:
+    where = str(Path(path).name) if path is not None else "<data>"
+    if row is not None:
+        where += f", row {row}"
+    if field_name is not None:
+        where += f", field '{field_name}'"
+    return DataError(f"{where}: {message}")
+
+
+@dataclass
+class SkipReport:
+    """Rows a loader did not use, and why."""
+
+    skipped: list = field(default_factory=list)  # dicts: source, row, reason, detail
+    kept: int = 0
+
+    def skip(self, source, row, reason: str, detail: str = "") -> None:
+        self.skipped.append({"source": str(source), "row": row, "reason": reason, "detail": str(detail)[:200]})
+
+    def counts(self) -> dict:
+        return dict(Counter(s["reason"] for s in self.skipped))
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"kept {self.kept} rows, skipped none"
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts().items()))
+        return f"kept {self.kept} rows, skipped {len(self.skipped)} ({parts})"
+
+    def write_csv(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["source", "row", "reason", "detail"])
+            writer.writeheader()
+            writer.writerows(self.skipped)
+        return path
+
+    def merge(self, other: "SkipReport") -> "SkipReport":
+        return SkipReport(self.skipped + other.skipped, self.kept + other.kept)
+
+
+def build_messages(user: str, assistant: str, system: str | None = None) -> list[dict]:
+    """One single-turn conversation in the lab's schema."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages
+
+
+def with_system_prompt(messages: list[dict], system: str | None) -> list[dict]:
+    """Put `system` first unless the conversation already has its own system message."""
+    if not system or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system}] + messages

@@ -1,0 +1,85 @@
+"""Choose the training backend once: Unsloth on a CUDA box that has it, else transformers + peft.
+
+    LAB_BACKEND=unsloth|hf   forces one (unsloth without CUDA is an error, not a silent fallback)
+
+Choosing never imports unsloth or vllm on a CPU machine: `importlib.util.find_spec`
+only looks for the package. Unsloth patches transformers when imported, so the
+modules that use it import it (through `import_unsloth`) before building a model.
+"""
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+log = logging.getLogger("lab")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # "unsloth" or "hf"
+    reason: str
+    device: str  # "cuda" or "cpu"
+
+    @property
+    def is_unsloth(self) -> bool:
+        return self.name == "unsloth"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def choose_backend(forced: str | None = None) -> Backend:
+    forced = (forced or os.environ.get("LAB_BACKEND") or "").strip().lower() or None
+    cuda = cuda_available()
+    device = "cuda" if cuda else "cpu"
+    if forced not in (None, "auto", "hf", "unsloth"):
+        raise ValueError(f"LAB_BACKEND={forced!r}: expected 'unsloth', 'hf' or unset")
+    if forced == "hf":
+        return Backend("hf", "LAB_BACKEND=hf", device)
+    if forced == "unsloth":
+        if not cuda:
+            raise RuntimeError("LAB_BACKEND=unsloth needs a CUDA GPU; none is visible (unset LAB_BACKEND to use hf)")
+        if not has_package("unsloth"):
+            raise RuntimeError("LAB_BACKEND=unsloth but unsloth is not installed: pip install -r requirements-gpu.txt")
+        return Backend("unsloth", "LAB_BACKEND=unsloth", device)
+    if not cuda:
+        return Backend("hf", "no CUDA GPU visible", device)
+    if not has_package("unsloth"):
+        return Backend("hf", "CUDA is available but unsloth is not installed (pip install -r requirements-gpu.txt)", device)
+    return Backend("unsloth", "CUDA GPU and unsloth available", device)
+
+
+@lru_cache(maxsize=None)
+def _announce(backend: Backend) -> None:
+    log.warning("backend: %s on %s (%s)", backend.name, backend.device, backend.reason)
+    print(f"[lab] backend: {backend.name} on {backend.device} ({backend.reason})", flush=True)
+
+
+def get_backend(forced: str | None = None) -> Backend:
+    """The backend for this process, announced once with the reason."""
+    backend = choose_backend(forced)
+    _announce(backend)
+    return backend
+
+
+def import_unsloth():
+    """Import unsloth (it must patch transformers before models are built). GPU only."""
+    if not cuda_available():
+        raise RuntimeError("unsloth needs a CUDA GPU; this machine has none")
+    import unsloth  # noqa: F401  (import side effect: patches transformers/trl)
+
+    return unsloth
+
+
+def vllm_available() -> bool:
+    """vLLM rollouts are possible: a GPU and the package. Never imports vllm."""
+    return cuda_available() and has_package("vllm")

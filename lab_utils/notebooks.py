@@ -1,0 +1,59 @@
+"""Notebook helpers: read a parameters cell, execute a notebook headless with papermill.
+
+Every notebook in notebooks/ has exactly one cell tagged `parameters` made of
+plain literal assignments (`name = value`), with the same names and defaults
+as its script's Params. These helpers are what the tests, `make demo` and the
+batch runner use, so the rule is checked in one place.
+"""
+
+import ast
+import json
+import os
+from pathlib import Path
+
+from lab_utils.paths import REPO_ROOT
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "python3"  # ipykernel's own spec: the interpreter papermill itself runs on
+
+
+def read_notebook(path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def parameters_cell(path) -> dict:
+    """The literal values assigned in the cell tagged `parameters`."""
+    cells = [c for c in read_notebook(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    source = "".join(cells[0]["source"])
+    values = {}
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{path}: parameters cell may only hold `name = literal` lines")
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def code_cells(path) -> list[str]:
+    return ["".join(c["source"]) for c in read_notebook(path)["cells"] if c["cell_type"] == "code"]
+
+
+def execute(notebook, output, parameters: dict | None = None, timeout: int | None = None, log_output=False):
+    """Run a notebook headless with papermill, from the repo root, on this interpreter's kernel."""
+    import papermill as pm
+
+    env_path = str(REPO_ROOT)
+    if env_path not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (env_path, os.environ.get("PYTHONPATH")) if p)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters or {},
+        cwd=str(REPO_ROOT),
+        kernel_name=KERNEL_NAME,
+        execution_timeout=timeout,
+        log_output=log_output,
+        progress_bar=False,
+    )

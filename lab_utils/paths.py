@@ -1,0 +1,115 @@
+"""Every directory the lab touches, resolved in one place.
+
+Order for each: an explicit argument, else the environment variable, else a
+default under the repository. The env/*.env profiles set the variables per
+platform (AutoDL keeps big files on its data disk, Colab on Drive), so no
+code, config or notebook ever holds an absolute path.
+
+    LAB_HOME        the repository (default: the folder holding lab_utils/)
+    LAB_MODELS_DIR  converted/cached model weights      (default: $LAB_HOME/models)
+    LAB_DATA_DIR    datasets too big to bundle          (default: $LAB_HOME/data)
+    LAB_OUTPUT_DIR  one folder per run                  (default: $LAB_HOME/outputs)
+"""
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"  # small files we wrote ourselves, always present
+COMPLETE_MARKER = "run_complete.json"  # written last; a run dir without it is unfinished
+
+
+class LabPathError(FileNotFoundError):
+    """A file or folder the user pointed at is missing; the message says what to set."""
+
+
+def _resolve(explicit, env_var: str, default: Path) -> Path:
+    value = explicit or os.environ.get(env_var) or default
+    return Path(os.path.expandvars(str(value))).expanduser().resolve()
+
+
+def lab_home(explicit=None) -> Path:
+    return _resolve(explicit, "LAB_HOME", REPO_ROOT)
+
+
+def models_dir(explicit=None) -> Path:
+    return _resolve(explicit, "LAB_MODELS_DIR", lab_home() / "models")
+
+
+def data_dir(explicit=None) -> Path:
+    return _resolve(explicit, "LAB_DATA_DIR", lab_home() / "data")
+
+
+def output_dir(explicit=None) -> Path:
+    return _resolve(explicit, "LAB_OUTPUT_DIR", lab_home() / "outputs")
+
+
+def find_data_file(name: str) -> Path:
+    """Find a data file by a name relative to LAB_DATA_DIR or the bundled samples.
+
+    Absolute paths and paths relative to the working directory are accepted as
+    they are (a user's own file). A missing file is one clear error that names
+    the variable to set.
+    """
+    candidates = [Path(name).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates += [data_dir() / name, SAMPLES_DIR / name, lab_home() / name]
+    for path in candidates:
+        if path.exists():
+            return path.resolve()
+    looked = ", ".join(str(p) for p in candidates[1:]) or str(candidates[0])
+    raise LabPathError(
+        f"data file '{name}' not found (looked in: {looked}). "
+        f"Set LAB_DATA_DIR to the folder that holds it (now: {data_dir()})."
+    )
+
+
+def slug(text: str) -> str:
+    """A folder-safe version of a run or model name."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(text)).strip("-") or "run"
+
+
+def default_run_name(prefix: str = "run") -> str:
+    return f"{slug(prefix)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_complete(run: Path) -> bool:
+    return (Path(run) / COMPLETE_MARKER).exists()
+
+
+def run_dir(experiment: str, run_name: str, output_root=None, overwrite: bool = False) -> Path:
+    """Create $LAB_OUTPUT_DIR/<experiment>/<run_name>/ for a new run.
+
+    A finished run (it holds run_complete.json) is never overwritten unless
+    `overwrite=True`. An unfinished one is reused, so training can resume from
+    its last checkpoint.
+    """
+    path = output_dir(output_root) / slug(experiment) / slug(run_name)
+    if is_complete(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"run '{path}' already finished; choose another run_name or pass overwrite=True"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mark_complete(run: Path, summary: dict | None = None) -> Path:
+    """Write the marker that says every artifact of the run is on disk. Call it last."""
+    marker = Path(run) / COMPLETE_MARKER
+    marker.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=2))
+    return marker
+
+
+def relative_to_home(path) -> str:
+    """Show a path relative to LAB_HOME where possible (for logs and reports)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(lab_home()))
+    except ValueError:
+        return str(path)
