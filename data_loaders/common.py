@@ -33,6 +33,14 @@ def data_error(path, message: str, row=None, field_name=None) -> DataError:
     return DataError(f"{where}: {message}")
 
 
+class RowSkip(ValueError):
+    """Raised inside a loader for one unusable row: a short stable reason plus detail."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
 @dataclass
 class SkipReport:
     """Rows a loader did not use, and why."""

@@ -92,3 +92,8 @@ def save_params(params, path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(dataclasses.asdict(params), indent=2, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+def params_from(params_cls, namespace: dict):
+    """Params from a notebook's globals (its parameters cell, after papermill's injection)."""
+    return params_cls(**{f.name: namespace[f.name] for f in dataclasses.fields(params_cls) if f.name in namespace})

@@ -91,7 +91,7 @@ def ensure_embedded_model() -> Path:
     gguf = embedded_gguf_path()
     log.warning("converting the embedded model %s -> %s (once, ~30 s)", gguf.name, target)
     print(f"[lab] converting embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~30 s)", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, clean_up_tokenization_spaces=False)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF loader leaves quantizer state behind; the weights are already plain fp32,
     # and saving with that state would write a config that claims to be GGUF-quantised.
@@ -139,7 +139,8 @@ def model_kind(name: str) -> str:
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
+    tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels mask padding, so sharing eos is safe
     return tokenizer

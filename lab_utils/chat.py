@@ -1,0 +1,83 @@
+"""Chat formatting in one place: render conversations with the model's own template,
+tokenize them with loss on the assistant's tokens only, and generate answers.
+
+Assistant-only labels are found by character offsets, not by re-tokenising
+prefixes: render the conversation once, note where each assistant turn's text
+(its content plus the end-of-turn marker the template writes) starts and ends,
+and label exactly the tokens inside those spans. This works for any chat
+template that renders a conversation as the concatenation of its prefixes
+(ChatML/Qwen/SmolLM2, Llama-3, Mistral...), which `assistant_spans` checks.
+"""
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer has no chat template, or it does not render conversations prefix by prefix."""
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template; use an instruct/chat model")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def prompt_of(messages: list[dict]) -> list[dict]:
+    """The conversation up to (not including) its final assistant answer."""
+    return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the [start, end) character spans of every assistant turn."""
+    text = render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1])
+        if not (text.startswith(before) and text.startswith(through)):
+            raise ChatTemplateError("chat template does not render conversations prefix by prefix; cannot mask prompts")
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """input_ids and labels (-100 outside assistant turns), truncated to max_length."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length)
+    labels = []
+    for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        inside = any(s <= start and end <= e and end > start for s, e in spans)
+        labels.append(token_id if inside else IGNORE_INDEX)
+    return {"input_ids": encoded["input_ids"], "labels": labels}
+
+
+def count_trainable_tokens(labels) -> int:
+    return sum(1 for t in labels if t != IGNORE_INDEX)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 8,
+             temperature: float = 0.0) -> list[str]:
+    """Answers for each conversation's prompt, greedy by default (fixed decoding = comparable runs)."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+    answers = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            prompts = [render(tokenizer, prompt_of(c), add_generation_prompt=True) for c in conversations[i : i + batch_size]]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
