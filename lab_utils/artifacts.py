@@ -44,7 +44,9 @@ def write_table(frame: pd.DataFrame, run: Path, name: str) -> Path:
     """Save a table as <name>.csv (for pandas) and <name>.md (for people)."""
     frame.to_csv(Path(run) / f"{name}.csv", index=False)
     markdown = Path(run) / f"{name}.md"
-    markdown.write_text(frame.to_markdown(index=False), encoding="utf-8")
+    # a newline inside a cell would end the Markdown row; <br> keeps it in the cell
+    cells = frame.apply(lambda col: col.map(lambda v: v.replace("\n", "<br>") if isinstance(v, str) else v))
+    markdown.write_text(cells.to_markdown(index=False), encoding="utf-8")
     return markdown
 
 

@@ -43,29 +43,41 @@ def check_keys(params_cls, values: dict, origin: str) -> None:
         raise ConfigError(f"{origin}: unknown parameter(s) {unknown}; known: {sorted(known)}")
 
 
-def _parse_value(text: str, kind):
-    """Turn a command-line string into the field's type (YAML syntax for lists/None/bools)."""
-    value = yaml.safe_load(text)
+def coerce(name: str, value, kind, origin: str):
+    """Give a value its field's type. YAML reads `1e-4` as a string (it wants `1.0e-4`),
+    and the command line gives strings: both are accepted where the meaning is plain."""
     base = [a for a in typing.get_args(kind) if a is not type(None)]
-    target = base[0] if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else kind
-    if value is None or target in (list, dict) or typing.get_origin(target) in (list, dict):
-        return value
-    if target is str:
-        return text
-    if target is float and isinstance(value, int):
-        return float(value)
+    if base and (isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union):
+        if value is None:
+            return None
+        kind = base[0]
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: {name} must be a number, got {value!r}") from None
+    if kind is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: {name} must be a whole number, got {value!r}") from None
+    if kind is str and value is not None and not isinstance(value, str):
+        return str(value)
     return value
+
+
+def _from_command_line(text: str, kind):
+    """A command-line string -> a value (YAML syntax for lists, bools and None; strings stay as typed)."""
+    return text if kind is str else yaml.safe_load(text)
 
 
 def make_params(params_cls, config: str | None = None, overrides: dict | None = None):
     """Params from defaults < YAML config < explicit overrides."""
+    kinds = field_types(params_cls)
     values = {}
-    if config:
-        values.update(load_yaml(config))
-        check_keys(params_cls, values, str(config))
-    if overrides:
-        check_keys(params_cls, overrides, "overrides")
-        values.update(overrides)
+    for origin, given in ((str(config), load_yaml(config) if config else {}), ("overrides", overrides or {})):
+        check_keys(params_cls, given, origin)
+        values.update({k: coerce(k, v, kinds[k], origin) for k, v in given.items()})
     return params_cls(**values)
 
 
@@ -78,7 +90,7 @@ def parse_args(params_cls, argv=None, description: str = ""):
         parser.add_argument(f"--{name}", dest=name, default=None, metavar=str(getattr(kind, "__name__", kind)))
     args = parser.parse_args(argv)
     overrides = {
-        name: _parse_value(getattr(args, name), kind)
+        name: _from_command_line(getattr(args, name), kind)
         for name, kind in kinds.items()
         if getattr(args, name) is not None
     }

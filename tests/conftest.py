@@ -1,0 +1,61 @@
+"""Shared test setup: offline, hermetic output folders, one converted copy of the embedded model.
+
+LAB_MODELS_DIR is left as the user/CI set it (default: <repo>/models), so the
+embedded SmolLM2 is converted from its GGUF once and reused by every test.
+Each test gets its own LAB_OUTPUT_DIR and LAB_DATA_DIR under tmp_path unless it
+points them elsewhere itself.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """../shared/data beside the checkout (CI and developers), or LAB_SHARED_DATA."""
+    return Path(os.environ.get("LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def hermetic_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("LAB_DATA_DIR", raising=False)
+    monkeypatch.delenv("LAB_BACKEND", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    from lab_utils.models import resolve_model
+
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir):
+    from lab_utils.models import load_tokenizer
+
+    return load_tokenizer(embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def embedded_model(embedded_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, attn_implementation="sdpa")
+    model.config.use_cache = False
+    return model.eval()
+
+
+@pytest.fixture
+def real_data_dir():
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared datasets not found at {path} (set LAB_SHARED_DATA)")
+    return path

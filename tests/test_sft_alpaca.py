@@ -1,0 +1,68 @@
+"""The alpaca experiment end to end on the embedded model: CLI, resume, papermill."""
+
+import json
+
+import pytest
+import yaml
+
+from lab_utils.artifacts import read_json
+from lab_utils.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.paths import output_dir
+from scripts import sft_alpaca
+
+TINY = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
+            max_seq_length=128, save_steps=1)
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(tmp_path, **extra):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **extra}))
+    return path
+
+
+def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
+    sft_alpaca.main(["--config", str(tiny_config(tmp_path)), "--run_name", "cli", "--lora_r", "2"])
+    run = output_dir() / "sft_alpaca" / "cli"
+    params = read_json(run / "params.json")
+    assert params["lora_r"] == 2 and params["max_steps"] == 2  # override beats config beats default
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json", "history.json",
+                 "training.png", "generations.md", "generations.csv", "skipped_rows.csv", "run_complete.json"):
+        assert (run / name).exists(), name
+    adapter = json.loads((run / "adapter/adapter_config.json").read_text())
+    assert adapter["r"] == 2 and set(adapter["target_modules"]) >= {"q_proj", "v_proj", "gate_proj"}
+    metrics = read_json(run / "metrics.json")
+    assert metrics["global_step"] == 2 and metrics["train_loss"] > 0 and metrics["tokens_seen"] > 0
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "prompt" in capsys.readouterr().out
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path):
+    p = sft_alpaca.Params(**TINY, run_name="once")
+    sft_alpaca.run(p)
+    with pytest.raises(FileExistsError, match="already finished"):
+        sft_alpaca.run(p)
+
+
+def test_resume_continues_the_step_count(tmp_path):
+    first = sft_alpaca.run(sft_alpaca.Params(**TINY, run_name="resume"))
+    run = output_dir() / "sft_alpaca" / "resume"
+    assert first["metrics"]["global_step"] == 2 and (run / "checkpoints" / "checkpoint-2").is_dir()
+    (run / "run_complete.json").unlink()  # as if the run had been interrupted before its end
+    second = sft_alpaca.run(sft_alpaca.Params(**{**TINY, "max_steps": 4}, run_name="resume"))
+    assert second["metrics"]["resumed_from"].endswith("checkpoint-2")
+    assert second["metrics"]["global_step"] == 4
+    steps = [r["step"] for r in read_json(run / "history.json") if "loss" in r]
+    assert steps == [3, 4]  # only the remaining steps were trained
+
+
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "executed.ipynb"
+    execute(NOTEBOOKS_DIR / "sft_alpaca.ipynb", out, {**TINY, "run_name": "nb"})
+    run = output_dir() / "sft_alpaca" / "nb"
+    assert (run / "run_complete.json").exists()
+    executed = json.loads(out.read_text())
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in executed["cells"] for o in c.get("outputs", [])), "the loss plot is shown"
+    assert read_json(run / "metrics.json")["global_step"] == 2
