@@ -30,8 +30,10 @@ Plausibility (0..1) = cleanliness x commonness, on the first SCORE_CHARS charact
                share is higher (real text is written in one script; mojibake
                mixes rare characters, kana and box drawing). 1.0 when the text
                holds no such characters. Punctuation and Latin text are neutral.
-Real Chinese text scores above 0.9; Big5 read as GB18030 scores about 0.3-0.5,
-Shift-JIS or random bytes far lower.
+Measured: real Chinese text (the bundled samples, simplified and traditional,
+and the GBK medical file) scores 0.94-0.95. Big5 text read as GB18030 scores 0:
+many of its bytes land in GB18030's private-use areas, and even without them
+only about 35 % of its characters are common. Shift-JIS read as GB18030: 0.08.
 
 CSV parsing: the delimiter is sniffed from the header line (comma or tab, the
 more frequent one); quoted fields may hold delimiters and line breaks; LF, CRLF
