@@ -227,13 +227,13 @@ def _no_encoding_message(failures: dict, decoded: dict, scores: dict) -> str:
             + "; pass encoding= if you know it")
 
 
-def check_not_binary(raw: bytes, path) -> None:
+def check_not_binary(raw: bytes, path, encoding: str | None = None) -> None:
     for signature, what in BINARY_SIGNATURES:
         if raw.startswith(signature):
             raise data_error(path, f"this is {what}, not a CSV text file")
     if not raw.strip():
         raise data_error(path, "the file is empty; expected a CSV with a header row")
-    if b"\x00" in raw and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if b"\x00" in raw and not encoding and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         offset = raw.index(b"\x00")
         raise data_error(path, f"holds NUL bytes (first at byte offset {offset}): a binary file, "
                                f"or UTF-16 without a byte-order mark (pass encoding='utf-16-le')")
@@ -277,11 +277,17 @@ def detect_columns(headers: list, path, columns: dict | None = None) -> dict:
 
 def read_records(text: str, delimiter: str, path) -> list:
     """All CSV records of the text, header first, quoted line breaks kept inside fields."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter, strict=True)
+    records = []
     try:
-        return list(csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter, strict=True))
+        for record in reader:
+            records.append(record)
     except csv.Error as exc:
-        raise data_error(path, f"malformed CSV ({exc}); expected {('tab' if delimiter == chr(9) else 'comma')}-"
-                               f"separated fields with double-quoted text") from None
+        kind = "tab" if delimiter == "\t" else "comma"
+        raise data_error(path, f"malformed CSV near line {reader.line_num} ({exc}); expected {kind}-separated "
+                               f"fields, text with quotes or line breaks inside double quotes",
+                         row=len(records) + 1) from None
+    return records
 
 
 # ---------------------------------------------------------------- cleaning
@@ -334,7 +340,7 @@ def load_medical_csv(path, encoding: str | None = None, columns: dict | None = N
     """
     path = find_data_file(str(path))
     raw = path.read_bytes()
-    check_not_binary(raw, path)
+    check_not_binary(raw, path, encoding)
     text, encoding, scores = decode_bytes(raw, path, encoding)
     delimiter = delimiter or sniff_delimiter(text)
     records = read_records(text, delimiter, path)

@@ -81,6 +81,21 @@ def test_explicit_encoding_overrides_and_wrong_one_names_the_offset(tmp_path):
         load_medical_csv(path, encoding="utf-8")
 
 
+def test_utf16_without_bom_needs_an_explicit_encoding(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(write_csv(tmp_path / "src.csv", ROWS).read_text(encoding="utf-8").encode("utf-16-le"))
+    with pytest.raises(DataError, match="holds NUL bytes.*encoding='utf-16-le'"):
+        load_medical_csv(path)
+    assert conversations(load_medical_csv(path, encoding="utf-16-le")) == expected(ROWS)
+
+
+def test_malformed_quoting_names_the_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('department,title,ask,answer\n内科,头疼,"头疼"怎么办,多休息\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.csv, row 2: malformed CSV near line 2"):
+        load_medical_csv(path)
+
+
 def test_plausibility_separates_text_from_mojibake():
     simplified = "".join("".join(r) for r in ROWS)
     traditional = "".join("".join(r) for r in TRADITIONAL_ROWS)
