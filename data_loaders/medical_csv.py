@@ -351,6 +351,8 @@ def load_medical_csv(path, encoding: str | None = None, columns: dict | None = N
     if len(records) < 2:
         raise data_error(path, f"has a header row ({headers}) but no data rows")
     rows, report = _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer)
+    if not rows:
+        raise data_error(path, f"no usable rows: {report.summary()}")
     dataset = _to_dataset(rows, system_prompt)
     return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, len(records) - 1, scores)
 

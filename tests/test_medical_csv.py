@@ -251,6 +251,11 @@ def test_undecodable_file_names_the_closest_candidate_and_offset(tmp_path):
         load_medical_csv(path)
 
 
+def test_no_usable_rows_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"d\.csv: no usable rows: kept 0 rows, skipped 2 \(2 empty\)"):
+        load_medical_csv(write_csv(tmp_path / "d.csv", [["内科", "", "", "回答"], ["内科", "问", "问题", ""]]))
+
+
 def test_missing_columns_lists_the_headers_found(tmp_path):
     with pytest.raises(DataError, match=r"headers found: \['id', 'text', 'label'\]"):
         load_medical_csv(write_csv(tmp_path / "d.csv", [["1", "2", "3"]], header=["id", "text", "label"]))
@@ -276,7 +281,7 @@ def test_real_gbk_file_loads_every_row(monkeypatch):
     # independent count: pandas with the encoding we know the file has
     frame = pd.read_csv(shared_data() / REAL_FILE, encoding="gb18030", keep_default_na=False)
     duplicates = int(frame.duplicated(["title", "ask", "answer"]).sum())
-    result = load_medical_csv(REAL_FILE, min_len=1, max_len=100_000)
+    result = load_medical_csv(REAL_FILE)  # its conversations are 63..753 characters: the default window [8, 2048] keeps all
     assert result.encoding == "gb18030"
     assert result.rows_read == len(frame) == 7644
     assert result.report.counts() == {"duplicate": duplicates}
