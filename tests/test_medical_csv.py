@@ -190,13 +190,19 @@ def test_cleaning_and_skip_report_counts(tmp_path):
     assert len(written) == 6 and set(written.columns) == {"source", "row", "reason", "detail"}
 
 
+@pytest.mark.slow  # loads the embedded model's tokenizer (converts it first when LAB_MODELS_DIR has no cache)
 def test_length_window_counts_tokens_when_given_a_tokenizer(tmp_path):
-    class SpaceTokenizer:  # a real tokenizer is tested in the SFT script; the loader only needs input_ids
-        def __call__(self, texts, add_special_tokens=False):
-            return {"input_ids": [t.split() for t in texts]}
-    rows = [["d", "", "a b c", "d e f g"], ["d", "", "a", "b"]]
-    result = load_medical_csv(write_csv(tmp_path / "d.csv", rows), min_len=5, max_len=10, tokenizer=SpaceTokenizer())
-    assert len(result.dataset) == 1 and result.report.counts() == {"too_short": 1}
+    from transformers import AutoTokenizer
+
+    from lab_utils.models import resolve_model
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    rows = [["内科", "", "头疼怎么办", "多休息"]]  # 8 characters, but SmolLM2 spends several tokens per hanzi
+    path = write_csv(tmp_path / "d.csv", rows + [ROWS[0]])
+    assert load_medical_csv(path, min_len=1, max_len=12).report.counts() == {"too_long": 1}  # ROWS[0] in characters
+    n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ("头疼怎么办", "多休息"))
+    assert n_tokens > 12
+    by_tokens = load_medical_csv(path, min_len=1, max_len=n_tokens, tokenizer=tokenizer)
+    assert by_tokens.report.counts() == {"too_long": 1} and by_tokens.dataset["source"] == ["d.csv:2"]
 
 
 def test_extra_fields_are_reported(tmp_path):
