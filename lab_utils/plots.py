@@ -38,5 +38,27 @@ def plot_training(history: list[dict], path=None, title: str = "training"):
         ax_lr.plot(*zip(*lrs), color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     ax_lr.grid(alpha=0.3)
+
+
+# ---------------------------------------------------------------- text-generation metrics (base vs tuned)
+
+def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", "rouge2", "rougeL"),
+                           title: str = "Base vs fine-tuned", path=None):
+    """Grouped bars, one pair per metric (0..100 scale, e.g. from lab_utils.metrics.text_metrics)."""
+    metrics = [m for m in metrics if m in base and m in tuned]
+    if not metrics:
+        raise ValueError(f"no metric present in both dicts: base has {sorted(base)}, tuned has {sorted(tuned)}")
+    positions = range(len(metrics))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2, 3.6))
+    for offset, label, scores, color in ((-width / 2, "base", base, "#9aa5b1"), (width / 2, "tuned", tuned, "#2f7ed8")):
+        values = [float(scores[m]) for m in metrics]
+        bars = ax.bar([p + offset for p in positions], values, width, label=label, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(list(positions), metrics)
+    ax.set_ylabel("score (0-100)")
+    ax.set_ylim(0, max(100.0, *(float(d[m]) for d in (base, tuned) for m in metrics)) * 1.2)  # room for the legend
+    ax.set_title(title)
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     return save(fig, path)

@@ -1,0 +1,425 @@
+"""Chinese medical dialogue CSV -> chat-messages dataset, whatever encoding the exporter used.
+
+Medical Q&A exports (e.g. the Chinese medical dialogue data, columns
+department,title,ask,answer) arrive as CSV in UTF-8, UTF-8 with a BOM, UTF-16,
+GBK/GB18030 or Big5. Hard-coding `encoding="gbk"` gives a UnicodeDecodeError
+on some files and silent mojibake on others, so this loader finds the
+encoding itself and says which it chose.
+
+Encoding choice (an explicit `encoding=` skips all of this and is decoded strictly):
+  1. A byte-order mark decides: EF BB BF -> utf-8-sig, FF FE / FE FF -> utf-16.
+  2. Strict UTF-8. Non-ASCII bytes form valid UTF-8 almost never by accident,
+     so a strict UTF-8 decode is accepted as it is (pure ASCII is valid in every
+     candidate and is called utf-8).
+  3. The legacy Chinese codecs, GB18030 (a superset of GBK and GB2312) then Big5.
+     GB18030 decodes almost any byte string, and Big5 text also decodes as
+     GB18030 (as nonsense), so a strict decode is not enough: each decoded
+     text gets a plausibility score (`plausibility`) and the best one at or
+     above MIN_PLAUSIBILITY wins; on a tie, the earlier codec in that order.
+  4. Nothing fits: one DataError naming the file, the candidate that got
+     furthest, and the byte offset where it failed.
+
+Plausibility (0..1) = cleanliness x commonness, on the first SCORE_CHARS characters:
+  cleanliness  1 - 20 x (share of characters that never occur in clean text:
+               U+FFFD, control characters other than tab/CR/LF, private-use
+               code points, a stray BOM); 5 % such characters -> 0.
+  commonness   among the "script" characters (CJK ideographs, kana, hangul,
+               Greek, Cyrillic, box drawing), the share that are common Chinese
+               characters: GB2312 level 1 (the 3,755 everyday simplified ones)
+               or Big5 level 1 (the 5,401 everyday traditional ones), whichever
+               share is higher (real text is written in one script; mojibake
+               mixes rare characters, kana and box drawing). 1.0 when the text
+               holds no such characters. Punctuation and Latin text are neutral.
+Measured: real Chinese text (the bundled samples, simplified and traditional,
+and the GBK medical file) scores 0.94-0.95. Big5 text read as GB18030 scores 0:
+many of its bytes land in GB18030's private-use areas, and even without them
+only about 35 % of its characters are common. Shift-JIS read as GB18030: 0.08.
+
+CSV parsing: the delimiter is sniffed from the header line (comma or tab, the
+more frequent one); quoted fields may hold delimiters and line breaks; LF, CRLF
+and CR line endings may be mixed. Row numbers count CSV records, header = row 1
+(a quoted multi-line field is still one row), so `source` "file.csv:7" is
+pandas' `df.iloc[5]`.
+
+Columns: headers are matched case- and whitespace-insensitively against
+COLUMN_ALIASES (English and Chinese); `columns={"ask": "患者提问", ...}` names
+them explicitly. `ask` and `answer` are required, `department` and `title` optional.
+
+Cleaning (`clean_text`): Unicode line breaks become "\\n", control and zero-width
+characters are removed, full-width ASCII letters and digits (Ａ-Ｚ, ａ-ｚ, ０-９)
+and the ideographic space become their ASCII forms, and the ends are stripped.
+Chinese punctuation (，。？！：；（）) is kept: it is the correct punctuation of
+Chinese text and the model should learn to write it.
+
+Row filters, each recorded in the SkipReport by reason:
+  blank_line         a record with no fields (an empty line)
+  wrong_field_count  more fields than headers (an unquoted delimiter in the text)
+  empty              the question (title and ask) or the answer is empty after cleaning
+  too_short/too_long length(question) + length(answer) outside [min_len, max_len];
+                     length = tokens when a tokenizer is given, else characters
+  duplicate          the same (question, answer) conversation as an earlier kept row
+
+The question is `title + "\\n" + ask`, except that the title is left out when it is
+empty or already contained in the ask (ignoring its closing punctuation), so
+the model never sees the same sentence twice.
+
+Schema of the returned dataset (data_loaders.common):
+    messages    [system?, user = question, assistant = answer]
+    source      "<file name>:<row>"
+    department  str, "" when the file has no department column
+"""
+
+import csv
+import io
+import random
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+
+from data_loaders.common import SkipReport, build_messages, data_error
+from lab_utils.paths import find_data_file
+
+DEFAULT_SYSTEM_PROMPT = (
+    "你是一名耐心、专业的医学助手。请根据患者的描述给出通俗易懂的健康建议，"
+    "说明可能的原因和注意事项；你的回答不能代替医生的诊断，病情严重或持续不缓解时，请建议患者及时就医。"
+)
+
+ENCODING_ORDER = ("utf-8", "utf-8-sig", "utf-16", "gb18030", "big5")  # the documented order
+LEGACY_ENCODINGS = ("gb18030", "big5")  # decode almost anything: need a plausibility check
+BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+MIN_PLAUSIBILITY = 0.6
+SCORE_CHARS = 200_000  # enough to judge a file; keeps scoring a big file fast
+
+COLUMN_ALIASES = {
+    "department": ("department", "dept", "section", "科室", "部门", "科别", "就诊科室"),
+    "title": ("title", "subject", "topic", "标题", "主题", "题目", "问题标题"),
+    "ask": ("ask", "question", "query", "prompt", "instruction", "input", "问题", "提问", "问", "咨询",
+            "病情描述", "患者提问", "描述"),
+    "answer": ("answer", "response", "reply", "output", "回答", "回复", "答", "答案", "医生回复", "医生回答"),
+}
+REQUIRED_COLUMNS = ("ask", "answer")
+DELIMITERS = (",", "\t")
+
+# Magic numbers of files people pick by mistake: one clear line instead of a decode error.
+BINARY_SIGNATURES = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"PK\x03\x04", "a zip archive (xlsx files are zips too: export it as CSV)"),
+    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\xd0\xcf\x11\xe0", "an old Excel/Office file"),
+)
+
+
+@dataclass
+class MedicalCSV:
+    """What `load_medical_csv` read: the dataset and how it was read."""
+
+    dataset: Dataset
+    path: Path
+    encoding: str
+    delimiter: str
+    columns: dict  # role ("department", "title", "ask", "answer") -> header in the file
+    report: SkipReport
+    rows_read: int  # data records in the file (header not counted)
+    encoding_scores: dict = field(default_factory=dict)  # candidate -> plausibility, or the decode error
+
+    def summary(self) -> str:
+        delimiter = "tab" if self.delimiter == "\t" else repr(self.delimiter)
+        return (f"{self.path.name}: encoding {self.encoding}, delimiter {delimiter}, "
+                f"{self.rows_read} rows read; {self.report.summary()}")
+
+
+# ---------------------------------------------------------------- encoding
+
+def _legacy_chars(encoding: str, first: int, last: int) -> frozenset:
+    """The characters a double-byte codec stores at codes first..last (lead byte, trail byte)."""
+    chars = set()
+    for code in range(first, last + 1):
+        try:
+            chars.add(code.to_bytes(2, "big").decode(encoding))
+        except UnicodeDecodeError:  # unassigned code
+            pass
+    return frozenset(chars)
+
+
+# GB2312 level 1 (everyday simplified): 0xB0A1-0xD7F9. Big5 frequently used (traditional): 0xA440-0xC67E.
+GB2312_LEVEL1 = _legacy_chars("gb2312", 0xB0A1, 0xD7F9)
+BIG5_LEVEL1 = _legacy_chars("big5", 0xA440, 0xC67E)
+
+
+def _is_bad_char(ch: str) -> bool:
+    if ch in "\t\n\r":
+        return False
+    category = unicodedata.category(ch)
+    return ch in "\ufffd\ufeff" or category in ("Cc", "Co", "Cs")
+
+
+def _is_script_char(ch: str) -> bool:
+    code = ord(ch)
+    return (0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
+            or 0x370 <= code <= 0x4FF or 0x2500 <= code <= 0x257F or code >= 0x20000)
+
+
+def plausibility(text: str) -> float:
+    """How much `text` looks like real (Chinese or plain) text, 0..1; see the module docstring."""
+    sample = text[:SCORE_CHARS]
+    if not sample:
+        return 0.0
+    bad = sum(_is_bad_char(ch) for ch in sample)
+    cleanliness = max(0.0, 1.0 - 20.0 * bad / len(sample))
+    script = [ch for ch in sample if _is_script_char(ch)]
+    if not script:
+        return cleanliness
+    common_simplified = sum(ch in GB2312_LEVEL1 for ch in script)
+    common_traditional = sum(ch in BIG5_LEVEL1 for ch in script)
+    return cleanliness * max(common_simplified, common_traditional) / len(script)
+
+
+def _decode_error(exc: UnicodeDecodeError) -> str:
+    return f"invalid byte 0x{exc.object[exc.start]:02X} at byte offset {exc.start}"
+
+
+def decode_bytes(raw: bytes, path, encoding: str | None = None) -> tuple[str, str, dict]:
+    """Decode a file's bytes: returns (text, encoding, scores). See the module docstring."""
+    if encoding:
+        try:
+            return raw.decode(encoding), encoding, {}
+        except UnicodeDecodeError as exc:
+            raise data_error(path, f"not valid {encoding}: {_decode_error(exc)}; "
+                                   f"leave encoding unset to detect it") from None
+        except LookupError:
+            raise data_error(path, f"unknown encoding '{encoding}'") from None
+    for bom, name in BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(name), name, {name: 1.0}
+            except UnicodeDecodeError as exc:
+                raise data_error(path, f"starts with a {name} byte-order mark but is not valid {name}: "
+                                       f"{_decode_error(exc)}") from None
+    scores, failures = {}, {}
+    try:
+        return raw.decode("utf-8"), "utf-8", {"utf-8": 1.0}
+    except UnicodeDecodeError as exc:
+        failures["utf-8"], scores["utf-8"] = exc, _decode_error(exc)
+    decoded = {}
+    for name in LEGACY_ENCODINGS:
+        try:
+            decoded[name] = raw.decode(name)
+            scores[name] = round(plausibility(decoded[name]), 3)
+        except UnicodeDecodeError as exc:
+            failures[name], scores[name] = exc, _decode_error(exc)
+    fitting = [name for name in decoded if scores[name] >= MIN_PLAUSIBILITY]
+    if fitting:
+        best = max(fitting, key=lambda name: scores[name])  # max keeps the first on a tie
+        return decoded[best], best, scores
+    raise data_error(path, _no_encoding_message(failures, decoded, scores))
+
+
+def _no_encoding_message(failures: dict, decoded: dict, scores: dict) -> str:
+    parts = []
+    if failures:
+        furthest = max(failures, key=lambda name: failures[name].start)  # the most plausible failure
+        parts.append(f"closest candidate {furthest} fails with {_decode_error(failures[furthest])}")
+    parts += [f"{name} decodes but does not look like text (plausibility {scores[name]:.2f} < {MIN_PLAUSIBILITY})"
+              for name in decoded]
+    return ("could not detect the encoding (tried " + ", ".join(ENCODING_ORDER) + "): " + "; ".join(parts)
+            + "; pass encoding= if you know it")
+
+
+def check_not_binary(raw: bytes, path, encoding: str | None = None) -> None:
+    for signature, what in BINARY_SIGNATURES:
+        if raw.startswith(signature):
+            raise data_error(path, f"this is {what}, not a CSV text file")
+    if not raw.strip():
+        raise data_error(path, "the file is empty; expected a CSV with a header row")
+    if b"\x00" in raw and not encoding and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        offset = raw.index(b"\x00")
+        raise data_error(path, f"holds NUL bytes (first at byte offset {offset}): a binary file, "
+                               f"or UTF-16 without a byte-order mark (pass encoding='utf-16-le')")
+
+
+# ---------------------------------------------------------------- CSV structure
+
+def sniff_delimiter(text: str) -> str:
+    """Comma or tab, whichever the header line holds more of (comma when neither)."""
+    header = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+    return max(DELIMITERS, key=header.count)
+
+
+def _normalise_header(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", unicodedata.normalize("NFKC", name)).casefold()
+
+
+def detect_columns(headers: list, path, columns: dict | None = None) -> dict:
+    """Map each role to its header; `columns` (role -> header) overrides the aliases."""
+    normalised = {_normalise_header(h): h for h in headers}
+    mapping = {}
+    for role, header in (columns or {}).items():
+        if role not in COLUMN_ALIASES:
+            raise data_error(path, f"columns= names unknown role '{role}'; roles: {list(COLUMN_ALIASES)}")
+        if _normalise_header(header) not in normalised:
+            raise data_error(path, f"columns= maps '{role}' to '{header}', which is not a header; headers found: {headers}")
+        mapping[role] = normalised[_normalise_header(header)]
+    for role, aliases in COLUMN_ALIASES.items():
+        if role in mapping:
+            continue
+        found = [normalised[a] for a in map(_normalise_header, aliases) if a in normalised]
+        if found:
+            mapping[role] = found[0]
+    missing = [role for role in REQUIRED_COLUMNS if role not in mapping]
+    if missing:
+        wanted = "; ".join(f"'{role}' (one of: {', '.join(COLUMN_ALIASES[role])})" for role in missing)
+        raise data_error(path, f"missing required column {wanted}; headers found: {headers}; "
+                               f"name them with columns={{'ask': ..., 'answer': ...}}")
+    return mapping
+
+
+def read_records(text: str, delimiter: str, path) -> list:
+    """All CSV records of the text, header first, quoted line breaks kept inside fields."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter, strict=True)
+    records = []
+    try:
+        for record in reader:
+            records.append(record)
+    except csv.Error as exc:
+        kind = "tab" if delimiter == "\t" else "comma"
+        raise data_error(path, f"malformed CSV near line {reader.line_num} ({exc}); expected {kind}-separated "
+                               f"fields, text with quotes or line breaks inside double quotes",
+                         row=len(records) + 1) from None
+    return records
+
+
+# ---------------------------------------------------------------- cleaning
+
+_LINE_BREAKS = re.compile(r"\r\n|[\r\u2028\u2029\x85\x0b\x0c]")
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
+_FULLWIDTH_ALNUM = {code: code - 0xFEE0 for code in
+                    [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
+_FULLWIDTH_ALNUM[0x3000] = 0x20  # ideographic space
+
+
+def clean_text(text: str) -> str:
+    """Normalise one field; see the module docstring for exactly what changes."""
+    text = _LINE_BREAKS.sub("\n", text or "")
+    text = _INVISIBLE.sub("", text.translate(_FULLWIDTH_ALNUM))
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return text.strip()
+
+
+_CLOSING_PUNCT = "？?。.!！~～ "
+
+
+def build_question(title: str, ask: str) -> str:
+    """Title + ask, without the title when it is empty or already inside the ask."""
+    core = title.rstrip(_CLOSING_PUNCT)
+    if not core or core in ask:
+        return ask
+    return f"{title}\n{ask}" if ask else title
+
+
+def character_length(texts: list) -> list:
+    return [len(t) for t in texts]
+
+
+def tokenizer_length(tokenizer):
+    def lengths(texts: list) -> list:
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return lengths
+
+
+# ---------------------------------------------------------------- the loader
+
+def load_medical_csv(path, encoding: str | None = None, columns: dict | None = None,
+                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, min_len: int = 8,
+                     max_len: int = 2048, tokenizer=None, delimiter: str | None = None) -> MedicalCSV:
+    """Read a medical dialogue CSV into the chat-messages schema; see the module docstring.
+
+    `path` is found with lab_utils.paths.find_data_file (relative to LAB_DATA_DIR,
+    the bundled samples, or as given). `system_prompt=None` leaves the system message out.
+    """
+    path = find_data_file(str(path))
+    raw = path.read_bytes()
+    check_not_binary(raw, path, encoding)
+    text, encoding, scores = decode_bytes(raw, path, encoding)
+    delimiter = delimiter or sniff_delimiter(text)
+    records = read_records(text, delimiter, path)
+    if not records or not any(h.strip() for h in records[0]):
+        raise data_error(path, "no header row; expected column names in the first line")
+    headers = [h.strip() for h in records[0]]
+    mapping = detect_columns(headers, path, columns)
+    if len(records) < 2:
+        raise data_error(path, f"has a header row ({headers}) but no data rows")
+    rows, report = _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer)
+    if not rows:
+        raise data_error(path, f"no usable rows: {report.summary()}")
+    dataset = _to_dataset(rows, system_prompt)
+    return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, len(records) - 1, scores)
+
+
+def _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer):
+    """Clean every record and filter it; returns (kept rows, SkipReport)."""
+    report, candidates = SkipReport(), []
+    index = {role: headers.index(header) for role, header in mapping.items()}
+    for row_number, record in enumerate(records[1:], start=2):
+        source = f"{path.name}:{row_number}"
+        if not any(field.strip() for field in record):
+            report.skip(source, row_number, "blank_line")
+            continue
+        if len(record) > len(headers):
+            report.skip(source, row_number, "wrong_field_count",
+                        f"{len(record)} fields for {len(headers)} headers: {record[len(headers):]}")
+            continue
+        values = {role: clean_text(record[i]) if i < len(record) else "" for role, i in index.items()}
+        question = build_question(values.get("title", ""), values["ask"])
+        if not question or not values["answer"]:
+            report.skip(source, row_number, "empty", "no question" if not question else "no answer")
+            continue
+        candidates.append((row_number, source, values.get("department", ""), question, values["answer"]))
+    lengths = (tokenizer_length(tokenizer) if tokenizer is not None else character_length)
+    question_lengths = lengths([c[3] for c in candidates])
+    answer_lengths = lengths([c[4] for c in candidates])
+    kept, first_seen = [], {}
+    for candidate, n_question, n_answer in zip(candidates, question_lengths, answer_lengths):
+        row_number, source, _, question, answer = candidate
+        total = n_question + n_answer
+        if total < min_len or (max_len is not None and total > max_len):
+            reason = "too_short" if total < min_len else "too_long"
+            report.skip(source, row_number, reason, f"length {total} outside [{min_len}, {max_len}]")
+        elif (question, answer) in first_seen:
+            report.skip(source, row_number, "duplicate", f"same conversation as row {first_seen[(question, answer)]}")
+        else:
+            first_seen[(question, answer)] = row_number
+            kept.append(candidate)
+    report.kept = len(kept)
+    return kept, report
+
+
+def _to_dataset(rows, system_prompt) -> Dataset:
+    return Dataset.from_dict({
+        "messages": [build_messages(question, answer, system_prompt) for _, _, _, question, answer in rows],
+        "source": [source for _, source, _, _, _ in rows],
+        "department": [department for _, _, department, _, _ in rows],
+    })
+
+
+def split_dataset(dataset: Dataset, seed: int = 42, validation: float = 0.05, test: float = 0.05) -> DatasetDict:
+    """A deterministic train/validation/test split: the same seed gives the same rows.
+
+    Fractions are rounded to whole rows; a non-zero fraction gets at least one
+    row while the training split keeps at least one.
+    """
+    if validation < 0 or test < 0 or validation + test >= 1:
+        raise ValueError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1")
+    n = len(dataset)
+    sizes = [max(1, round(n * f)) if f > 0 else 0 for f in (validation, test)]
+    if n - sum(sizes) < 1:
+        raise ValueError(f"{n} rows are too few for a train/validation/test split of {validation}/{test}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = sizes
+    return DatasetDict({
+        "train": dataset.select(order[n_val + n_test:]),
+        "validation": dataset.select(order[:n_val]),
+        "test": dataset.select(order[n_val:n_val + n_test]),
+    })
