@@ -70,7 +70,15 @@ TINY_IMAGE_PIXELS = dict(min_pixels=56 * 56, max_pixels=448 * 448)
 
 # ---------------------------------------------------------------- processor
 
-class ImageTextProcessor:
+def _processor_base():
+    # A ProcessorMixin, so TRL's SFTTrainer accepts it as the processing_class of a
+    # vision-language model (it refuses image datasets with a bare tokenizer).
+    from transformers import ProcessorMixin
+
+    return ProcessorMixin
+
+
+class ImageTextProcessor(_processor_base()):
     """Chat template + tokenizer + Qwen2-VL PIL image processor; no video, no torchvision.
 
     `processor(text=[...], images=[...])` expands each <|image_pad|> to the image's number
@@ -79,10 +87,10 @@ class ImageTextProcessor:
     M-RoPE positions), pixel_values and image_grid_thw, like the stock Qwen2.5-VL processor.
     """
 
-    def __init__(self, tokenizer, image_processor, chat_template: str | None = None):
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.chat_template = chat_template or tokenizer.chat_template or QWEN_VL_CHAT_TEMPLATE
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None):
+        # ProcessorMixin reads the sub-processor names from this signature and checks their classes.
+        super().__init__(image_processor, tokenizer,
+                         chat_template=chat_template or tokenizer.chat_template or QWEN_VL_CHAT_TEMPLATE)
         self.image_token = IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -136,7 +144,7 @@ class ImageTextProcessor:
 
         marker = Path(folder) / PROCESSOR_MARKER
         template = json.loads(marker.read_text())["chat_template"] if marker.exists() else None
-        return cls(AutoTokenizer.from_pretrained(folder), Qwen2VLImageProcessorPil.from_pretrained(folder), template)
+        return cls(Qwen2VLImageProcessorPil.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), template)
 
 
 def flatten_images(images) -> list:
@@ -194,7 +202,7 @@ def build_tiny_vision_model(seed: int = 0):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     image_processor = Qwen2VLImageProcessorPil(**TINY_IMAGE_PIXELS)
-    return model, ImageTextProcessor(tokenizer, image_processor, QWEN_VL_CHAT_TEMPLATE)
+    return model, ImageTextProcessor(image_processor, tokenizer, QWEN_VL_CHAT_TEMPLATE)
 
 
 def tiny_vision_dir() -> Path:
