@@ -214,6 +214,7 @@ def ensure_tiny_vision_model(seed: int = 0) -> Path:
     target = tiny_vision_dir()
     if all((target / name).exists() for name in ("model.safetensors", "tokenizer_config.json", PROCESSOR_MARKER)):
         return target
+    log.warning("building the tiny random Qwen2.5-VL into %s (once)", target)
     print(f"[lab] building the tiny random Qwen2.5-VL into {target} (once, seconds)", flush=True)
     model, processor = build_tiny_vision_model(seed)
     tmp = target.with_name(target.name + ".partial")
