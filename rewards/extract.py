@@ -31,8 +31,9 @@ _ANSWER_IS = re.compile(
     r"(?:(?:final\s+)?answer\s*(?:is|=|:)|答案\s*(?:是|为|為|:|：))\s*[:：]?\s*([^\n]*)",
     re.IGNORECASE,
 )
-# A number as people write it: optional sign, thousands separators, decimals, a simple fraction.
-NUMBER_PATTERN = r"(?<![\w.])[-−+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<![\w.])[-−+]?\.\d+"
+# A number as people write it: optional sign and currency sign ("-$5"), thousands
+# separators, decimals, a simple fraction. rewards.numeric parses what this finds.
+NUMBER_PATTERN = r"(?<![\w.])[-−+]?[$€£¥₹]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)"
 _NUMBER = re.compile(NUMBER_PATTERN)
 # Sentence-ending punctuation after an "answer is" phrase (ASCII and CJK).
 _TRAILING_PUNCTUATION = " \t.,;:!?。，；：！？)）]】*"
