@@ -83,7 +83,8 @@ def read_jsonl(path: Path):
         except json.JSONDecodeError as e:
             parsed.append((number, RowSkip("bad json", f"{e.msg} at column {e.colno}: {line[:80]}")))
     if all(isinstance(value, RowSkip) for _, value in parsed):
-        raise data_error(path, f"not JSONL: no line is valid JSON (line {numbered[0][0]}: {numbered[0][1][:60]!r})", row=numbered[0][0])
+        first_number, first_line = numbered[0]
+        raise data_error(path, f"not JSONL: no line is valid JSON (first: {first_line[:60]!r})", row=first_number)
     return parsed
 
 

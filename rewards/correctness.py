@@ -99,10 +99,11 @@ class CorrectnessReward:
 
 def make_correctness_reward(extractors=XML_ONLY, numeric: bool = True, rel_tol: float = 1e-6,
                             abs_tol: float = 1e-9, name: str | None = None) -> CorrectnessReward:
-    """A correctness reward that looks for the answer with `extractors` (names in rewards.extract.EXTRACTORS),
-    compares numerically (`numeric=True`, with the tolerances) or as normalised text."""
+    """A correctness reward that finds the answer with `extractors` (names in rewards.extract.EXTRACTORS)
+    and compares numerically (`numeric=True`, with the tolerances) or as normalised text."""
     if name is None:
-        name = "correctness_reward" if tuple(extractors) == XML_ONLY else "correctness_" + "_".join(extractors) + "_reward"
+        suffix = "" if tuple(extractors) == XML_ONLY else "_" + "_".join(extractors)
+        name = f"correctness{suffix}_reward"
     return CorrectnessReward(extractors, numeric, rel_tol, abs_tol, name)
 
 
