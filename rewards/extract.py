@@ -28,7 +28,7 @@ _HASH = re.compile(r"####\s*([^\n]*)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "The answer is 42", "final answer: 42", "答案是 42", "答案为42", "答案：42", "最终答案是 42".
 _ANSWER_IS = re.compile(
-    r"(?:(?:final\s+)?answer\s*(?:is|=|:)|答案\s*(?:是|为|為|:|：))\s*[:：]?\s*([^\n]*)",
+    r"(?:\banswer\s*(?:is\b|=|:)|答案\s*(?:是|为|為|:|：))\s*[:：]?\s*([^\n]*)",
     re.IGNORECASE,
 )
 # A number as people write it: optional sign and currency sign ("-$5"), thousands

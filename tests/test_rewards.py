@@ -183,6 +183,8 @@ def test_extract_boxed(text, expected):
     (extract_answer_is, "The answer is Paris.", "Paris"),
     (extract_answer_is, "最终答案为-3。", "-3"),
     (extract_answer_is, "nothing here", None),
+    (extract_answer_is, "The answer isn't obvious; my answer: 12", "12"),
+    (extract_answer_is, "Swansong answer is 3", "3"),
     (extract_last_number, "from 3 to -4.5 then 7/8", "7/8"),
     (extract_last_number, "costs $1,250.", "$1,250"),
     (extract_last_number, "a loss of -$5 today", "-$5"),
