@@ -215,6 +215,7 @@ def als_fit(
     n_iters: int = 15,
     weighted_reg: bool = True,
     use_biases: bool = True,
+    center: bool = True,
     init_scale: float = 0.1,
     seed: int = 0,
     valid=None,
@@ -226,7 +227,8 @@ def als_fit(
                + reg * sum_u w_u |p_u|^2 + reg * sum_i w_i |q_i|^2 + bias_reg * (|b|^2 + |c|^2)
     where mu is the training mean and w = the row's number of ratings when
     `weighted_reg` (ALS-WR, as Spark does: a user with many ratings can afford
-    more detail) or 1. With the item side fixed, each user's (b_u, p_u) is a
+    more detail) or 1. `center=False` sets mu = 0; with `use_biases=False` too
+    this is exactly Spark MLlib's ALS model. With the item side fixed, each user's (b_u, p_u) is a
     small ridge regression on the items that user rated; then the roles swap.
 
     Returns (model, history) where history holds per-iteration train/valid RMSE,
@@ -235,7 +237,7 @@ def als_fit(
     users, items, values = (np.asarray(a) for a in train)
     values = values.astype(np.float64)
     rng = np.random.default_rng(seed)
-    mu = float(values.mean())
+    mu = float(values.mean()) if center else 0.0
     user_groups, item_groups = _groups(users, n_users), _groups(items, n_items)
     user_pen = _penalties(user_groups[2], rank, reg, bias_reg, weighted_reg, use_biases)
     item_pen = _penalties(item_groups[2], rank, reg, bias_reg, weighted_reg, use_biases)

@@ -65,13 +65,13 @@ def load_splits(p: Params) -> list[RatingsSplit]:
     raise ValueError(f"unknown data '{p.data}'; expected 'synthetic' or 'ml-100k'")
 
 
-def fit_model(p: Params, split: RatingsSplit, rank=None, reg=None, n_iters=None, use_biases=None):
+def fit_model(p: Params, split: RatingsSplit, rank=None, reg=None, n_iters=None, use_biases=None, center=True):
     """ALS with the run's settings; any argument given replaces its Params value (for sweeps)."""
     return lowrank.als_fit(
         split.train, split.n_users, split.n_items,
         rank=p.rank if rank is None else rank, reg=p.reg if reg is None else reg, bias_reg=p.bias_reg,
         n_iters=p.n_iters if n_iters is None else n_iters,
-        use_biases=p.use_biases if use_biases is None else use_biases,
+        use_biases=p.use_biases if use_biases is None else use_biases, center=center,
         seed=p.seed, valid=split.test, clip=split.rating_range,
     )
 
@@ -106,11 +106,15 @@ def sweep(p: Params, split: RatingsSplit, name: str, values) -> dict:
 
 
 def compare_spark(p: Params, split: RatingsSplit) -> dict:
-    """Spark MLlib ALS vs ours on the same split. MLlib has no biases, so ours runs without them too."""
+    """Spark MLlib ALS vs ours on the same split and the same model.
+
+    MLlib fits raw ratings with P Q^T alone (no global mean, no biases), so ours
+    runs that way here too; the main table's model adds mu and the biases.
+    """
     from lab_utils.spark_als import spark_als
 
     start = time.perf_counter()
-    _, history = fit_model(p, split, use_biases=False)
+    _, history = fit_model(p, split, use_biases=False, center=False)
     numpy_seconds = time.perf_counter() - start
     result = spark_als(split.train, split.test, rank=p.rank, reg=p.reg, n_iters=p.n_iters, seed=p.seed,
                        master=p.spark_master or None, clip=split.rating_range)
