@@ -84,7 +84,9 @@ def read_ratings_file(path, skips: SkipReport | None = None):
             skips.skip(path.name, row, "repeated user-item pair", line)
             continue
         seen.add((user, item))
-        users.append(user - 1), items.append(item - 1), ratings.append(rating)
+        users.append(user - 1)
+        items.append(item - 1)
+        ratings.append(rating)
     if not ratings:
         raise data_error(path, "no ratings in file (expected lines 'user<TAB>item<TAB>rating<TAB>timestamp')")
     skips.kept += len(ratings)

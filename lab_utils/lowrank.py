@@ -195,6 +195,7 @@ def regularised_objective(model: FactorModel, train, reg: float, bias_reg: float
     so this number can never go up from one iteration to the next (the RMSE alone can).
     """
     users, items, values = train
+    # the loss is on the raw model: clipping to the rating scale is only for reported predictions
     pred = FactorModel(model.global_mean, model.user_bias, model.item_bias, model.user_factors, model.item_factors).predict(users, items)
     n_users, n_items = len(model.user_bias), len(model.item_bias)
     user_w = np.maximum(np.bincount(users, minlength=n_users), 1) if weighted_reg else np.ones(n_users)

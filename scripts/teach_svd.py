@@ -15,9 +15,10 @@ spectrum.png, error_vs_rank.png, storage_vs_rank.png, metrics.json, params.json.
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
 from PIL import Image
 
 from lab_utils import lowrank, plots
@@ -50,10 +51,8 @@ def image_path(name: str):
     """A matplotlib sample image by name (shipped with matplotlib, offline), else a data file."""
     import matplotlib.cbook
 
-    try:
-        return matplotlib.cbook.get_sample_data(name, asfileobj=False)
-    except (FileNotFoundError, ValueError, OSError):
-        return find_data_file(name)
+    sample = Path(matplotlib.cbook.get_sample_data(name, asfileobj=False))
+    return sample if sample.is_file() else find_data_file(name)
 
 
 def load_image(p: Params):
