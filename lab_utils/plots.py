@@ -60,5 +60,108 @@ def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", 
     ax.set_ylim(0, max(100.0, *(float(d[m]) for d in (base, tuned) for m in metrics)) * 1.2)  # room for the legend
     ax.set_title(title)
     ax.legend(loc="upper center", ncol=2, frameon=False)
+
+
+# --- teaching: SVD / ALS ---
+
+
+def plot_image_grid(images, titles, path=None, columns: int = 4):
+    """Reconstructions side by side (grayscale arrays are drawn in gray)."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_singular_values(singular_values, path=None, title: str = "singular value spectrum"):
+    """Singular values on a log scale, and the cumulative energy sum(s_i^2) they keep."""
+    s = [float(v) for v in singular_values]
+    total = sum(v * v for v in s)
+    cumulative, running = [], 0.0
+    for v in s:
+        running += v * v
+        cumulative.append(running / total)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.semilogy(range(1, len(s) + 1), s)
+    left.set(xlabel="index i", ylabel="singular value s_i (log)", title=title)
+    right.plot(range(1, len(s) + 1), cumulative)
+    right.set(xlabel="rank k", ylabel="energy kept", title="cumulative energy", ylim=(0, 1.02))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_error_vs_rank(ranks, errors, bounds, path=None):
+    """Measured Frobenius error of the rank-k SVD vs the Eckart-Young value sqrt(sum of dropped s_i^2)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(ranks, bounds, "-", lw=3, alpha=0.4, label="Eckart-Young: sqrt(sum_{i>k} s_i^2)")
+    ax.plot(ranks, errors, "o", ms=4, label="measured ||A - A_k||_F")
+    ax.set(xlabel="rank k", ylabel="Frobenius error", title="reconstruction error vs rank")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_storage_vs_rank(ranks, factor_numbers, full_numbers: int, path=None):
+    """Numbers stored by rank-k factors against the full matrix; where they cross, factors stop paying."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(ranks, factor_numbers, label="rank-k factors: k (m + n + 1)")
+    ax.axhline(full_numbers, color="k", ls="--", label="full matrix: m n")
+    ax.set(xlabel="rank k", ylabel="numbers stored", title="storage vs rank")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_rmse_history(history, path=None, noise_level=None, baselines=None):
+    """Train and validation RMSE per ALS iteration, with optional baseline and noise-floor lines."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(history["iteration"], history["train_rmse"], "o-", ms=3, label="train")
+    if any(v is not None for v in history.get("valid_rmse", [])):
+        ax.plot(history["iteration"], history["valid_rmse"], "o-", ms=3, label="validation")
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, ls=":", color="gray")
+        ax.annotate(name, (history["iteration"][-1], value), fontsize=8, ha="right", va="bottom")
+    if noise_level is not None:
+        ax.axhline(noise_level, color="k", ls="--", label=f"noise level {noise_level:g}")
+    ax.set(xlabel="ALS iteration", ylabel="RMSE", title="RMSE per iteration")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_rmse_sweep(values, train_rmse, valid_rmse, xlabel: str, path=None, log_x: bool = False, noise_level=None):
+    """Final train/validation RMSE across one hyper-parameter (rank or regularisation)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(values, train_rmse, "o-", label="train")
+    ax.plot(values, valid_rmse, "o-", label="validation")
+    if noise_level is not None:
+        ax.axhline(noise_level, color="k", ls="--", label=f"noise level {noise_level:g}")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel="RMSE", title=f"RMSE vs {xlabel}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "", title: str = "items, PCA of ALS item factors"):
+    """A 2-D scatter of item factors (e.g. coloured by item bias: do good films cluster?)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    points = ax.scatter([c[0] for c in coords], [c[1] for c in coords], c=colour, s=8, cmap="coolwarm", alpha=0.8)
+    if colour is not None:
+        fig.colorbar(points, ax=ax, label=colour_label)
+    ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)

@@ -1,0 +1,277 @@
+"""Low-rank matrices for teaching: truncated SVD and ALS matrix factorisation, NumPy only.
+
+LoRA fine-tunes a weight matrix W (d x k) by learning a low-rank update
+dW = B @ A with B (d x r), A (r x k) and r << min(d, k). Two classic tools show
+what "low rank" buys and what it costs:
+
+- Truncated SVD gives the *best* rank-k approximation of any matrix
+  (Eckart-Young): its Frobenius error is exactly sqrt(sum of the squared
+  singular values that were dropped), and it stores k * (m + n + 1) numbers
+  instead of m * n.
+- ALS matrix factorisation learns R ~ mu + b_user + c_item + P @ Q.T from a
+  small fraction of observed entries: the same "two thin factors" shape as
+  LoRA's B and A, fitted by alternating ridge regressions, each of which has a
+  closed-form solution.
+
+Everything here is deterministic given a seed. Ratings are passed as three
+parallel arrays (users, items, ratings) with 0-based integer ids.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+# ---------------------------------------------------------------- truncated SVD
+
+
+def svd(matrix):
+    """Thin SVD (U, s, Vt) of a 2-D array, in float64 so small singular values stay exact."""
+    return np.linalg.svd(np.asarray(matrix, dtype=np.float64), full_matrices=False)
+
+
+def truncated_svd(matrix, rank: int):
+    """The first `rank` singular triplets: U_k (m x k), s_k (k,), Vt_k (k x n)."""
+    u, s, vt = svd(matrix)
+    return u[:, :rank], s[:rank], vt[:rank]
+
+
+def reconstruct(u, s, vt, rank: int | None = None):
+    """U_k diag(s_k) Vt_k: the rank-k matrix the first k triplets describe."""
+    rank = len(s) if rank is None else rank
+    return (u[:, :rank] * s[:rank]) @ vt[:rank]
+
+
+def low_rank_approx(matrix, rank: int):
+    """The best rank-k approximation of `matrix` in Frobenius (and spectral) norm."""
+    return reconstruct(*svd(matrix), rank)
+
+
+def frobenius_error(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
+
+
+def eckart_young_error(singular_values, rank: int) -> float:
+    """The smallest Frobenius error any rank-k matrix can reach: sqrt(sum_{i>k} s_i^2)."""
+    tail = np.asarray(singular_values, dtype=np.float64)[rank:]
+    return float(np.sqrt(np.sum(tail**2)))
+
+
+def energy(singular_values):
+    """Cumulative fraction of sum(s_i^2) kept by ranks 1..n (explained variance for centred data)."""
+    squared = np.asarray(singular_values, dtype=np.float64) ** 2
+    return np.cumsum(squared) / squared.sum()
+
+
+def rank_for_energy(singular_values, fraction: float) -> int:
+    """Smallest k whose first k singular values keep at least `fraction` of the energy."""
+    return int(np.searchsorted(energy(singular_values), fraction - 1e-12) + 1)
+
+
+def factor_storage(shape, rank: int) -> int:
+    """Numbers stored by rank-k factors U_k, s_k, Vt_k of an m x n matrix: k * (m + n + 1)."""
+    m, n = shape
+    return rank * (m + n + 1)
+
+
+def compression_ratio(shape, rank: int) -> float:
+    """Full storage m * n over factor storage: > 1 means the factors are smaller."""
+    m, n = shape
+    return m * n / factor_storage(shape, rank)
+
+
+def channel_svds(image):
+    """One thin SVD per colour channel of an (H, W) or (H, W, C) image."""
+    image = np.asarray(image, dtype=np.float64)
+    channels = image[..., None] if image.ndim == 2 else image
+    return [svd(channels[..., c]) for c in range(channels.shape[-1])]
+
+
+def reconstruct_channels(svds, rank: int, squeeze: bool = True):
+    """Rebuild an image from its per-channel SVDs at `rank`, clipped to the [0, 1] pixel range."""
+    image = np.stack([reconstruct(u, s, vt, rank) for u, s, vt in svds], axis=-1)
+    image = np.clip(image, 0.0, 1.0)
+    return image[..., 0] if squeeze and image.shape[-1] == 1 else image
+
+
+def pca_2d(points):
+    """Project rows onto their two main directions (centred SVD), e.g. item factors to a 2-D map."""
+    points = np.asarray(points, dtype=np.float64)
+    centred = points - points.mean(axis=0)
+    u, s, _ = svd(centred)
+    coords = u[:, :2] * s[:2]
+    if coords.shape[1] < 2:  # rank-1 factors: pad so a 2-D scatter still works
+        coords = np.hstack([coords, np.zeros((len(coords), 2 - coords.shape[1]))])
+    return coords
+
+
+# ------------------------------------------------------------ ALS factorisation
+
+
+def rmse(predictions, targets) -> float:
+    diff = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+@dataclass
+class FactorModel:
+    """r_hat(u, i) = global_mean + user_bias[u] + item_bias[i] + user_factors[u] . item_factors[i]."""
+
+    global_mean: float
+    user_bias: np.ndarray  # (n_users,)
+    item_bias: np.ndarray  # (n_items,)
+    user_factors: np.ndarray  # (n_users, rank)
+    item_factors: np.ndarray  # (n_items, rank)
+    clip: tuple | None = None  # e.g. (1, 5): a prediction outside the rating scale is always worse
+
+    @property
+    def rank(self) -> int:
+        return self.user_factors.shape[1]
+
+    def predict(self, users, items):
+        users, items = np.asarray(users), np.asarray(items)
+        interaction = np.einsum("ij,ij->i", self.user_factors[users], self.item_factors[items])
+        pred = self.global_mean + self.user_bias[users] + self.item_bias[items] + interaction
+        return np.clip(pred, *self.clip) if self.clip else pred
+
+    def evaluate(self, ratings) -> float:
+        users, items, values = ratings
+        return rmse(self.predict(users, items), values)
+
+
+def global_mean_baseline(train, n_users: int, n_items: int, clip=None) -> FactorModel:
+    """Predict the mean training rating for everything: the number every model must beat."""
+    mean = float(np.mean(train[2]))
+    return FactorModel(mean, np.zeros(n_users), np.zeros(n_items), np.zeros((n_users, 0)), np.zeros((n_items, 0)), clip)
+
+
+def bias_baseline(train, n_users: int, n_items: int, bias_reg: float = 10.0, n_iters: int = 10, clip=None):
+    """mu + b_user + c_item fitted by ALS: a rank-0 factorisation (how generous a user, how good a film)."""
+    model, _ = als_fit(train, n_users, n_items, rank=0, bias_reg=bias_reg, n_iters=n_iters, clip=clip)
+    return model
+
+
+def _groups(index, size: int):
+    """Sort order of ratings by user (or item), and where each one's block starts and ends."""
+    order = np.argsort(index, kind="stable")
+    counts = np.bincount(index, minlength=size)
+    return order, np.cumsum(counts)[:-1], counts
+
+
+def _ridge_side(groups, features, targets, penalty):
+    """Solve every row's ridge system (F_u^T F_u + diag(penalty_u)) x_u = F_u^T t_u at once.
+
+    The Gram matrices are summed per row (one small matmul each) and then all
+    systems go to one batched `np.linalg.solve` call. The 1e-10 floor keeps a
+    row with no ratings (or reg=0) solvable; with reg > 0 it never binds.
+    """
+    order, splits, counts = groups
+    dim = features.shape[1]
+    feats, targs = features[order], targets[order]
+    grams = np.zeros((len(counts), dim, dim))
+    rhs = np.zeros((len(counts), dim))
+    for row, (f, t) in enumerate(zip(np.split(feats, splits), np.split(targs, splits))):
+        if len(t):
+            grams[row] = f.T @ f
+            rhs[row] = f.T @ t
+    diag = np.arange(dim)
+    grams[:, diag, diag] += np.maximum(penalty, 1e-10)
+    return np.linalg.solve(grams, rhs[..., None])[..., 0]
+
+
+def _penalties(counts, rank: int, reg: float, bias_reg: float, weighted_reg: bool, use_biases: bool):
+    """Diagonal of each row's ridge penalty: [bias_reg, reg * w, ..., reg * w] with w = n ratings (ALS-WR) or 1."""
+    weight = np.maximum(counts, 1) if weighted_reg else np.ones_like(counts)
+    factor_part = np.repeat((reg * weight)[:, None].astype(np.float64), rank, axis=1)
+    if not use_biases:
+        return factor_part
+    return np.hstack([np.full((len(counts), 1), float(bias_reg)), factor_part])
+
+
+def regularised_objective(model: FactorModel, train, reg: float, bias_reg: float, weighted_reg: bool = True) -> float:
+    """The loss ALS minimises, per training rating: squared error + the ridge penalties.
+
+    Each ALS half-step solves this exactly for one side with the other fixed,
+    so this number can never go up from one iteration to the next (the RMSE alone can).
+    """
+    users, items, values = train
+    # the loss is on the raw model: clipping to the rating scale is only for reported predictions
+    pred = FactorModel(model.global_mean, model.user_bias, model.item_bias, model.user_factors, model.item_factors).predict(users, items)
+    n_users, n_items = len(model.user_bias), len(model.item_bias)
+    user_w = np.maximum(np.bincount(users, minlength=n_users), 1) if weighted_reg else np.ones(n_users)
+    item_w = np.maximum(np.bincount(items, minlength=n_items), 1) if weighted_reg else np.ones(n_items)
+    penalty = reg * (np.sum(user_w * np.sum(model.user_factors**2, axis=1)) + np.sum(item_w * np.sum(model.item_factors**2, axis=1)))
+    penalty += bias_reg * (np.sum(model.user_bias**2) + np.sum(model.item_bias**2))
+    return float((np.sum((pred - values) ** 2) + penalty) / len(values))
+
+
+def als_fit(
+    train,
+    n_users: int,
+    n_items: int,
+    *,
+    rank: int = 10,
+    reg: float = 0.1,
+    bias_reg: float = 10.0,
+    n_iters: int = 15,
+    weighted_reg: bool = True,
+    use_biases: bool = True,
+    center: bool = True,
+    init_scale: float = 0.1,
+    seed: int = 0,
+    valid=None,
+    clip=None,
+):
+    """Alternating least squares for explicit ratings, with user/item biases and L2 regularisation.
+
+    Minimises  sum_(u,i) (r_ui - mu - b_u - c_i - p_u . q_i)^2
+               + reg * sum_u w_u |p_u|^2 + reg * sum_i w_i |q_i|^2 + bias_reg * (|b|^2 + |c|^2)
+    where mu is the training mean and w = the row's number of ratings when
+    `weighted_reg` (ALS-WR, as Spark does: a user with many ratings can afford
+    more detail) or 1. `center=False` sets mu = 0; with `use_biases=False` too
+    this is exactly Spark MLlib's ALS model. With the item side fixed, each user's (b_u, p_u) is a
+    small ridge regression on the items that user rated; then the roles swap.
+
+    Returns (model, history) where history holds per-iteration train/valid RMSE,
+    the regularised objective and the elapsed seconds.
+    """
+    users, items, values = (np.asarray(a) for a in train)
+    values = values.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    mu = float(values.mean()) if center else 0.0
+    user_groups, item_groups = _groups(users, n_users), _groups(items, n_items)
+    user_pen = _penalties(user_groups[2], rank, reg, bias_reg, weighted_reg, use_biases)
+    item_pen = _penalties(item_groups[2], rank, reg, bias_reg, weighted_reg, use_biases)
+    model = FactorModel(
+        mu, np.zeros(n_users), np.zeros(n_items),
+        np.zeros((n_users, rank)), rng.normal(0.0, init_scale, (n_items, rank)), clip,
+    )
+    history = {"iteration": [], "train_rmse": [], "valid_rmse": [], "objective": [], "seconds": []}
+    start = time.perf_counter()
+    for it in range(1, n_iters + 1):
+        _update_side(model, "user", users, items, values, user_groups, user_pen, use_biases)
+        _update_side(model, "item", items, users, values, item_groups, item_pen, use_biases)
+        history["iteration"].append(it)
+        history["train_rmse"].append(model.evaluate((users, items, values)))
+        history["valid_rmse"].append(model.evaluate(valid) if valid is not None else None)
+        history["objective"].append(regularised_objective(model, (users, items, values), reg, bias_reg, weighted_reg))
+        history["seconds"].append(time.perf_counter() - start)
+    return model, history
+
+
+def _update_side(model: FactorModel, side: str, own, other, values, groups, penalty, use_biases: bool) -> None:
+    """One half-step: re-solve every user's (or every item's) bias and factors, the other side fixed."""
+    if side == "user":
+        other_bias, other_factors = model.item_bias, model.item_factors
+    else:
+        other_bias, other_factors = model.user_bias, model.user_factors
+    feats = other_factors[other]
+    targets = values - model.global_mean - other_bias[other]
+    if use_biases:  # a constant-1 feature makes the bias one more ridge coefficient
+        feats = np.hstack([np.ones((len(feats), 1)), feats])
+    solution = _ridge_side(groups, feats, targets, penalty)
+    bias, factors = (solution[:, 0], solution[:, 1:]) if use_biases else (np.zeros(len(solution)), solution)
+    if side == "user":
+        model.user_bias, model.user_factors = bias, factors
+    else:
+        model.item_bias, model.item_factors = bias, factors
