@@ -24,7 +24,7 @@ from lab_utils.chat import generate
 from lab_utils.config import parse_args, save_params
 from lab_utils.paths import mark_complete, run_dir
 from lab_utils.training import (ChatCollator, LabTrainer, LossHistory, last_checkpoint, load_model as load_lora_model,
-                                tokenize_dataset, trainable_parameters)
+                                resolve_precision, tokenize_dataset, trainable_parameters)
 
 EXPERIMENT = "sft_alpaca"
 
@@ -57,7 +57,7 @@ class Params:
     warmup_ratio: float = 0.1
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
     batching: str = "padding_free"  # padding_free | padded (length-grouped)
     seed: int = 42
@@ -105,14 +105,14 @@ def training_arguments(p: Params, run, backend):
 
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-    dtype = "fp32" if p.precision == "auto" and backend.device == "cpu" else p.precision
+    precision = resolve_precision(p.precision, backend.device)
     return TrainingArguments(
         output_dir=str(run / "checkpoints"),
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
         max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
         warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay,
-        bf16=dtype == "bf16" or (dtype == "auto" and backend.device == "cuda"), fp16=dtype == "fp16",
+        bf16=precision == "bf16", fp16=precision == "fp16",
         logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
         report_to=[] if p.report_to == "none" else [p.report_to], seed=p.seed, data_seed=p.seed,
         train_sampling_strategy="group_by_length" if p.batching == "padded" else "random", remove_unused_columns=False,
