@@ -9,7 +9,9 @@ REQ_HASH := $(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu test-all setup-gpu bench clean-outputs
+SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
+
+.PHONY: setup setup-gpu setup-spark demo test test-gpu bench clean-outputs
 
 setup: $(STAMP)
 
@@ -30,6 +32,14 @@ $(STAMP): requirements.txt pyproject.toml
 setup-gpu: setup
 	$(PIP) install -r requirements-gpu.txt
 
+# Optional: Spark MLlib for the ALS teaching notebook's scale-out comparison (needs Java 17+).
+setup-spark: $(SPARK_STAMP)
+
+$(SPARK_STAMP): $(STAMP) requirements-spark.txt
+	$(PIP) install -q -r requirements-spark.txt
+	@rm -f $(VENV)/.lab-spark-*
+	@touch $@
+
 demo: setup
 	$(PY) -m scripts.demo
 
@@ -38,6 +48,9 @@ test: setup
 
 test-gpu: setup
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.sft_throughput
 
 clean-outputs:
 	rm -rf outputs
