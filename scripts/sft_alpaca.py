@@ -22,11 +22,12 @@ from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.chat import generate
 from lab_utils.config import parse_args, save_params
-from lab_utils.paths import mark_complete, run_dir
+from lab_utils.paths import REPO_ROOT, mark_complete, run_dir
 from lab_utils.training import (ChatCollator, LabTrainer, LossHistory, last_checkpoint, load_model as load_lora_model,
                                 resolve_precision, tokenize_dataset, trainable_parameters)
 
 EXPERIMENT = "sft_alpaca"
+REPO_CONFIGS = REPO_ROOT / "configs"
 
 
 @dataclass(kw_only=True)

@@ -66,3 +66,15 @@ def test_notebook_runs_under_papermill(tmp_path):
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in executed["cells"] for o in c.get("outputs", [])), "the loss plot is shown"
     assert read_json(run / "metrics.json")["global_step"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_gpu_config_trains_with_qlora(backend, monkeypatch):
+    """The GPU config's settings (4-bit QLoRA, checkpointing, padded batches) on the embedded model
+    (the GPU box has no network, so the config's hub model is swapped for a local one)."""
+    config = yaml.safe_load((sft_alpaca.REPO_CONFIGS / "sft_alpaca_gpu.yaml").read_text())
+    params = {**config, **TINY, "model": "smollm2-135m", "run_name": f"gpu-{backend}", "backend": backend}
+    metrics = sft_alpaca.run(sft_alpaca.Params(**params))["metrics"]
+    assert metrics["backend"] == backend and metrics["device"] == "cuda"
+    assert metrics["global_step"] == 2 and metrics["eval_loss_after"] < metrics["eval_loss_before"] + 1.0
