@@ -42,15 +42,15 @@ def choose_backend(forced: str | None = None) -> Backend:
     cuda = cuda_available()
     device = "cuda" if cuda else "cpu"
     if forced not in (None, "auto", "hf", "unsloth"):
-        raise ValueError(f"LAB_BACKEND={forced!r}: expected 'unsloth', 'hf' or unset")
+        raise ValueError(f"backend={forced!r} (LAB_BACKEND or the backend parameter): expected auto, hf or unsloth")
     if forced == "hf":
-        return Backend("hf", "LAB_BACKEND=hf", device)
+        return Backend("hf", "forced: backend=hf", device)
     if forced == "unsloth":
         if not cuda:
-            raise RuntimeError("LAB_BACKEND=unsloth needs a CUDA GPU; none is visible (unset LAB_BACKEND to use hf)")
+            raise RuntimeError("backend=unsloth needs a CUDA GPU and none is visible; use backend auto or hf")
         if not has_package("unsloth"):
-            raise RuntimeError("LAB_BACKEND=unsloth but unsloth is not installed: pip install -r requirements-gpu.txt")
-        return Backend("unsloth", "LAB_BACKEND=unsloth", device)
+            raise RuntimeError("backend=unsloth but unsloth is not installed: pip install -r requirements-gpu.txt")
+        return Backend("unsloth", "forced: backend=unsloth", device)
     if not cuda:
         return Backend("hf", "no CUDA GPU visible", device)
     if not has_package("unsloth"):

@@ -61,7 +61,7 @@ def test_backend_on_cpu_is_hf_with_a_reason(monkeypatch):
     chosen = backend_mod.choose_backend()
     assert (chosen.name, chosen.device) == ("hf", "cpu") and "CUDA" in chosen.reason
     monkeypatch.setenv("LAB_BACKEND", "hf")
-    assert backend_mod.choose_backend().reason == "LAB_BACKEND=hf"
+    assert backend_mod.choose_backend().reason == "forced: backend=hf"
     monkeypatch.setenv("LAB_BACKEND", "unsloth")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         backend_mod.choose_backend()
