@@ -38,6 +38,8 @@ def plot_training(history: list[dict], path=None, title: str = "training"):
         ax_lr.plot(*zip(*lrs), color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------- text-generation metrics (base vs tuned)
@@ -60,6 +62,8 @@ def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", 
     ax.set_ylim(0, max(100.0, *(float(d[m]) for d in (base, tuned) for m in metrics)) * 1.2)  # room for the legend
     ax.set_title(title)
     ax.legend(loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 # --- teaching: SVD / ALS ---
