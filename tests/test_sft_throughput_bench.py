@@ -1,0 +1,19 @@
+"""The throughput benchmark's harness works (no timing is asserted: speed is for benchmarks/)."""
+
+import json
+
+import pytest
+
+from benchmarks import sft_throughput
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_measures_both_paths_on_the_same_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    ratio = sft_throughput.main(["--rows", "24", "--steps", "3", "--warmup", "1", "--batch_size", "4", "--lora_r", "4",
+                                 "--skip_fp32", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["lab"]["timed_tokens"] > 0 and result["trl"]["timed_tokens"] > 0
+    assert result["ratio"] == pytest.approx(ratio, rel=1e-3) and ratio > 0
+    assert "ratio lab / TRL" in capsys.readouterr().out
