@@ -63,8 +63,7 @@ def lab_params(a, precision: str):
 def run_lab(a, dataset, out: Path, precision: str) -> dict:
     from data_loaders.common import SkipReport
     from lab_utils.backend import get_backend
-    from lab_utils.training import load_model, tokenize_dataset
-    from scripts.sft_alpaca import make_trainer
+    from lab_utils.training import load_model, make_trainer, tokenize_dataset
 
     p = lab_params(a, precision)
     backend = get_backend("hf")

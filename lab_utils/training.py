@@ -230,3 +230,84 @@ class LossHistory(TrainerCallback):
 def last_checkpoint(output_dir) -> str | None:
     path = Path(output_dir)
     return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+# ---------------------------------------------------------------- the SFT loop shared by the SFT experiments
+# `p` is any experiment's Params with the shared SFT fields (see scripts/sft_alpaca.py:Params).
+
+def training_arguments(p, run: Path, backend: Backend):
+    import os
+
+    from transformers import TrainingArguments
+
+    # transformers 5 reads the TensorBoard folder from the environment only
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    precision = resolve_precision(p.precision, backend.device)
+    return TrainingArguments(
+        output_dir=str(run / "checkpoints"),
+        per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
+        max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
+        warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay,
+        bf16=precision == "bf16", fp16=precision == "fp16",
+        logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
+        report_to=[] if p.report_to == "none" else [p.report_to], seed=p.seed, data_seed=p.seed,
+        train_sampling_strategy="group_by_length" if p.batching == "padded" else "random", remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=backend.device == "cpu", disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding", prediction_loss_only=True,
+    )
+
+
+def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend):
+    """(trainer, LossHistory) with the lab's batching, loss and optional LoRA+ optimizer."""
+    padding_free = p.batching == "padding_free" and not backend.is_unsloth
+    optimizers = (None, None)
+    if p.loraplus_lr_ratio > 0:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizers = (create_loraplus_optimizer(model, torch.optim.AdamW, lr=p.learning_rate,
+                                                loraplus_lr_ratio=p.loraplus_lr_ratio, weight_decay=p.weight_decay), None)
+    trainer_cls = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
+    history = LossHistory()
+    trainer = trainer_cls(
+        model=model, args=training_arguments(p, run, backend), train_dataset=train_tokens, eval_dataset=eval_tokens,
+        data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
+        optimizers=optimizers, processing_class=tokenizer,
+    )
+    return trainer, history
+
+
+def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend) -> dict:
+    """Train (resuming from the run's last checkpoint) with eval loss before and after."""
+    import time
+
+    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
+    eval_before = trainer.evaluate()["eval_loss"]
+    resume = last_checkpoint(run / "checkpoints")
+    if resume:
+        print(f"[lab] resuming from {resume}")
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - started
+    eval_after = trainer.evaluate()["eval_loss"]
+    return {
+        "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
+        "global_step": trainer.state.global_step, "resumed_from": resume, "train_seconds": round(seconds, 2),
+        "train_tokens_per_second": result.metrics.get("train_tokens_per_second"),
+        "tokens_seen": trainer.state.num_input_tokens_seen, "history": history.records,
+    }
+
+
+def save_training_artifacts(p, run: Path, model, tokenizer, outcome: dict, report, backend: Backend) -> dict:
+    """Adapter (+tokenizer), skip report, history and its plot; returns the metrics to record."""
+    from lab_utils import plots
+    from lab_utils.artifacts import write_json
+
+    model.save_pretrained(run / "adapter")
+    tokenizer.save_pretrained(run / "adapter")
+    report.write_csv(run / "skipped_rows.csv")
+    write_json(outcome["history"], run / "history.json")
+    plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}")
+    scalars = {k: v for k, v in outcome.items() if k != "history"}
+    return {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
+            "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}

@@ -11,20 +11,18 @@ adapter/, checkpoints/, tensorboard/, params.json, metrics.json, history.json,
 training.png, generations.md/.csv, skipped_rows.csv, run_complete.json.
 """
 
-import time
 from dataclasses import dataclass
 
 import pandas as pd
 
 from data_loaders.alpaca import load_chat_file
-from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.chat import generate
 from lab_utils.config import parse_args, save_params
 from lab_utils.paths import REPO_ROOT, mark_complete, run_dir
-from lab_utils.training import (ChatCollator, LabTrainer, LossHistory, last_checkpoint, load_model as load_lora_model,
-                                resolve_precision, tokenize_dataset, trainable_parameters)
+from lab_utils.training import (load_model as load_lora_model, save_training_artifacts,
+                                tokenize_dataset, train_lora, trainable_parameters)
 
 EXPERIMENT = "sft_alpaca"
 REPO_CONFIGS = REPO_ROOT / "configs"
@@ -99,79 +97,14 @@ def answer_heldout(p: Params, model, tokenizer, heldout) -> list[str]:
     return generate(model, tokenizer, heldout["messages"], max_new_tokens=p.max_new_tokens)
 
 
-def training_arguments(p: Params, run, backend):
-    import os
-
-    from transformers import TrainingArguments
-
-    # transformers 5 reads the TensorBoard folder from the environment only
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-    precision = resolve_precision(p.precision, backend.device)
-    return TrainingArguments(
-        output_dir=str(run / "checkpoints"),
-        per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
-        max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
-        warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay,
-        bf16=precision == "bf16", fp16=precision == "fp16",
-        logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
-        report_to=[] if p.report_to == "none" else [p.report_to], seed=p.seed, data_seed=p.seed,
-        train_sampling_strategy="group_by_length" if p.batching == "padded" else "random", remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=backend.device == "cpu", disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", prediction_loss_only=True,
-    )
-
-
-def make_trainer(p: Params, model, tokenizer, train_tokens, eval_tokens, run, backend):
-    from transformers import Trainer
-
-    padding_free = p.batching == "padding_free" and not backend.is_unsloth
-    optimizers = (None, None)
-    if p.loraplus_lr_ratio > 0:
-        import torch
-        from peft.optimizers import create_loraplus_optimizer
-
-        optimizers = (create_loraplus_optimizer(model, torch.optim.AdamW, lr=p.learning_rate,
-                                                loraplus_lr_ratio=p.loraplus_lr_ratio, weight_decay=p.weight_decay), None)
-    trainer_cls = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
-    history = LossHistory()
-    trainer = trainer_cls(
-        model=model, args=training_arguments(p, run, backend), train_dataset=train_tokens, eval_dataset=eval_tokens,
-        data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
-        optimizers=optimizers, processing_class=tokenizer,
-    )
-    return trainer, history
-
-
 def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> dict:
     eval_tokens = tokenize_dataset(heldout, tokenizer, p.max_seq_length)
-    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    eval_before = trainer.evaluate()["eval_loss"]
-    resume = last_checkpoint(run / "checkpoints")
-    if resume:
-        print(f"[lab] resuming from {resume}")
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.time() - started
-    eval_after = trainer.evaluate()["eval_loss"]
-    return {
-        "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
-        "global_step": trainer.state.global_step, "resumed_from": resume, "train_seconds": round(seconds, 2),
-        "train_tokens_per_second": result.metrics.get("train_tokens_per_second"),
-        "tokens_seen": trainer.state.num_input_tokens_seen, "history": history.records,
-    }
+    return train_lora(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
 
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, table: pd.DataFrame, report, backend) -> dict:
-    model.save_pretrained(run / "adapter")
-    tokenizer.save_pretrained(run / "adapter")
-    report.write_csv(run / "skipped_rows.csv")
     write_table(table, run, "generations")
-    write_json(outcome["history"], run / "history.json")
-    plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}")
-    scalars = {k: v for k, v in outcome.items() if k != "history"}
-    metrics = {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
-               "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
     write_json(metrics, run / "metrics.json")
     mark_complete(run, {"experiment": EXPERIMENT, "train_loss": metrics["train_loss"]})
     return metrics

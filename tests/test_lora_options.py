@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lab_utils.backend import choose_backend
-from lab_utils.training import load_model, resolve_precision
+from lab_utils.training import load_model, make_trainer, resolve_precision
 from scripts import sft_alpaca
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_loraplus_gives_b_a_higher_learning_rate(tmp_path):
                           report_to="none")
     backend = choose_backend("hf")
     model, tokenizer = load_model(p, backend)
-    trainer, _ = sft_alpaca.make_trainer(p, model, tokenizer, None, None, tmp_path, backend)
+    trainer, _ = make_trainer(p, model, tokenizer, None, None, tmp_path, backend)
     lrs = sorted({group["lr"] for group in trainer.optimizer.param_groups if group["params"]})
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(16e-4)
 
