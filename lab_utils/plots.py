@@ -169,3 +169,33 @@ def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "", 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)
+
+
+# --- batch runs (scripts/batch.py) ---
+
+
+def plot_loss_curves(histories: dict, path=None, title: str = "training loss by run"):
+    """Train loss of several runs on one axis ({run name: history records}), for comparing a grid."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, history in histories.items():
+        points = [(r["step"], r["loss"]) for r in history if "loss" in r and "step" in r]
+        if points:
+            ax.plot(*zip(*points), marker=".", label=name)
+    ax.set(xlabel="step", ylabel="train loss", title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_batch_durations(names, seconds, statuses, path=None, title: str = "run time"):
+    """Horizontal bars, one per run, red where the run failed: where the batch's time went."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
+    colours = ["#2f7ed8" if s == "finished" else "#d9534f" for s in statuses]
+    bars = ax.barh(list(names), [float(s or 0) for s in seconds], color=colours)
+    ax.bar_label(bars, fmt="%.1f s", fontsize=8)
+    ax.invert_yaxis()  # first run on top, as in the table
+    ax.set(xlabel="seconds", title=title)
+    fig.tight_layout()
+    return save(fig, path)
