@@ -1,0 +1,234 @@
+"""Check that this machine can run the lab, and say what to fix.
+
+    python -m scripts.doctor                       # the environment as it is
+    python -m scripts.doctor --env env/autodl.env  # as it will be after `source env/autodl.env`
+
+Prints every path the lab resolves (and whether it is writable), free disk,
+the training backend and why, the GPU, pinned versions (requirements.txt) against
+the installed ones, and which optional extras are present. Each problem comes
+with the fix. Exit status 1 when something blocks a run (an output folder that
+can't be written, a core package missing, a forced backend that can't work), 0
+otherwise: warnings (a different version, little disk) don't block.
+
+--env reads the simple `export VAR=value` lines of an env/*.env profile, with
+$VAR, ${VAR} and ${VAR:-default} expanded the way a shell would; nothing else
+of the shell language is interpreted.
+"""
+
+import argparse
+import importlib.metadata
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils import paths
+from lab_utils.backend import choose_backend, has_package
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
+    "unsloth": "faster LoRA/QLoRA on CUDA (pip install -r requirements-gpu.txt)",
+    "vllm": "fast GRPO rollouts on CUDA (pip install -r requirements-gpu.txt)",
+    "bitsandbytes": "4/8-bit QLoRA on CUDA (pip install -r requirements-gpu.txt)",
+    "llama_cpp": "run exported GGUF files locally (pip install llama-cpp-python)",
+    "pyspark": "the ALS notebook's Spark comparison (pip install -r requirements-spark.txt, Java 17+)",
+}
+LOW_DISK_GB = 20  # a 1.5B model, its checkpoints and the hub cache fit in this with room
+BLOCKING_DISK_GB = 1
+
+
+@dataclass
+class Check:
+    level: str
+    topic: str
+    message: str
+    fix: str = ""
+
+
+# --- env profiles ------------------------------------------------------------------------------
+
+EXPANSION = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(.*)$")
+
+
+def expand(text: str, env: dict) -> str:
+    """$VAR, ${VAR} and ${VAR:-default} (the default expanded too), like sh; unset is empty."""
+    def one(match):
+        name = match.group(1) or match.group(3)
+        value = env.get(name, "")
+        if match.group(1) and match.group(2) is not None and not value:
+            return expand(match.group(2), env)
+        return value
+
+    return EXPANSION.sub(one, text)
+
+
+def strip_value(raw: str) -> str:
+    """Drop a trailing ` # comment` and one pair of surrounding quotes."""
+    raw = raw.strip()
+    if raw[:1] in "\"'" and raw[:1] and raw.count(raw[0]) >= 2:
+        return raw[1:raw.index(raw[0], 1)]
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+
+
+def parse_env_file(path, base: dict | None = None) -> dict:
+    """The variables an env profile sets, in order, each expanded against what came before."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PWD", os.getcwd())
+    assigned = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        match = ASSIGNMENT.match(line)
+        if match and not line.lstrip().startswith("#"):
+            value = strip_value(match.group(2))
+            quoted_literal = match.group(2).strip().startswith("'")
+            env[match.group(1)] = assigned[match.group(1)] = value if quoted_literal else expand(value, env)
+    return assigned
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_path(label: str, variable: str, path: Path, must_write: bool, must_exist: bool = False) -> Check:
+    existing = nearest_existing(path)
+    writable = os.access(existing, os.W_OK)
+    state = "exists" if path.exists() else f"will be created under {existing}"
+    where = f"{label:<15} {path} ({state}; {'writable' if writable else 'NOT writable'})"
+    if must_exist and not path.is_dir():
+        return Check(WARN, "paths", where, f"set {variable} to the folder that holds your datasets "
+                                             "(the bundled samples in data/samples/ still work)")
+    if must_write and not writable:
+        return Check(FAIL, "paths", where, f"set {variable} to a folder you can write (export {variable}=...)")
+    return Check(OK, "paths", where)
+
+
+def check_paths() -> list[Check]:
+    hf_home = Path(os.path.expandvars(os.environ.get("HF_HOME", "~/.cache/huggingface"))).expanduser()
+    return [
+        check_path("LAB_HOME", "LAB_HOME", paths.lab_home(), must_write=False, must_exist=True),
+        check_path("LAB_MODELS_DIR", "LAB_MODELS_DIR", paths.models_dir(), must_write=True),
+        check_path("LAB_DATA_DIR", "LAB_DATA_DIR", paths.data_dir(), must_write=False, must_exist=True),
+        check_path("LAB_OUTPUT_DIR", "LAB_OUTPUT_DIR", paths.output_dir(), must_write=True),
+        check_path("HF_HOME", "HF_HOME", hf_home.resolve(), must_write=True),
+    ]
+
+
+def check_disk() -> list[Check]:
+    checks, seen = [], set()
+    for label, folder in (("LAB_OUTPUT_DIR", paths.output_dir()), ("LAB_MODELS_DIR", paths.models_dir())):
+        existing = nearest_existing(folder)
+        if existing.stat().st_dev in seen:
+            continue  # same file system as the one above
+        seen.add(existing.stat().st_dev)
+        free_gb = shutil.disk_usage(existing).free / 2**30
+        message = f"{label:<15} {free_gb:.1f} GB free on {existing}"
+        if free_gb < BLOCKING_DISK_GB:
+            checks.append(Check(FAIL, "disk", message, f"free space or point {label} at a larger disk"))
+        elif free_gb < LOW_DISK_GB:
+            checks.append(Check(WARN, "disk", message, f"a GPU model with checkpoints needs ~{LOW_DISK_GB} GB; "
+                                                       f"point {label} at a larger disk for real runs"))
+        else:
+            checks.append(Check(OK, "disk", message))
+    return checks
+
+
+def check_backend() -> list[Check]:
+    try:
+        backend = choose_backend()
+    except (RuntimeError, ValueError) as err:
+        return [Check(FAIL, "backend", str(err), "unset LAB_BACKEND (auto) or install what it needs")]
+    return [Check(OK, "backend", f"{backend.name} on {backend.device}: {backend.reason}")]
+
+
+def check_gpu() -> list[Check]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return [Check(OK, "gpu", f"none visible (torch {torch.__version__}); CPU runs use the embedded model")]
+    checks = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        checks.append(Check(OK, "gpu", f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GB, "
+                                       f"compute {props.major}.{props.minor} (torch {torch.__version__}, CUDA {torch.version.cuda})"))
+    return checks
+
+
+def pinned_versions(requirements: Path) -> dict:
+    """name -> version for every `name==version` line (comments and other specifiers skipped)."""
+    pins = {}
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = (part.strip() for part in line.split("==", 1))
+            pins[name] = version
+    return pins
+
+
+def check_versions(requirements: Path) -> list[Check]:
+    checks = []
+    for name, pinned in pinned_versions(requirements).items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            checks.append(Check(FAIL, "versions", f"{name}=={pinned} is not installed",
+                                f"pip install -r {requirements.name}"))
+            continue
+        # a local build tag (torch 2.13.0+cpu / +cu126) is the same release
+        if installed.split("+")[0] == pinned:
+            checks.append(Check(OK, "versions", f"{name} {installed}"))
+        else:
+            checks.append(Check(WARN, "versions", f"{name} {installed} installed, {pinned} pinned",
+                                f"pip install {name}=={pinned} (the pinned set is the tested one)"))
+    return checks
+
+
+def check_extras() -> list[Check]:
+    return [Check(OK, "extras", f"{name:<13} {'present' if has_package(name) else 'absent'}"
+                  + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
+
+
+def diagnose(requirements: Path) -> list[Check]:
+    return check_paths() + check_disk() + check_backend() + check_gpu() + check_versions(requirements) + check_extras()
+
+
+def print_report(checks: list[Check], verbose: bool) -> None:
+    topic = None
+    for check in checks:
+        if check.topic == "versions" and check.level == OK and not verbose:
+            continue  # dozens of matching pins say nothing; the count below does
+        if check.topic != topic:
+            topic = check.topic
+            print(f"\n[{topic}]")
+        print(f"  {check.level:<4} {check.message}" + (f"\n       fix: {check.fix}" if check.fix else ""))
+    matching = sum(c.topic == "versions" and c.level == OK for c in checks)
+    print(f"\n{matching} pinned package(s) match requirements.txt"
+          + ("" if verbose else " (--verbose lists them)"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", help="an env/*.env profile to apply first (export VAR=value lines)")
+    parser.add_argument("--requirements", default=str(paths.REPO_ROOT / "requirements.txt"),
+                        help="the pinned versions to compare with (default: requirements.txt)")
+    parser.add_argument("--verbose", action="store_true", help="also list every pin that matches")
+    args = parser.parse_args(argv)
+    if args.env:
+        assigned = parse_env_file(args.env)
+        os.environ.update(assigned)  # this process only: the paths below resolve as after `source`
+        print(f"[doctor] applied {args.env}: " + ", ".join(f"{k}={v}" for k, v in assigned.items()))
+    checks = diagnose(Path(args.requirements))
+    print_report(checks, args.verbose)
+    blocking = [c for c in checks if c.level == FAIL]
+    warnings = [c for c in checks if c.level == WARN]
+    print(f"[doctor] {len(blocking)} blocking problem(s), {len(warnings)} warning(s)")
+    return 1 if blocking else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The batch runner: grid names, dry-run validation, a real two-run batch with a failure, resume, the report."""
+
+import json
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+import yaml
+
+from lab_utils import plots
+from scripts import batch
+
+
+def write_batch(tmp_path, spec: dict):
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+class ReportParser(HTMLParser):
+    """Counts what a reader of report.html sees: table rows, embedded images, links."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images, self.links = 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr":
+            self.rows += 1
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "a":
+            self.links.append(attrs.get("href", ""))
+
+
+def test_grid_expands_to_readable_names(tmp_path):
+    path = write_batch(tmp_path, {"name": "g", "runs": [
+        {"notebook": "sft_alpaca", "config": "configs/sft_alpaca.yaml",
+         "grid": {"lora_r": [8, 16], "learning_rate": [1.0e-4, 2.0e-4]}},
+        {"notebook": "teach_svd"},
+    ]})
+    name, runs = batch.load_batch(path)
+    assert name == "g"
+    assert [r.name for r in runs] == [
+        "sft_alpaca-lora_r=8-learning_rate=0.0001", "sft_alpaca-lora_r=8-learning_rate=0.0002",
+        "sft_alpaca-lora_r=16-learning_rate=0.0001", "sft_alpaca-lora_r=16-learning_rate=0.0002", "teach_svd"]
+    first = runs[0].parameters
+    assert first["lora_r"] == 8 and first["learning_rate"] == 1.0e-4
+    assert first["run_name"] == runs[0].name  # the experiment's folder is named after the run
+    assert first["max_steps"] == 30  # the rest comes from the config file
+    assert batch.validate(runs) == []
+
+
+def test_duplicate_names_and_unknown_keys_are_errors(tmp_path):
+    twice = write_batch(tmp_path, {"name": "d", "runs": [{"notebook": "teach_svd"}, {"notebook": "teach_svd"}]})
+    with pytest.raises(batch.BatchError, match="appear twice"):
+        batch.load_batch(twice)
+    typo = write_batch(tmp_path, {"name": "t", "runs": [{"notebook": "teach_svd", "parms": {}}]})
+    with pytest.raises(batch.BatchError, match="parms"):
+        batch.load_batch(typo)
+
+
+def test_dry_run_rejects_an_unknown_parameter_and_a_wrong_type(tmp_path, capsys):
+    path = write_batch(tmp_path, {"name": "bad", "runs": [
+        {"notebook": "teach_svd", "params": {"max_sides": 64}},
+        {"notebook": "teach_als", "params": {"rank": "ten"}},
+    ]})
+    assert batch.main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "teach_svd: unknown parameter(s) ['max_sides']" in err
+    assert "rank='ten' is str" in err
+    assert not (tmp_path / "outputs" / "batch" / "bad").exists()  # nothing ran, nothing written
+
+
+def test_loss_curves_plot_overlays_runs(tmp_path):
+    histories = {"r=4": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}],
+                 "r=8": [{"step": 1, "loss": 2.1}, {"step": 2, "loss": 1.2}]}
+    fig = plots.plot_loss_curves(histories, tmp_path / "curves.png")
+    assert [line.get_label() for line in fig.axes[0].lines] == ["r=4", "r=8"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_batch_with_a_failure_report_and_resume(tmp_path, monkeypatch):
+    svd = {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]}
+    path = write_batch(tmp_path, {"name": "smoke", "defaults": {"timeout": 120}, "runs": [
+        {"notebook": "teach_svd", "name": "good", "params": svd},
+        # a photo that does not exist: the notebook's first data cell raises LabPathError
+        {"notebook": "teach_svd", "name": "broken", "params": {**svd, "image": "no_such_photo.png"}},
+    ]})
+    assert batch.main([str(path)]) == 1  # a failed run makes the batch's exit status non-zero
+    folder = tmp_path / "outputs" / "batch" / "smoke"
+    state = json.loads((folder / "batch_state.json").read_text())
+    good, broken = state["runs"]["good"], state["runs"]["broken"]
+    assert good["status"] == "finished" and good["error"] is None
+    assert broken["status"] == "failed"
+    assert broken["error"]["ename"] == "LabPathError" and "no_such_photo.png" in broken["error"]["evalue"]
+    assert isinstance(broken["error"]["exec_count"], int)
+    assert good["peak_rss_gb"] > 0.01  # the kernel holds numpy + matplotlib: tens of MB at least
+    # each run's artifacts, executed notebook and log sit in its own folder
+    assert (folder / "good" / "teach_svd" / "good" / "run_complete.json").exists()
+    assert (folder / "good" / "teach_svd.ipynb").exists() and (folder / "broken" / "teach_svd.ipynb").exists()
+    assert "LabPathError" in (folder / "broken" / "run.log").read_text() or (folder / "broken" / "run.log").exists()
+
+    table = pd.read_csv(folder / "metrics.csv")
+    assert list(table["run"]) == ["good", "broken"]
+    assert list(table["status"]) == ["finished", "failed"]
+    assert "image" in table.columns and "max_side" not in table.columns  # only what varies
+    assert "LabPathError" in table.loc[1, "error"]
+    page = ReportParser()
+    page.feed((folder / "report.html").read_text())
+    assert page.rows == 3  # header + one row per run
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert "good/teach_svd.ipynb" in page.links
+    assert "[good/teach_svd.ipynb](good/teach_svd.ipynb)" in (folder / "report.md").read_text()
+
+    # without --resume an existing batch is never overwritten
+    assert batch.main([str(path)]) == 2
+    # --resume reruns only the failure (fixed in the batch file here), not the finished run
+    spec = yaml.safe_load(path.read_text())
+    spec["runs"][1]["params"]["image"] = "synthetic"
+    path.write_text(yaml.safe_dump(spec))
+    assert batch.main([str(path), "--resume"]) == 0
+    after = json.loads((folder / "batch_state.json").read_text())["runs"]
+    assert after["good"]["started_at"] == good["started_at"]  # untouched
+    assert after["broken"]["status"] == "finished" and after["broken"]["started_at"] >= broken["started_at"]
+    assert list(pd.read_csv(folder / "metrics.csv")["status"]) == ["finished", "finished"]
+    assert batch.main([str(path), "--report"]) == 0

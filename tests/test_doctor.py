@@ -1,0 +1,62 @@
+"""scripts/doctor.py: env-profile parsing, the paths it reports, blocking problems and the exit status."""
+
+import os
+
+from scripts import doctor
+
+
+def test_env_file_expansion_like_a_shell(tmp_path):
+    profile = tmp_path / "box.env"
+    profile.write_text(
+        "# a comment\n"
+        "export LAB_HOME=${LAB_HOME:-$PWD}\n"
+        "export DATA_DISK=${DATA_DISK:-/mnt/disk}   # default used: unset\n"
+        "export LAB_OUTPUT_DIR=$DATA_DISK/outputs\n"
+        "export LAB_MODELS_DIR=${DATA_DISK}/models\n"
+        "export HF_ENDPOINT=${HF_ENDPOINT:-https://hf-mirror.com}\n"
+        "LITERAL='$NOT_EXPANDED'\n"
+        "export QUOTED=\"a b\"\n"
+    )
+    env = doctor.parse_env_file(profile, base={"PWD": "/repo", "HF_ENDPOINT": "https://example.org"})
+    assert env["LAB_HOME"] == "/repo"
+    assert env["DATA_DISK"] == "/mnt/disk"
+    assert env["LAB_OUTPUT_DIR"] == "/mnt/disk/outputs" and env["LAB_MODELS_DIR"] == "/mnt/disk/models"
+    assert env["HF_ENDPOINT"] == "https://example.org"  # already set: the default is not used
+    assert env["LITERAL"] == "$NOT_EXPANDED" and env["QUOTED"] == "a b"
+
+
+def test_doctor_reports_the_paths_of_an_env_file(tmp_path, monkeypatch, capsys):
+    disk = tmp_path / "disk"
+    (disk / "data").mkdir(parents=True)
+    profile = tmp_path / "box.env"
+    profile.write_text(f"export BOX={disk}\nexport LAB_OUTPUT_DIR=$BOX/outputs\nexport LAB_DATA_DIR=$BOX/data\n"
+                       f"export LAB_MODELS_DIR=$BOX/models\nexport HF_HOME=$BOX/hf\n")
+    for name in ("LAB_OUTPUT_DIR", "LAB_DATA_DIR", "LAB_MODELS_DIR", "HF_HOME", "BOX"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test: doctor sets them
+    code = doctor.main(["--env", str(profile)])
+    out = capsys.readouterr().out
+    assert f"LAB_OUTPUT_DIR  {disk / 'outputs'} (will be created under {disk}; writable)" in out
+    assert f"LAB_DATA_DIR    {disk / 'data'} (exists; writable)" in out
+    assert f"HF_HOME         {disk / 'hf'}" in out
+    assert "[backend]" in out and ("hf on cpu" in out or "on cuda" in out)
+    assert "[extras]" in out and "unsloth" in out
+    assert code == 0, out
+
+
+def test_unwritable_output_dir_and_missing_package_block(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(locked / "outputs"))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("pyyaml==0.0.1  # wrong on purpose\nno-such-package-for-doctor==1.0\n")
+    try:
+        code = doctor.main(["--requirements", str(requirements)])
+    finally:
+        locked.chmod(0o700)
+    out = capsys.readouterr().out
+    assert "no-such-package-for-doctor==1.0 is not installed" in out
+    assert "pyyaml" in out and "0.0.1 pinned" in out  # a version mismatch is a warning with its fix
+    if os.geteuid() != 0:  # root can write anywhere: the missing package still blocks
+        assert "NOT writable" in out
+    assert code == 1
