@@ -13,7 +13,7 @@ from scripts import batch
 
 def write_batch(tmp_path, spec: dict):
     path = tmp_path / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -120,7 +120,7 @@ def test_batch_with_a_failure_report_and_resume(tmp_path, monkeypatch):
     # --resume reruns only the failure (fixed in the batch file here), not the finished run
     spec = yaml.safe_load(path.read_text())
     spec["runs"][1]["params"]["image"] = "synthetic"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert batch.main([str(path), "--resume"]) == 0
     after = json.loads((folder / "batch_state.json").read_text())["runs"]
     assert after["good"]["started_at"] == good["started_at"]  # untouched
