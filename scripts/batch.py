@@ -62,7 +62,7 @@ RUN_KEYS = {"notebook", "config", "params", "grid", "name", "timeout"}
 # The metric a run is judged by: the first of these present in metrics.json (top-level
 # numbers), else in run_complete.json's summary; none if no key matches.
 KEY_METRICS = ("accuracy_after", "accuracy", "bleu4", "rougeL", "rouge1", "reward_mean",
-               "rmse", "mean_rmse", "eval_loss_after")
+               "rmse", "mean_rmse")
 # Peak GPU memory a run may record itself in metrics.json (torch.cuda.max_memory_allocated), in GB.
 CUDA_PEAK_KEYS = ("cuda_peak_memory_gb", "peak_cuda_memory_gb", "gpu_peak_memory_gb")
 MEMORY_POLL_SECONDS = 0.5
@@ -356,6 +356,7 @@ def key_metric(metrics: dict, summary: dict) -> tuple[str, float | None]:
 
 def run_row(record: dict, batch_dir: Path, varied: list[str]) -> tuple[dict, list]:
     """One report row and the run's logged history (for the loss plot)."""
+    parameters = effective_parameters(record)
     found = artifact_dir(batch_dir / record["name"])
     metrics = read_json_if(found / "metrics.json" if found else None) or {}
     summary = read_json_if(found / "run_complete.json" if found else None) or {}
@@ -367,10 +368,11 @@ def run_row(record: dict, batch_dir: Path, varied: list[str]) -> tuple[dict, lis
     cuda_peak = next((metrics[k] for k in CUDA_PEAK_KEYS if number(metrics.get(k)) is not None), None)
     error = record.get("error") or {}
     row = {"run": record["name"], "status": record["status"], "duration_s": record.get("duration_s"),
-           **{k: json.dumps(record["parameters"].get(k)) if isinstance(record["parameters"].get(k), (list, dict))
-              else record["parameters"].get(k) for k in varied},
+           **{k: json.dumps(parameters.get(k)) if isinstance(parameters.get(k), (list, dict))
+              else parameters.get(k) for k in varied},
            "train_loss": losses[-1] if losses else number(metrics.get("train_loss")),
-           "eval_loss": number(metrics.get("eval_loss_after", metrics.get("eval_loss"))) or (evals[-1] if evals else None),
+           "eval_loss": next((metrics[k] for k in ("eval_loss_after", "eval_loss") if number(metrics.get(k)) is not None),
+                             evals[-1] if evals else None),
            "key_metric": metric_name or None, "key_metric_value": metric_value,
            "peak_memory_gb": cuda_peak if cuda_peak is not None else record.get("peak_rss_gb"),
            "peak_memory_source": "cuda (metrics.json)" if cuda_peak is not None else "kernel RSS (polled)",
@@ -379,10 +381,21 @@ def run_row(record: dict, batch_dir: Path, varied: list[str]) -> tuple[dict, lis
     return row, history
 
 
+def effective_parameters(record: dict) -> dict:
+    """What the notebook ran with: its parameters cell, then what the batch injected."""
+    notebook = REPO_ROOT / record["notebook"]
+    return {**(parameters_cell(notebook) if notebook.exists() else {}), **record["parameters"]}
+
+
 def varied_parameters(records: list[dict]) -> list[str]:
-    """Parameter names whose value is not the same in every run (run_name always varies: left out)."""
-    names = sorted({k for r in records for k in r["parameters"]} - {"run_name"})
-    values = lambda k: {json.dumps(r["parameters"].get(k), sort_keys=True) for r in records}  # noqa: E731
+    """Names with more than one value among the runs that have them (run_name always varies: left out).
+
+    Runs of different notebooks share few names; a name only one notebook has is
+    not a difference between runs, so it is not a column.
+    """
+    effective = [effective_parameters(r) for r in records]
+    names = sorted({k for e in effective for k in e} - {"run_name"})
+    values = lambda k: {json.dumps(e[k], sort_keys=True) for e in effective if k in e}  # noqa: E731
     return [k for k in names if len(values(k)) > 1]
 
 
@@ -427,6 +440,7 @@ def html_report(name: str, frame: pd.DataFrame, images: dict, wall_s: float) -> 
 
 def markdown_report(name: str, frame: pd.DataFrame, wall_s: float, plot_files: list[str]) -> str:
     shown = frame.assign(notebook=[f"[{n}]({n})" for n in frame["notebook"]])
+    shown = shown.astype(object).where(shown.notna(), "")  # an empty cell, not "nan", where a run has no value
     lines = [f"# batch {name}", "",
              f"{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
              f"run time {wall_s:.0f} s.", "",
