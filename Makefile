@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup setup-gpu setup-spark demo test test-gpu bench clean-outputs
+.PHONY: setup setup-gpu setup-spark demo test test-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -51,6 +51,14 @@ test-gpu: setup
 
 bench: setup
 	$(PY) -m benchmarks.sft_throughput
+
+# Is this machine ready? Paths, disk, backend, GPU, pins. ENV=env/autodl.env checks a profile.
+doctor: setup
+	$(PY) -m scripts.doctor $(if $(ENV),--env $(ENV))
+
+# Every notebook headless, tiny, with a report: $$LAB_OUTPUT_DIR/batch/cpu_smoke/report.html
+batch-smoke: setup
+	$(PY) -m scripts.batch configs/batch/cpu_smoke.yaml --overwrite
 
 clean-outputs:
 	rm -rf outputs

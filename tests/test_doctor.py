@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from scripts import doctor
 
 
@@ -60,3 +62,14 @@ def test_unwritable_output_dir_and_missing_package_block(tmp_path, monkeypatch, 
     if os.geteuid() != 0:  # root can write anywhere: the missing package still blocks
         assert "NOT writable" in out
     assert code == 1
+
+
+@pytest.mark.gpu
+def test_doctor_names_the_gpu_and_its_memory(capsys):
+    import torch
+
+    assert doctor.main([]) in (0, 1)  # pins may differ on a GPU box; the GPU line must be there
+    out = capsys.readouterr().out
+    props = torch.cuda.get_device_properties(0)
+    assert f"cuda:0 {props.name}, {props.total_memory / 2**30:.1f} GB" in out
+    assert "on cuda" in out
