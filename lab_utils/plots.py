@@ -197,5 +197,13 @@ def plot_batch_durations(names, seconds, statuses, path=None, title: str = "run 
     ax.bar_label(bars, fmt="%.1f s", fontsize=8)
     ax.invert_yaxis()  # first run on top, as in the table
     ax.set(xlabel="seconds", title=title)
+# --- data -----------------------------------------------------------------------
+
+def plot_length_histogram(lengths, path=None, title: str = "tokens per conversation", bins: int = 30):
+    """How long the training rows are: guides max_seq_length and the batch size."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist(list(lengths), bins=bins, color="#2f7ed8")
+    ax.set(xlabel="tokens (chat template included)", ylabel="rows", title=title)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)

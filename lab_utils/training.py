@@ -27,6 +27,48 @@ from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conver
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
 
 
+@dataclass(kw_only=True)
+class LoraSFTParams:
+    """The knobs every LoRA SFT experiment shares; each experiment's Params adds its data fields.
+
+    Defaults are the CPU demo's. Field names are the same in every experiment, so
+    configs, notebooks and the batch runner speak one vocabulary.
+    """
+
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_mlp: bool = True  # also adapt gate/up/down projections
+    use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
+    use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
+    loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
+    load_in_4bit: bool = False  # QLoRA (GPU only)
+    load_in_8bit: bool = False
+    # optimisation
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 30  # > 0 overrides num_train_epochs
+    num_train_epochs: float = 1.0
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False
+    batching: str = "padding_free"  # padding_free | padded (length-grouped)
+    seed: int = 42
+    # bookkeeping
+    logging_steps: int = 1
+    save_steps: int = 10
+    save_total_limit: int = 2
+    max_new_tokens: int = 48
+    run_name: str = "demo"
+    overwrite: bool = False
+    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
+    backend: str = "auto"  # auto | hf | unsloth
+
+
 class EmptyBatchError(ValueError):
     """A batch in which every label is masked: nothing to learn, and a NaN loss if trained on."""
 
@@ -311,3 +353,23 @@ def save_training_artifacts(p, run: Path, model, tokenizer, outcome: dict, repor
     scalars = {k: v for k, v in outcome.items() if k != "history"}
     return {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
             "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+
+
+def open_run(experiment: str, p) -> Path:
+    """The run folder for these Params (refusing to overwrite a finished run), with params.json."""
+    from lab_utils.config import save_params
+    from lab_utils.paths import run_dir
+
+    run = run_dir(experiment, p.run_name, overwrite=p.overwrite)
+    save_params(p, run / "params.json")
+    return run
+
+
+def load_lora_model(p):
+    """(LoRA model, tokenizer, backend): the backend is chosen (and announced) once."""
+    from lab_utils.backend import get_backend
+
+    backend = get_backend(None if p.backend == "auto" else p.backend)
+    model, tokenizer = load_model(p, backend)
+    print(f"[lab] {p.model}: {trainable_parameters(model)}")
+    return model, tokenizer, backend

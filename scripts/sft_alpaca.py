@@ -17,19 +17,17 @@ import pandas as pd
 
 from data_loaders.alpaca import load_chat_file
 from lab_utils.artifacts import setup_logging, write_json, write_table
-from lab_utils.backend import get_backend
 from lab_utils.chat import generate
-from lab_utils.config import parse_args, save_params
-from lab_utils.paths import REPO_ROOT, mark_complete, run_dir
-from lab_utils.training import (load_model as load_lora_model, save_training_artifacts,
-                                tokenize_dataset, train_lora, trainable_parameters)
+from lab_utils.config import parse_args
+from lab_utils.paths import mark_complete
+from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
+                                tokenize_dataset, train_lora)
 
 EXPERIMENT = "sft_alpaca"
-REPO_CONFIGS = REPO_ROOT / "configs"
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(LoraSFTParams):
     # model and data
     model: str = "smollm2-135m"  # registry name, local folder or hub id
     data_file: str = "alpaca_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
@@ -37,51 +35,15 @@ class Params:
     max_rows: int = 0  # 0 = every row
     heldout_rows: int = 8  # kept out of training: eval loss and before/after answers
     max_seq_length: int = 256
-    # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_mlp: bool = True  # also adapt gate/up/down projections
-    use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
-    use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
-    loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
-    load_in_4bit: bool = False  # QLoRA (GPU only)
-    load_in_8bit: bool = False
-    # optimisation
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 30  # > 0 overrides num_train_epochs
-    num_train_epochs: float = 1.0
-    warmup_ratio: float = 0.1
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
-    gradient_checkpointing: bool = False
-    batching: str = "padding_free"  # padding_free | padded (length-grouped)
-    seed: int = 42
-    # bookkeeping
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
-    max_new_tokens: int = 48
-    run_name: str = "demo"
-    overwrite: bool = False
-    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
-    backend: str = "auto"  # auto | hf | unsloth
+    # LoRA, optimisation and bookkeeping knobs: see LoraSFTParams (shared by every SFT experiment)
 
 
 def setup_run(p: Params):
-    run = run_dir(EXPERIMENT, p.run_name, overwrite=p.overwrite)
-    save_params(p, run / "params.json")
-    return run
+    return open_run(EXPERIMENT, p)
 
 
 def load_model(p: Params):
-    backend = get_backend(None if p.backend == "auto" else p.backend)
-    model, tokenizer = load_lora_model(p, backend)
-    print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return model, tokenizer, backend
+    return load_lora_model(p)
 
 
 def build_dataset(p: Params, tokenizer):

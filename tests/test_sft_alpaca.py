@@ -7,7 +7,7 @@ import yaml
 
 from lab_utils.artifacts import read_json
 from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import output_dir
+from lab_utils.paths import REPO_ROOT, output_dir
 from scripts import sft_alpaca
 
 TINY = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
@@ -73,7 +73,7 @@ def test_notebook_runs_under_papermill(tmp_path):
 def test_gpu_config_trains_with_qlora(backend, monkeypatch):
     """The GPU config's settings (4-bit QLoRA, checkpointing, padded batches) on the embedded model
     (the GPU box has no network, so the config's hub model is swapped for a local one)."""
-    config = yaml.safe_load((sft_alpaca.REPO_CONFIGS / "sft_alpaca_gpu.yaml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "configs" / "sft_alpaca_gpu.yaml").read_text())
     params = {**config, **TINY, "model": "smollm2-135m", "run_name": f"gpu-{backend}", "backend": backend}
     metrics = sft_alpaca.run(sft_alpaca.Params(**params))["metrics"]
     assert metrics["backend"] == backend and metrics["device"] == "cuda"

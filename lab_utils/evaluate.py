@@ -1,0 +1,68 @@
+"""Evaluation shared by every experiment: base vs tuned answers, text metrics, perplexity.
+
+The base model is the tuned model with its LoRA adapter switched off
+(`model.disable_adapter()`), so A/B needs one model in memory and the two
+sides differ by nothing but the adapter. Decoding is greedy and fixed, so two
+runs of the same evaluation give the same answers.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+
+from lab_utils import plots
+from lab_utils.artifacts import write_json, write_table
+from lab_utils.chat import generate, prompt_of
+from lab_utils.metrics import sample_table, text_metrics
+
+
+def base_and_tuned_answers(model, tokenizer, conversations, max_new_tokens: int = 64, batch_size: int = 8):
+    """(base answers, tuned answers) for each conversation's prompt."""
+    with model.disable_adapter():
+        base = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    tuned = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return base, tuned
+
+
+def references_of(conversations) -> list[str]:
+    return [c[-1]["content"] for c in conversations]
+
+
+def questions_of(conversations) -> list[str]:
+    return [prompt_of(c)[-1]["content"] for c in conversations]
+
+
+def compare_text_metrics(base: list[str], tuned: list[str], references: list[str]) -> dict:
+    """BLEU-4 / ROUGE-1/2/L (0..100) of both sides on the same references."""
+    return {"base": text_metrics(base, references), "tuned": text_metrics(tuned, references)}
+
+
+def write_text_evaluation(run: Path, conversations, base: list[str], tuned: list[str], title: str = "") -> dict:
+    """eval.json, eval.png (bar chart) and samples.md/.csv (question, reference, base, tuned)."""
+    references = references_of(conversations)
+    scores = compare_text_metrics(base, tuned, references)
+    write_json(scores, Path(run) / "eval.json")
+    plots.plot_metric_comparison(scores["base"], scores["tuned"], title=title or "base vs fine-tuned",
+                                 path=Path(run) / "eval.png")
+    write_table(sample_table(questions_of(conversations), references, base, tuned), run, "samples")
+    return scores
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 512) -> float:
+    """exp(mean token negative log-likelihood) over plain texts (every token counts)."""
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"].to(model.device)
+        if ids.shape[1] < 2:
+            continue
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        total_nll += loss.item() * (ids.shape[1] - 1)
+        total_tokens += ids.shape[1] - 1
+    model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("perplexity needs texts of at least two tokens")
+    return math.exp(total_nll / total_tokens)
