@@ -152,7 +152,9 @@ def dense_spectrum(adapter, module: str) -> dict:
     dense = lowrank.delta_weight(a, b, adapter.scale)
     s = np.linalg.svd(dense, compute_uv=False)
     r = adapter.rank
-    return {"module": module, "shape": list(dense.shape), "singular_values": s, "matrix_rank": int(np.linalg.matrix_rank(dense)),
+    round_off = max(dense.shape) * np.finfo(np.float64).eps  # numpy.linalg.matrix_rank's tolerance, without a 2nd SVD
+    return {"module": module, "shape": list(dense.shape), "singular_values": s,
+            "matrix_rank": lowrank.numerical_rank(s, rtol=round_off),
             "largest_beyond_r_over_s1": float(s[r] / s[0]) if len(s) > r else 0.0,
             "max_diff_vs_qr_route": float(np.max(np.abs(s[:r] - lowrank.lora_singular_values(a, b, adapter.scale))))}
 
