@@ -222,7 +222,8 @@ def save_figures(run, counts, spectra, ranks_table, dense, adapter) -> None:
     plots.plot_lora_parameter_counts(counts["ranks"], counts["per_module"], counts["total"], run / "parameter_counts.png")
     plots.plot_lora_spectra(spectra, adapter.rank, run / "adapter_spectra.png")
     plots.plot_effective_rank(ranks_table.to_dict("records"), adapter.rank, run / "effective_rank.png")
-    plots.plot_singular_values(dense["singular_values"], run / "dense_spectrum.png", title=f"dW of {dense['module']}")
+    plots.plot_singular_values(dense["singular_values"][: 4 * adapter.rank], run / "dense_spectrum.png",
+                               title=f"dW of {dense['module']} (first {4 * adapter.rank})")
 
 
 def summarise(adapter, ranks_table: pd.DataFrame, dense: dict, merge: dict, energy_fraction: float) -> dict:
@@ -246,10 +247,8 @@ def start_run(p: Params) -> Path:
     return run
 
 
-def save_results(p: Params, run, table, counts, adapter, ranks_table, spectra, dense, merge) -> dict:
-    """Figures, CSV tables and metrics.json into the run folder; marks it complete last."""
-    save_figures(run, counts, spectra, ranks_table, dense, adapter)
-    plt.close("all")
+def save_results(p: Params, run, table, adapter, ranks_table, dense, merge) -> dict:
+    """CSV tables and metrics.json into the run folder (figures are saved where drawn); marks it complete last."""
     table.to_csv(run / "parameter_counts.csv", index=False)
     ranks_table.to_csv(run / "adapter_ranks.csv", index=False)
     metrics = summarise(adapter, ranks_table, dense, merge, p.energy_fraction)
@@ -272,7 +271,9 @@ def run(p: Params) -> dict:
     module = pick_module(p, adapter)
     dense = dense_spectrum(adapter, module)
     merge = merge_check(p, adapter, module)
-    metrics = save_results(p, run, table, counts, adapter, ranks_table, spectra, dense, merge)
+    save_figures(run, counts, spectra, ranks_table, dense, adapter)
+    plt.close("all")
+    metrics = save_results(p, run, table, adapter, ranks_table, dense, merge)
     return {"run_dir": str(run), "parameter_table": table, "adapter_ranks": ranks_table, **metrics}
 
 
