@@ -12,6 +12,8 @@ what "low rank" buys and what it costs:
   small fraction of observed entries: the same "two thin factors" shape as
   LoRA's B and A, fitted by alternating ridge regressions, each of which has a
   closed-form solution.
+- LoRA updates dW = scale * B @ A: parameter counts against full fine-tuning,
+  the dense update, and its singular values (at most r of them are non-zero).
 
 Everything here is deterministic given a seed. Ratings are passed as three
 parallel arrays (users, items, ratings) with 0-based integer ids.
@@ -275,3 +277,68 @@ def _update_side(model: FactorModel, side: str, own, other, values, groups, pena
         model.user_bias, model.user_factors = bias, factors
     else:
         model.item_bias, model.item_factors = bias, factors
+
+
+# ------------------------------------------------------------------ LoRA updates
+#
+# LoRA keeps a pretrained weight W (d_out x d_in) frozen and learns
+#     dW = scale * B @ A,   B (d_out x r) starts at zero, A (r x d_in) random,
+# with scale = alpha / r (or alpha / sqrt(r) for rsLoRA). The layer computes
+# x W^T + scale * (x A^T) B^T, so merging W + dW gives the same outputs with
+# no extra work at inference.
+
+
+def lora_scale(alpha: float, rank: int, use_rslora: bool = False) -> float:
+    """alpha / r, or alpha / sqrt(r) for rsLoRA (keeps the update's size steady as r grows)."""
+    return float(alpha) / (float(rank) ** 0.5 if use_rslora else float(rank))
+
+
+def lora_parameter_count(d_out: int, d_in: int, rank: int) -> int:
+    """Numbers LoRA trains for one d_out x d_in weight: B has d_out * r, A has r * d_in."""
+    return rank * (d_out + d_in)
+
+
+def lora_parameter_counts(shape, ranks) -> list[dict]:
+    """Full fine-tuning vs LoRA for one (d_out, d_in) weight at each rank: counts and the fraction trained."""
+    d_out, d_in = shape
+    full = d_out * d_in
+    return [
+        {"rank": int(r), "full": full, "lora": lora_parameter_count(d_out, d_in, int(r)),
+         "fraction": lora_parameter_count(d_out, d_in, int(r)) / full}
+        for r in ranks
+    ]
+
+
+def lora_break_even_rank(shape) -> int:
+    """The largest r whose LoRA factors are still smaller than the full matrix: d_out d_in / (d_out + d_in)."""
+    d_out, d_in = shape
+    return (d_out * d_in - 1) // (d_out + d_in)
+
+
+def delta_weight(lora_a, lora_b, scale: float):
+    """The dense update dW = scale * B @ A (d_out x d_in), in float64."""
+    return scale * (np.asarray(lora_b, dtype=np.float64) @ np.asarray(lora_a, dtype=np.float64))
+
+
+def lora_singular_values(lora_a, lora_b, scale: float):
+    """The r singular values of scale * B @ A without forming the d_out x d_in matrix.
+
+    With B = Q_b R_b and A^T = Q_a R_a (thin QR), dW = Q_b (scale R_b R_a^T) Q_a^T and
+    both Q's have orthonormal columns, so dW shares the singular values of the
+    r x r core. Every other singular value of dW is exactly zero: rank(dW) <= r.
+    """
+    q_b, r_b = np.linalg.qr(np.asarray(lora_b, dtype=np.float64))
+    q_a, r_a = np.linalg.qr(np.asarray(lora_a, dtype=np.float64).T)
+    return np.linalg.svd(scale * r_b @ r_a.T, compute_uv=False)
+
+
+def numerical_rank(singular_values, rtol: float = 1e-8) -> int:
+    """How many singular values are above rtol * the largest (0 for a zero matrix)."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    return int(np.sum(s > rtol * s.max())) if s.size and s.max() > 0 else 0
+
+
+def effective_rank(singular_values, fraction: float = 0.9) -> int:
+    """Smallest k keeping `fraction` of the energy sum(s_i^2); 0 for an all-zero update."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    return rank_for_energy(s, fraction) if s.size and np.any(s > 0) else 0

@@ -185,6 +185,28 @@ def plot_loss_curves(histories: dict, path=None, title: str = "training loss by 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+# --- teaching: LoRA rank ---
+
+
+def plot_lora_parameter_counts(ranks, per_module: dict, total, path=None):
+    """Trained numbers vs r: per layer kind against its full matrix, and the whole adapted set in percent.
+
+    `per_module` maps a kind ("q_proj") to (full count, [LoRA count at each rank]);
+    `total` is (full count, [LoRA count at each rank]) summed over every adapted layer.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, (full, lora)) in enumerate(per_module.items()):
+        colour = f"C{i % 10}"
+        left.plot(ranks, lora, color=colour, label=f"{name}: r (d_out + d_in)")
+        left.axhline(full, color=colour, ls="--", lw=0.8)
+    left.set_yscale("log")
+    left.set(xlabel="LoRA rank r", ylabel="numbers trained per layer (log)", title="LoRA (solid) vs full matrix (dashed)")
+    left.legend(fontsize=7)
+    total_full, total_lora = total
+    right.plot(ranks, [100 * n / total_full for n in total_lora])
+    right.set(xlabel="LoRA rank r", ylabel="% of the adapted weights", title="all adapted layers together")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)
 
@@ -204,6 +226,33 @@ def plot_length_histogram(lengths, path=None, title: str = "tokens per conversat
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.hist(list(lengths), bins=bins, color="#2f7ed8")
     ax.set(xlabel="tokens (chat template included)", ylabel="rows", title=title)
+def plot_lora_spectra(spectra: dict, rank: int, path=None):
+    """The r singular values of every trained dW, one line per module, normalised by its largest, coloured by kind."""
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in spectra})
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, s in spectra.items():
+        kind = name.rsplit(".", 1)[-1]
+        ax.plot(range(1, len(s) + 1), [v / s[0] if s[0] > 0 else 0.0 for v in s], color=f"C{kinds.index(kind) % 10}", alpha=0.35, lw=1)
+    for i, kind in enumerate(kinds):
+        ax.plot([], [], color=f"C{i % 10}", label=kind)
+    ax.set(xlabel="index i (at most r are non-zero)", ylabel="s_i / s_1", title=f"singular values of trained dW (r={rank})",
+           xlim=(0.8, rank + 0.2), ylim=(0, 1.05))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_effective_rank(rows: list[dict], rank: int, path=None):
+    """Energy-based effective rank of dW per layer, one line per module kind, under the ceiling r."""
+    kinds = sorted({r["kind"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, kind in enumerate(kinds):
+        points = sorted((r["layer"], r["effective_rank"]) for r in rows if r["kind"] == kind)
+        ax.plot(*zip(*points), marker=".", color=f"C{i % 10}", label=kind)
+    ax.axhline(rank, color="k", ls="--", label=f"r = {rank} (rank(dW) can't exceed it)")
+    ax.set(xlabel="layer", ylabel="effective rank", title="how many directions carry the update", ylim=(0, rank + 1))
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)
