@@ -185,6 +185,32 @@ def plot_loss_curves(histories: dict, path=None, title: str = "training loss by 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_batch_durations(names, seconds, statuses, path=None, title: str = "run time"):
+    """Horizontal bars, one per run, red where the run failed: where the batch's time went."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
+    colours = ["#2f7ed8" if s == "finished" else "#d9534f" for s in statuses]
+    bars = ax.barh(list(names), [float(s or 0) for s in seconds], color=colours)
+    ax.bar_label(bars, fmt="%.1f s", fontsize=8)
+    ax.invert_yaxis()  # first run on top, as in the table
+    ax.set(xlabel="seconds", title=title)
+    fig.tight_layout()
+    return save(fig, path)
+# --- data -----------------------------------------------------------------------
+
+def plot_length_histogram(lengths, path=None, title: str = "tokens per conversation", bins: int = 30):
+    """How long the training rows are: guides max_seq_length and the batch size."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist(list(lengths), bins=bins, color="#2f7ed8")
+    ax.set(xlabel="tokens (chat template included)", ylabel="rows", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 # --- teaching: LoRA rank ---
 
 
@@ -211,21 +237,6 @@ def plot_lora_parameter_counts(ranks, per_module: dict, total, path=None):
     return save(fig, path)
 
 
-def plot_batch_durations(names, seconds, statuses, path=None, title: str = "run time"):
-    """Horizontal bars, one per run, red where the run failed: where the batch's time went."""
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
-    colours = ["#2f7ed8" if s == "finished" else "#d9534f" for s in statuses]
-    bars = ax.barh(list(names), [float(s or 0) for s in seconds], color=colours)
-    ax.bar_label(bars, fmt="%.1f s", fontsize=8)
-    ax.invert_yaxis()  # first run on top, as in the table
-    ax.set(xlabel="seconds", title=title)
-# --- data -----------------------------------------------------------------------
-
-def plot_length_histogram(lengths, path=None, title: str = "tokens per conversation", bins: int = 30):
-    """How long the training rows are: guides max_seq_length and the batch size."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.hist(list(lengths), bins=bins, color="#2f7ed8")
-    ax.set(xlabel="tokens (chat template included)", ylabel="rows", title=title)
 def plot_lora_spectra(spectra: dict, rank: int, path=None):
     """The r singular values of every trained dW, one line per module, normalised by its largest, coloured by kind."""
     kinds = sorted({name.rsplit(".", 1)[-1] for name in spectra})
