@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from lab_utils.backend import Backend, import_unsloth
 from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
+from lab_utils.distributed import launched_distributed, local_rank
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
 
 
@@ -69,7 +70,8 @@ def load_model(p, backend: Backend):
     quant = quantization_config(p.load_in_4bit, p.load_in_8bit, backend.device)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=torch_dtype(p.precision, backend.device), quantization_config=quant,
-        device_map={"": 0} if backend.device == "cuda" else None, attn_implementation="sdpa",
+        # one whole copy per process: under DDP each rank's copy on its own GPU
+        device_map={"": local_rank()} if backend.device == "cuda" else None, attn_implementation="sdpa",
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
     if quant is not None:
@@ -196,6 +198,10 @@ class LabTrainer(Trainer):
         losses, _ = token_losses(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else losses.numel()
         loss = losses.sum() / denominator
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts the labels on every rank, and DDP averages the ranks'
+            # gradients: scale back up so the step is the mean over all ranks' tokens (as Trainer does)
+            loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss  # no logits kept: evaluation is loss-only
 
 
@@ -208,6 +214,20 @@ class LossHistory(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.records.append({"step": state.global_step, **logs})
+
+
+def evaluate_before_training(trainer) -> float:
+    """Eval loss of the untrained model, without breaking DDP for the train() that follows.
+
+    accelerate 1.15 marks a model that Trainer.evaluate() prepared (for evaluation only) as
+    prepared for good, so a later train() skips the DistributedDataParallel wrapper and every
+    rank silently trains its own copy (seen under torchrun: the ranks' adapters diverged).
+    Dropping that mark after the evaluation lets train() wrap the model as usual.
+    """
+    loss = trainer.evaluate()["eval_loss"]
+    if launched_distributed() and getattr(trainer.model, "_is_accelerate_prepared", False):
+        del trainer.model._is_accelerate_prepared
+    return loss
 
 
 def last_checkpoint(output_dir) -> str | None:

@@ -9,6 +9,11 @@ dozen steps. The same Params on a GPU config (configs/sft_alpaca_gpu.yaml) train
 a real model with Unsloth. Each run writes to $LAB_OUTPUT_DIR/sft_alpaca/<run_name>/:
 adapter/, checkpoints/, tensorboard/, params.json, metrics.json, history.json,
 training.png, generations.md/.csv, skipped_rows.csv, run_complete.json.
+
+Multi-GPU (DDP, DeepSpeed, FSDP) needs no change here, only a launcher:
+    torchrun --nproc_per_node 2 -m scripts.sft_alpaca --config configs/sft_alpaca_gpu.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m scripts.sft_alpaca --config ...
+Every rank trains; only the main one creates the run folder and writes files.
 """
 
 import time
@@ -22,9 +27,10 @@ from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.chat import generate
 from lab_utils.config import parse_args, save_params
+from lab_utils.distributed import is_main_process, main_process_first
 from lab_utils.paths import mark_complete, run_dir
-from lab_utils.training import (ChatCollator, LabTrainer, LossHistory, last_checkpoint, load_model as load_lora_model,
-                                tokenize_dataset, trainable_parameters)
+from lab_utils.training import (ChatCollator, LabTrainer, LossHistory, evaluate_before_training, last_checkpoint,
+                                load_model as load_lora_model, tokenize_dataset, trainable_parameters)
 
 EXPERIMENT = "sft_alpaca"
 
@@ -73,8 +79,12 @@ class Params:
 
 
 def setup_run(p: Params):
-    run = run_dir(EXPERIMENT, p.run_name, overwrite=p.overwrite)
-    save_params(p, run / "params.json")
+    # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
+    # so every rank sees the same checkpoints when it decides whether to resume.
+    with main_process_first():
+        run = run_dir(EXPERIMENT, p.run_name, overwrite=p.overwrite and is_main_process())
+        if is_main_process():
+            save_params(p, run / "params.json")
     return run
 
 
@@ -145,7 +155,7 @@ def make_trainer(p: Params, model, tokenizer, train_tokens, eval_tokens, run, ba
 def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> dict:
     eval_tokens = tokenize_dataset(heldout, tokenizer, p.max_seq_length)
     trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    eval_before = trainer.evaluate()["eval_loss"]
+    eval_before = evaluate_before_training(trainer)
     resume = last_checkpoint(run / "checkpoints")
     if resume:
         print(f"[lab] resuming from {resume}")
@@ -162,15 +172,17 @@ def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> d
 
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, table: pd.DataFrame, report, backend) -> dict:
+    scalars = {k: v for k, v in outcome.items() if k != "history"}
+    metrics = {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
+               "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    if not is_main_process():
+        return metrics  # every rank holds the same weights after DDP; one writes them
     model.save_pretrained(run / "adapter")
     tokenizer.save_pretrained(run / "adapter")
     report.write_csv(run / "skipped_rows.csv")
     write_table(table, run, "generations")
     write_json(outcome["history"], run / "history.json")
     plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}")
-    scalars = {k: v for k, v in outcome.items() if k != "history"}
-    metrics = {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
-               "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
     write_json(metrics, run / "metrics.json")
     mark_complete(run, {"experiment": EXPERIMENT, "train_loss": metrics["train_loss"]})
     return metrics
