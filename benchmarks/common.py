@@ -81,22 +81,29 @@ def random_model_dir(name: str) -> Path:
     return models_dir() / "bench-random" / name
 
 
+def model_config(name: str, **special_token_ids):
+    """A transformers config with `name`'s published shape."""
+    from transformers import AutoConfig
+
+    shape = dict(MODEL_CONFIGS[name])
+    return AutoConfig.for_model(shape.pop("model_type"), **shape, **special_token_ids)
+
+
 def build_random_model(name: str, tokenizer_source: str | None = None, seed: int = 0) -> str:
     """Save `name`'s shape with random bf16 weights (fp32 for the smoke model) once; return the folder."""
     target = random_model_dir(name)
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return str(target)
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from lab_utils.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source or resolve_model("smollm2-135m"))
-    shape = dict(MODEL_CONFIGS[name])
-    if len(tokenizer) > shape["vocab_size"]:
-        raise ValueError(f"tokenizer has {len(tokenizer)} ids but {name} only {shape['vocab_size']}; use a smaller tokenizer")
-    config = AutoConfig.for_model(shape.pop("model_type"), **shape, bos_token_id=tokenizer.bos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if len(tokenizer) > MODEL_CONFIGS[name]["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids but {name} only {MODEL_CONFIGS[name]['vocab_size']}")
+    config = model_config(name, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
     smoke = name == SMOKE_MODEL
     torch.manual_seed(seed)
     # initialise on the GPU: a 7B model's random init takes minutes on a CPU
@@ -231,7 +238,8 @@ def ratio(value, base) -> float | None:
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=columns).fillna("-")
+    # "-" for what a row lacks (a skipped case); built per cell so whole numbers stay whole
+    frame = pd.DataFrame([{c: "-" if r.get(c) is None else r[c] for c in columns} for r in rows], columns=columns)
     print(f"\n== {title} ==")
     print(frame.to_markdown(index=False))
 
