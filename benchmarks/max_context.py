@@ -94,15 +94,15 @@ def load(model_dir: str, backend: str, quant: str, cap: int):
                                                  target_modules=lora_target_modules(model.config)))
         return model, lambda ids: model(input_ids=ids, labels=ids, use_cache=False).loss
 
-    from lab_utils.backend import get_backend
-    from lab_utils.training import load_model, token_losses
-    from scripts.sft_alpaca import Params
-
     name = backend.removeprefix("lab-")
     if name == "unsloth":
         from lab_utils.backend import import_unsloth
 
-        import_unsloth()
+        import_unsloth()  # before lab_utils.training imports transformers: unsloth patches it
+    from lab_utils.backend import get_backend
+    from lab_utils.training import load_model, token_losses
+    from scripts.sft_alpaca import Params
+
     p = Params(model=model_dir, max_seq_length=cap, load_in_4bit=quant == "qlora4", gradient_checkpointing=True,
                precision="auto", lora_r=16, lora_alpha=32, backend=name)
     model, _ = load_model(p, get_backend(name))
@@ -141,11 +141,11 @@ def one_step_fits(model, loss_of, optimizer, length: int, vocab: int) -> tuple[b
 
 
 def search_case(model_dir: str, backend: str, quant: str, start: int, cap: int, resolution: int) -> dict:
+    model, loss_of = load(model_dir, backend, quant, cap)  # first: it imports unsloth before transformers
     import torch
 
     from lab_utils.models import load_tokenizer
 
-    model, loss_of = load(model_dir, backend, quant, cap)
     vocab = len(load_tokenizer(model_dir))  # ids the tokenizer can produce, all inside the embedding
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     peaks = {}
