@@ -53,9 +53,9 @@ def conversations(data_file: str, rows: int, seed: int):
 
 
 def lab_params(a, precision: str):
-    from scripts.sft_alpaca import Params
+    from lab_utils.training import LoraSFTParams
 
-    return Params(model=a.model, lora_r=a.lora_r, lora_alpha=2 * a.lora_r, batch_size=a.batch_size, max_steps=a.steps,
+    return LoraSFTParams(model=a.model, lora_r=a.lora_r, lora_alpha=2 * a.lora_r, batch_size=a.batch_size, max_steps=a.steps,
                   max_seq_length=a.max_length, learning_rate=1e-4, warmup_ratio=0.0, precision=precision,
                   report_to="none", save_steps=10_000, logging_steps=10_000, run_name="bench", overwrite=True)
 

@@ -14,6 +14,7 @@ import torch
 from lab_utils import plots
 from lab_utils.artifacts import write_json, write_table
 from lab_utils.chat import generate, prompt_of
+from lab_utils.distributed import is_main_process
 from lab_utils.metrics import sample_table, text_metrics
 
 
@@ -42,6 +43,8 @@ def write_text_evaluation(run: Path, conversations, base: list[str], tuned: list
     """eval.json, eval.png (bar chart) and samples.md/.csv (question, reference, base, tuned)."""
     references = references_of(conversations)
     scores = compare_text_metrics(base, tuned, references)
+    if not is_main_process():
+        return scores  # under DDP every rank evaluates the same rows; one writes
     write_json(scores, Path(run) / "eval.json")
     plots.plot_metric_comparison(scores["base"], scores["tuned"], title=title or "base vs fine-tuned",
                                  path=Path(run) / "eval.png")

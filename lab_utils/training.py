@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from lab_utils.backend import Backend, import_unsloth
 from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
+from lab_utils.distributed import is_main_process, launched_distributed, local_rank, main_process_first
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
 
 
@@ -35,6 +36,8 @@ class LoraSFTParams:
     configs, notebooks and the batch runner speak one vocabulary.
     """
 
+    model: str = "smollm2-135m"  # registry name, local folder or hub id
+    max_seq_length: int = 256
     # LoRA
     lora_r: int = 16
     lora_alpha: int = 32
@@ -128,7 +131,8 @@ def load_model(p, backend: Backend):
     quant = quantization_config(p.load_in_4bit, p.load_in_8bit, backend.device)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=weights_dtype(p.precision, backend.device), quantization_config=quant,
-        device_map={"": 0} if backend.device == "cuda" else None, attn_implementation="sdpa",
+        # one whole copy per process: under DDP each rank's copy on its own GPU
+        device_map={"": local_rank()} if backend.device == "cuda" else None, attn_implementation="sdpa",
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
     if quant is not None:
@@ -255,6 +259,10 @@ class LabTrainer(Trainer):
         losses, _ = token_losses(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else losses.numel()
         loss = losses.sum() / denominator
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts the labels on every rank, and DDP averages the ranks'
+            # gradients: scale back up so the step is the mean over all ranks' tokens (as Trainer does)
+            loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss  # no logits kept: evaluation is loss-only
 
 
@@ -267,6 +275,20 @@ class LossHistory(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.records.append({"step": state.global_step, **logs})
+
+
+def evaluate_before_training(trainer) -> float:
+    """Eval loss of the untrained model, without breaking DDP for the train() that follows.
+
+    accelerate 1.15 marks a model that Trainer.evaluate() prepared (for evaluation only) as
+    prepared for good, so a later train() skips the DistributedDataParallel wrapper and every
+    rank silently trains its own copy (seen under torchrun: the ranks' adapters diverged).
+    Dropping that mark after the evaluation lets train() wrap the model as usual.
+    """
+    loss = trainer.evaluate()["eval_loss"]
+    if launched_distributed() and getattr(trainer.model, "_is_accelerate_prepared", False):
+        del trainer.model._is_accelerate_prepared
+    return loss
 
 
 def last_checkpoint(output_dir) -> str | None:
@@ -324,7 +346,7 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     import time
 
     trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    eval_before = trainer.evaluate()["eval_loss"]
+    eval_before = evaluate_before_training(trainer)
     resume = last_checkpoint(run / "checkpoints")
     if resume:
         print(f"[lab] resuming from {resume}")
@@ -341,18 +363,24 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
 
 
 def save_training_artifacts(p, run: Path, model, tokenizer, outcome: dict, report, backend: Backend) -> dict:
-    """Adapter (+tokenizer), skip report, history and its plot; returns the metrics to record."""
+    """Adapter (+tokenizer), skip report, history and its plot; returns the metrics to record.
+
+    Under DDP every rank holds the same weights after training: only the main one writes.
+    """
     from lab_utils import plots
     from lab_utils.artifacts import write_json
 
+    scalars = {k: v for k, v in outcome.items() if k != "history"}
+    metrics = {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
+               "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    if not is_main_process():
+        return metrics
     model.save_pretrained(run / "adapter")
     tokenizer.save_pretrained(run / "adapter")
     report.write_csv(run / "skipped_rows.csv")
     write_json(outcome["history"], run / "history.json")
     plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}")
-    scalars = {k: v for k, v in outcome.items() if k != "history"}
-    return {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
-            "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    return metrics
 
 
 def open_run(experiment: str, p) -> Path:
@@ -360,8 +388,12 @@ def open_run(experiment: str, p) -> Path:
     from lab_utils.config import save_params
     from lab_utils.paths import run_dir
 
-    run = run_dir(experiment, p.run_name, overwrite=p.overwrite)
-    save_params(p, run / "params.json")
+    # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
+    # so every rank sees the same checkpoints when it decides whether to resume.
+    with main_process_first():
+        run = run_dir(experiment, p.run_name, overwrite=p.overwrite and is_main_process())
+        if is_main_process():
+            save_params(p, run / "params.json")
     return run
 
 

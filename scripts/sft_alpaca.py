@@ -9,6 +9,11 @@ dozen steps. The same Params on a GPU config (configs/sft_alpaca_gpu.yaml) train
 a real model with Unsloth. Each run writes to $LAB_OUTPUT_DIR/sft_alpaca/<run_name>/:
 adapter/, checkpoints/, tensorboard/, params.json, metrics.json, history.json,
 training.png, generations.md/.csv, skipped_rows.csv, run_complete.json.
+
+Multi-GPU (DDP, DeepSpeed, FSDP) needs no change here, only a launcher:
+    torchrun --nproc_per_node 2 -m scripts.sft_alpaca --config configs/sft_alpaca_gpu.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m scripts.sft_alpaca --config ...
+Every rank trains; only the main one creates the run folder and writes files.
 """
 
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from data_loaders.alpaca import load_chat_file
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.chat import generate
 from lab_utils.config import parse_args
+from lab_utils.distributed import is_main_process
 from lab_utils.paths import mark_complete
 from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
                                 tokenize_dataset, train_lora)
@@ -65,8 +71,10 @@ def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> d
 
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, table: pd.DataFrame, report, backend) -> dict:
-    write_table(table, run, "generations")
     metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+    if not is_main_process():
+        return metrics  # one rank writes (DDP)
+    write_table(table, run, "generations")
     write_json(metrics, run / "metrics.json")
     mark_complete(run, {"experiment": EXPERIMENT, "train_loss": metrics["train_loss"]})
     return metrics

@@ -21,6 +21,7 @@ from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json
 from lab_utils.config import parse_args
 from lab_utils.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.distributed import is_main_process
 from lab_utils.paths import mark_complete
 from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
                                 tokenize_dataset, train_lora)
@@ -92,6 +93,8 @@ def evaluate(p: Params, run, model, tokenizer, test) -> dict:
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, data, backend) -> dict:
     metrics = save_training_artifacts(p, run, model, tokenizer, outcome, data.report, backend)
+    if not is_main_process():
+        return metrics  # one rank writes (DDP)
     metrics.update({"data": encoding_report(data),
                     **{f"{side}_{name}": scores[side][name] for side in ("base", "tuned")
                        for name in ("bleu4", "rouge1", "rouge2", "rougeL")}})

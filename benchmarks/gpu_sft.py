@@ -1,0 +1,204 @@
+"""LoRA SFT speed and memory: plain transformers + peft + TRL against the lab's backends.
+
+    python -m benchmarks.gpu_sft                      # GPU: 4 models x {16-bit LoRA, 4-bit QLoRA} x 3 backends
+    python -m benchmarks.gpu_sft --models qwen2.5-1.5b --quants qlora4 --out
+    python -m benchmarks.gpu_sft --smoke              # CPU, seconds: proves the harness
+
+Backends, each given the same rows, sequence length, batch, steps and LoRA settings:
+    trl          AutoModelForCausalLM + TRL SFTTrainer(peft_config=LoraConfig): what most tutorials do
+    lab-hf       the lab's hf backend: lab_utils.training.load_model + LabTrainer (padding-free,
+                 loss only at label positions), exactly as the SFT experiments build them (lab_utils.training)
+    lab-unsloth  the lab's Unsloth backend: FastLanguageModel + the same script's Trainer
+
+Every row is exactly seq_len tokens (conversations from the bundled sample laid end
+to end, assistant tokens labelled), so each step trains batch x seq_len tokens on
+every backend. tokens/s counts the steps after --warmup_steps; peak memory is
+torch.cuda.max_memory_allocated for the whole case (weights + training), each case
+in its own process. Ratios are against `trl` in the same run. Models are the real
+shapes with random weights (benchmarks/common.py): speed and memory, not quality.
+"""
+
+import argparse
+import tempfile
+import time
+
+from benchmarks.common import (GPU_MODELS, SMOKE_MODEL, ensure_random_model, environment, fixed_length_rows,
+                               peak_memory_gib, print_table, ratio, reset_peak_memory, run_isolated, skip_reasons,
+                               steady_rate, synchronize, write_results)
+
+BACKENDS = ["trl", "lab-hf", "lab-unsloth"]
+QUANTS = ["lora16", "qlora4"]  # 16-bit LoRA (fp32 on CPU) | 4-bit NF4 QLoRA (bitsandbytes, CUDA only)
+COLUMNS = ["model", "quant", "backend", "precision", "tokens_per_s", "peak_gib", "speed_vs_trl", "memory_vs_trl",
+           "final_loss", "status"]
+
+
+def needs(backend: str, quant: str) -> list[str]:
+    required = ["trl"] if backend == "trl" else []
+    if backend == "lab-unsloth":
+        required += ["cuda", "unsloth"]
+    if quant == "qlora4":
+        required += ["cuda", "bitsandbytes"]
+    return required
+
+
+# ---------------------------------------------------------------- one case (runs in a child process)
+
+def step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time at the end of every optimizer step (after the GPU has finished it)."""
+
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
+            self.times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def trl_trainer(model_dir, quant, rows, c, out_dir):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from lab_utils.chat import IGNORE_INDEX
+    from lab_utils.models import load_tokenizer, lora_target_modules
+    from lab_utils.training import quantization_config
+
+    cuda = torch.cuda.is_available()
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa",
+        quantization_config=quantization_config(quant == "qlora4", False, "cuda" if cuda else "cpu"),
+        device_map={"": 0} if cuda else None)
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"],
+                                  "completion_mask": [int(t != IGNORE_INDEX) for t in r["labels"]]} for r in rows])
+    args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=c["batch_size"], max_steps=c["steps"],
+                     learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda,
+                     max_length=c["seq_len"], packing=False, completion_only_loss=True, seed=0, disable_tqdm=True,
+                     gradient_checkpointing=c["gradient_checkpointing"], dataloader_num_workers=0)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=c["lora_r"], lora_alpha=2 * c["lora_r"], lora_dropout=0.0,
+                      target_modules=lora_target_modules(model.config))
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+
+
+def lab_trainer(model_dir, quant, rows, c, out_dir, backend_name):
+    from datasets import Dataset
+
+    from lab_utils.training import LoraSFTParams, load_lora_model, make_trainer
+
+    p = LoraSFTParams(model=model_dir, max_seq_length=c["seq_len"], batch_size=c["batch_size"], max_steps=c["steps"],
+                          lora_r=c["lora_r"], lora_alpha=2 * c["lora_r"], load_in_4bit=quant == "qlora4",
+                          gradient_checkpointing=c["gradient_checkpointing"], report_to="none", save_steps=10**9,
+                          warmup_ratio=0.0, backend=backend_name, seed=0,
+                          batching="padded" if backend_name == "unsloth" else "padding_free")
+    model, tokenizer, backend = load_lora_model(p)
+    trainer, _ = make_trainer(p, model, tokenizer, Dataset.from_list(rows), None, out_dir, backend)
+    return trainer
+
+
+def train_case(model_dir: str, backend: str, quant: str, seq_len: int, batch_size: int, steps: int,
+               warmup_steps: int, lora_r: int, gradient_checkpointing: bool) -> dict:
+    """Train one (model, backend, quant) case; tokens/s, peak memory, final loss."""
+    if backend == "lab-unsloth":
+        from lab_utils.backend import import_unsloth
+
+        import_unsloth()  # before transformers/trl build anything: unsloth patches them
+    import torch
+
+    from lab_utils.models import load_tokenizer
+
+    reset_peak_memory()
+    c = dict(seq_len=seq_len, batch_size=batch_size, steps=steps, lora_r=lora_r,
+             gradient_checkpointing=gradient_checkpointing)
+    rows = fixed_length_rows(load_tokenizer(model_dir), batch_size * steps, seq_len)
+    with tempfile.TemporaryDirectory() as out_dir:
+        if backend == "trl":
+            trainer = trl_trainer(model_dir, quant, rows, c, out_dir)
+        else:
+            from pathlib import Path
+
+            trainer = lab_trainer(model_dir, quant, rows, c, Path(out_dir), backend.removeprefix("lab-"))
+        timer = step_timer()
+        trainer.add_callback(timer)
+        result = trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {
+        "tokens_per_s": steady_rate(timer.times, batch_size * seq_len, warmup_steps),
+        "peak_gib": peak_memory_gib(), "steps": result.global_step, "final_loss": round(losses[-1], 4) if losses else None,
+        "precision": "bf16" if torch.cuda.is_available() else "fp32",
+    }
+
+
+# ---------------------------------------------------------------- the sweep (parent process)
+
+def run_cases(a) -> list[dict]:
+    rows = []
+    for model in a.models:
+        model_dir = None
+        for quant in a.quants:
+            for backend in a.backends:
+                row = {"model": model, "quant": quant, "backend": backend}
+                skipped = skip_reasons(needs(backend, quant))
+                if skipped:
+                    rows.append({**row, "status": f"skipped: {skipped}"})
+                    print(f"[bench] {model} {quant} {backend}: skipped ({skipped})", flush=True)
+                    continue
+                model_dir = model_dir or ensure_random_model(model, a.tokenizer)
+                payload = dict(model_dir=model_dir, backend=backend, quant=quant, seq_len=a.seq_len,
+                               batch_size=a.batch_size, steps=a.steps, warmup_steps=a.warmup_steps, lora_r=a.lora_r,
+                               gradient_checkpointing=a.gradient_checkpointing)
+                print(f"[bench] {model} {quant} {backend}: training {a.steps} steps ...", flush=True)
+                outcome = run_isolated("benchmarks.gpu_sft", "train_case", payload)
+                rows.append({**row, **outcome.get("value", {}), "status": outcome["status"]})
+    return add_ratios(rows)
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """speed_vs_trl / memory_vs_trl: each row against the trl row of the same model and quant."""
+    base = {(r["model"], r["quant"]): r for r in rows if r["backend"] == "trl" and r["status"] == "ok"}
+    for r in rows:
+        trl = base.get((r["model"], r["quant"]), {})
+        r["speed_vs_trl"] = ratio(r.get("tokens_per_s"), trl.get("tokens_per_s"))
+        r["memory_vs_trl"] = ratio(r.get("peak_gib"), trl.get("peak_gib"))
+    return rows
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny 2-layer model, a few short steps (CPU is fine)")
+    parser.add_argument("--models", nargs="+", default=GPU_MODELS)
+    parser.add_argument("--quants", nargs="+", default=QUANTS, choices=QUANTS)
+    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--seq_len", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup_steps", type=int, default=2, help="steps left out of tokens/s")
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--no_gradient_checkpointing", dest="gradient_checkpointing", action="store_false")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the embedded SmolLM2)")
+    parser.add_argument("--out", nargs="?", const="", default=None, help="write JSON (default folder: benchmarks/results/)")
+    a = parser.parse_args(argv)
+    if a.smoke:
+        a.models, a.seq_len, a.batch_size, a.steps, a.warmup_steps, a.lora_r = [SMOKE_MODEL], 64, 2, 4, 1, 4
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    rows = run_cases(a)
+    print_table(f"LoRA SFT: seq_len {a.seq_len}, batch {a.batch_size}, {a.steps} steps (first {a.warmup_steps} untimed)",
+                rows, COLUMNS)
+    result = {"benchmark": "gpu_sft", "settings": {k: v for k, v in vars(a).items() if k != "out"},
+              "environment": environment(), "rows": rows}
+    write_results("gpu_sft", result, a.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

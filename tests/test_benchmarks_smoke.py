@@ -1,0 +1,105 @@
+"""The GPU benchmarks' harness on CPU: shapes of the real configs, the length search, each --smoke run.
+
+The smoke runs are real subprocesses (`python -m benchmarks.x --smoke --out DIR`),
+exactly what CI or a user runs: they must train/generate through the hf path, print
+the table, write the JSON, and say why each GPU-only case was skipped.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.common import GPU_MODELS, model_config
+from benchmarks.max_context import longest_fitting
+
+REPO = Path(__file__).resolve().parent.parent
+
+# total parameters of the published checkpoints (tied embeddings counted once)
+PUBLISHED_PARAMETERS = {"qwen2.5-0.5b": 494_032_768, "qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512,
+                        "llama3.2-1b": 1_235_814_400}
+
+
+@pytest.mark.parametrize("name", GPU_MODELS)
+def test_config_shapes_give_the_published_parameter_counts(name):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = AutoModelForCausalLM.from_config(model_config(name))
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS[name]
+
+
+def test_length_search_doubles_then_bisects_to_the_resolution():
+    limit = 5000
+    longest, tries = longest_fitting(lambda n: n <= limit, start=512, cap=65536, resolution=64)
+    assert limit - 64 < longest <= limit
+    assert [n for n, _ in tries[:5]] == [512, 1024, 2048, 4096, 8192]  # doubling until the first failure
+    assert all(ok == (n <= limit) for n, ok in tries)
+
+
+def test_length_search_stops_at_the_cap_and_at_a_failing_start():
+    assert longest_fitting(lambda n: True, start=100, cap=1000, resolution=10) == (1000, [(100, True), (200, True), (400, True), (800, True), (1000, True)])
+    assert longest_fitting(lambda n: False, start=100, cap=1000, resolution=10) == (0, [(100, False)])
+
+
+def run_smoke(module: str, tmp_path) -> tuple[str, dict]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
+    assert len(written) == 1
+    return done.stdout, json.loads(written[0].read_text())
+
+
+def by(rows, **match):
+    return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
+def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
+    out, result = run_smoke("benchmarks.gpu_sft", tmp_path)
+    assert "== LoRA SFT" in out and "| smoke-llama | lora16  | trl" in out
+    rows = result["rows"]
+    for backend in ("trl", "lab-hf"):
+        (row,) = by(rows, quant="lora16", backend=backend)
+        assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["steps"] == 4
+        assert math.isfinite(row["final_loss"]) and row["peak_gib"] is None  # no CUDA: no peak memory
+    assert by(rows, backend="trl", quant="lora16")[0]["speed_vs_trl"] == 1.0
+    (unsloth,) = by(rows, quant="lora16", backend="lab-unsloth")
+    assert unsloth["status"].startswith("skipped:") and "no CUDA GPU" in unsloth["status"]
+    assert all(r["status"].startswith("skipped:") for r in by(rows, quant="qlora4"))
+    assert result["settings"]["seq_len"] == 64 and result["environment"]["device"] == "cpu"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
+def test_rollout_smoke_generates_with_hf_and_skips_vllm(tmp_path):
+    out, result = run_smoke("benchmarks.gpu_grpo_rollout", tmp_path)
+    assert "== GRPO rollouts" in out
+    (hf,) = by(result["rows"], engine="hf")
+    assert hf["status"] == "ok" and hf["tokens"] == 2 * 2 * 8 and hf["tokens_per_s"] > 0  # prompts x group x tokens
+    for engine in ("vllm", "unsloth-vllm"):
+        (row,) = by(result["rows"], engine=engine)
+        assert row["status"].startswith("skipped:") and "no CUDA GPU" in row["status"]
+    assert "vllm" not in sys.modules
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
+def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path):
+    out, result = run_smoke("benchmarks.max_context", tmp_path)
+    assert "== Longest trainable sequence" in out and "| 256 " in out
+    for backend in ("hf", "lab-hf"):
+        (row,) = by(result["rows"], backend=backend)
+        assert row["status"] == "ok" and row["max_length"] == 256 and row["reached_cap"] is True
+        assert [n for n, _ in row["try_log"]] == [32, 64, 128, 256]
+    (unsloth,) = by(result["rows"], backend="lab-unsloth")
+    assert unsloth["status"].startswith("skipped:")
