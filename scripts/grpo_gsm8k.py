@@ -168,10 +168,14 @@ def grade(completions: list[str], problems) -> dict:
     }
 
 
+def share(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def accuracy(grades: dict, when: str) -> dict:
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
-    return {f"accuracy_{when}": mean(grades["correct"]), f"tagged_accuracy_{when}": mean(grades["tagged"]),
-            f"format_rate_{when}": mean(grades["formatted"])}
+    """accuracy_<when>, tagged_accuracy_<when>, format_rate_<when>: shares of the graded problems."""
+    return {f"accuracy_{when}": share(grades["correct"]), f"tagged_accuracy_{when}": share(grades["tagged"]),
+            f"format_rate_{when}": share(grades["formatted"])}
 
 
 def grpo_arguments(p: Params, run, backend, rollouts):
