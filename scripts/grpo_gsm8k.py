@@ -214,6 +214,9 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - started
+    if "ref" in getattr(model, "peft_config", {}):
+        # TRL keeps a frozen copy of the starting adapter as the KL reference; only the trained one is the result
+        model.delete_adapter("ref")
     steps = trainer.state.global_step - first_step
     return {"global_step": trainer.state.global_step, "steps_trained": steps, "resumed_from": resume,
             "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / steps, 2) if steps else None,

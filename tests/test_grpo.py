@@ -62,6 +62,7 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
                  "rewards.png", "dynamics.png", "samples.md", "samples.csv", "skipped_prompts.csv",
                  "run_complete.json", "checkpoints/checkpoint-2"):
         assert (run / name).exists(), name
+    assert not (run / "adapter" / "ref").exists()  # TRL's KL-reference copy is not part of the result
     metrics = result["metrics"]
     assert metrics["global_step"] == 2 and metrics["rollouts"] == "hf" and metrics["seconds_per_step"] > 0
     for key in ("accuracy_before", "accuracy_after", "tagged_accuracy_after", "format_rate_after"):
@@ -117,3 +118,16 @@ def test_vllm_rollouts_train_and_log_rewards(tmp_path):
     history = read_json(output_dir() / "grpo_gsm8k" / "vllm" / "history.json")
     assert all(f"rewards/{n}/mean" in r for r in history if "reward" in r for n in ("correctness_reward",))
     assert (output_dir() / "grpo_gsm8k" / "vllm" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_times_hf_and_says_why_vllm_is_skipped(capsys):
+    from benchmarks import grpo_rollout
+
+    hf, vllm = grpo_rollout.main(["--prompts", "1", "--num_generations", "2", "--max_new_tokens", "4"])
+    assert 0 < hf["tokens"] <= 2 * 4 and hf["completions"] == 2 and hf["tokens_per_second"] > 0
+    out = capsys.readouterr().out
+    if vllm_available():
+        assert vllm["tokens"] > 0 and "vLLM / HF generate" in out
+    else:
+        assert vllm["skipped"] == "skipped: no CUDA/vllm" and "skipped: no CUDA/vllm" in out
