@@ -267,3 +267,65 @@ def plot_effective_rank(rows: list[dict], rank: int, path=None):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)
+
+
+# --- GRPO: rewards, completion length, KL ---
+
+
+def _series(history: list[dict], key: str) -> list[tuple]:
+    return [(r["step"], r[key]) for r in history if r.get(key) is not None]
+
+
+def plot_reward_curves(history: list[dict], path=None, title: str = "GRPO rewards"):
+    """Each reward function's mean per step (left) and the weighted total with its spread (right)."""
+    names = sorted({k for r in history for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, (ax_each, ax_total) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key in names:
+        points = _series(history, key)
+        if points:
+            ax_each.plot(*zip(*points), marker=".", label=key.split("/")[1])
+    ax_each.set(xlabel="step", ylabel="mean reward (unweighted)", title=title)
+    if names:
+        ax_each.legend(fontsize=8)
+    total = _series(history, "reward")
+    if total:
+        steps, values = zip(*total)
+        spread = dict(_series(history, "reward_std"))
+        ax_total.plot(steps, values, color="tab:green", marker=".", label="weighted reward")
+        if spread:
+            low = [v - spread.get(s, 0.0) for s, v in total]
+            high = [v + spread.get(s, 0.0) for s, v in total]
+            ax_total.fill_between(steps, low, high, color="tab:green", alpha=0.15, label="± std within the batch")
+        ax_total.legend(fontsize=8)
+    ax_total.set(xlabel="step", ylabel="reward", title="weighted sum")
+    for ax in (ax_each, ax_total):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_grpo_dynamics(history: list[dict], path=None):
+    """Completion length (and the share cut off at max_completion_length), and KL to the base model."""
+    fig, (ax_len, ax_kl) = plt.subplots(1, 2, figsize=(11, 3.6))
+    length = _series(history, "completions/mean_length")
+    if length:
+        ax_len.plot(*zip(*length), marker=".", label="mean length")
+    clipped = _series(history, "completions/clipped_ratio")
+    if clipped:
+        share = ax_len.twinx()
+        share.plot(*zip(*clipped), color="tab:red", alpha=0.6, label="share truncated")
+        share.set(ylabel="share truncated", ylim=(-0.05, 1.05))
+        share.legend(loc="lower right", fontsize=8)
+    ax_len.set(xlabel="step", ylabel="completion tokens", title="completion length")
+    ax_len.legend(loc="upper left", fontsize=8)
+    kl = _series(history, "kl")
+    if kl:
+        ax_kl.plot(*zip(*kl), color="tab:purple", marker=".")
+        ax_kl.set(title="KL to the base model")
+    else:
+        ax_kl.set(title="KL not logged (beta = 0)")
+    ax_kl.set(xlabel="step", ylabel="KL (per token)")
+    for ax in (ax_len, ax_kl):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)

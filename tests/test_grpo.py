@@ -1,0 +1,133 @@
+"""GRPO on GSM8K end to end on the embedded model: rewards logged, adapter saved, CLI, papermill, vLLM (GPU)."""
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from lab_utils.artifacts import read_json
+from lab_utils.backend import Backend, vllm_available
+from lab_utils.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.paths import output_dir
+from lab_utils.rollouts import choose_rollouts
+from scripts import grpo_gsm8k
+
+# 2 steps of 1 prompt x 2 completions x 16 tokens; 2 problems graded before and after
+TINY = dict(max_rows=12, eval_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
+            eval_max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none")
+REWARDS = ["correctness", "soft_format", "xml_count", "overlong_penalty"]
+
+
+def test_cpu_rollouts_are_hf_generate_and_vllm_on_cpu_is_a_clear_error():
+    cpu = Backend("hf", "test", "cpu")
+    assert choose_rollouts("auto", cpu).engine == "hf"
+    assert choose_rollouts("hf", cpu).engine == "hf"
+    if not vllm_available():
+        with pytest.raises(RuntimeError, match="(CUDA GPU|not installed)"):
+            choose_rollouts("vllm", cpu)
+    with pytest.raises(ValueError, match="auto, vllm or hf"):
+        choose_rollouts("sglang", cpu)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(reward_weights=[1.0]), "reward_weights"),
+    (dict(num_generations=1), "at least 2"),
+    (dict(num_generations=4, batch_size=2), "multiple of num_generations"),
+    (dict(prompt_language="fr"), "prompt_language"),
+])
+def test_bad_params_fail_before_any_model_loads(change, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_gsm8k.check_params(grpo_gsm8k.Params(**{**TINY, "reward_names": REWARDS,
+                                                     "reward_weights": [2.0, 0.5, 0.5, 1.0], **change}))
+
+
+@pytest.mark.slow
+def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_path):
+    # max_prompt_length 100 drops the sample's longest questions: they must be listed, not lost
+    p = grpo_gsm8k.Params(**TINY, reward_names=REWARDS, reward_weights=[2.0, 0.5, 0.5, 1.0], max_prompt_length=100,
+                          run_name="cpu")
+    result = grpo_gsm8k.run(p)
+    run = output_dir() / "grpo_gsm8k" / "cpu"
+    history = read_json(run / "history.json")
+    steps = [r for r in history if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    names = ["correctness_reward", "soft_format_reward", "xml_count_reward", "overlong_penalty"]
+    for record in steps:
+        for name in names:
+            assert f"rewards/{name}/mean" in record, name
+        assert "kl" in record and "completions/mean_length" in record
+        assert record["rewards/overlong_penalty/mean"] <= 0.0  # 16 tokens of a reasoning answer: cut off
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "params.json", "metrics.json",
+                 "rewards.png", "dynamics.png", "samples.md", "samples.csv", "skipped_prompts.csv",
+                 "run_complete.json", "checkpoints/checkpoint-2"):
+        assert (run / name).exists(), name
+    assert not (run / "adapter" / "ref").exists()  # TRL's KL-reference copy is not part of the result
+    metrics = result["metrics"]
+    assert metrics["global_step"] == 2 and metrics["rollouts"] == "hf" and metrics["seconds_per_step"] > 0
+    for key in ("accuracy_before", "accuracy_after", "tagged_accuracy_after", "format_rate_after"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    skipped = (run / "skipped_prompts.csv").read_text().splitlines()
+    assert metrics["prompts_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
+    assert len(result["samples"]) == 2 and set(result["samples"]["before_correct"]) <= {0.0, 1.0}
+    assert "vllm" not in sys.modules and "unsloth" not in sys.modules  # a CPU run never imports them
+
+
+@pytest.mark.slow
+def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "max_steps": 1}))
+    grpo_gsm8k.main(["--config", str(config), "--run_name", "cli", "--reward_names", "[soft_format, xml_count]",
+                     "--reward_weights", "[1.0, 0.5]"])
+    run = output_dir() / "grpo_gsm8k" / "cli"
+    params = read_json(run / "params.json")
+    assert params["reward_names"] == ["soft_format", "xml_count"] and params["num_generations"] == 2
+    assert "accuracy" in capsys.readouterr().out
+    (run / "run_complete.json").unlink()  # as if interrupted: the next run resumes from checkpoint-1
+    grpo_gsm8k.main(["--config", str(config), "--run_name", "cli", "--reward_names", "[soft_format, xml_count]",
+                     "--reward_weights", "[1.0, 0.5]", "--max_steps", "2"])
+    metrics = read_json(run / "metrics.json")
+    assert metrics["resumed_from"].endswith("checkpoint-1") and metrics["global_step"] == 2
+    assert metrics["steps_trained"] == 1
+
+
+@pytest.mark.slow
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "executed.ipynb"
+    execute(NOTEBOOKS_DIR / "grpo_gsm8k.ipynb", out, {**TINY, "max_steps": 1, "run_name": "nb"})
+    run = output_dir() / "grpo_gsm8k" / "nb"
+    assert (run / "run_complete.json").exists()
+    executed = json.loads(out.read_text())
+    images = [o for c in executed["cells"] for o in c.get("outputs", [])
+              if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the reward curves and the length/KL plots are shown"
+    assert read_json(run / "metrics.json")["global_step"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_vllm_rollouts_train_and_log_rewards(tmp_path):
+    """The GPU path for real: vLLM writes the rollouts (through unsloth's fast_inference when installed,
+    else TRL's colocate mode), the rewards are logged per step, and the adapter is saved."""
+    if not vllm_available():
+        pytest.skip("needs a CUDA GPU and vllm (pip install -r requirements-gpu.txt)")
+    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4},
+                          rollouts="vllm", vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
+    metrics = grpo_gsm8k.run(p)["metrics"]
+    assert metrics["rollouts"] == "vllm" and metrics["device"] == "cuda" and metrics["global_step"] == 2
+    history = read_json(output_dir() / "grpo_gsm8k" / "vllm" / "history.json")
+    assert all(f"rewards/{n}/mean" in r for r in history if "reward" in r for n in ("correctness_reward",))
+    assert (output_dir() / "grpo_gsm8k" / "vllm" / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_times_hf_and_says_why_vllm_is_skipped(capsys):
+    from benchmarks import grpo_rollout
+
+    hf, vllm = grpo_rollout.main(["--prompts", "1", "--num_generations", "2", "--max_new_tokens", "4"])
+    assert 0 < hf["tokens"] <= 2 * 4 and hf["completions"] == 2 and hf["tokens_per_second"] > 0
+    out = capsys.readouterr().out
+    if vllm_available():
+        assert vllm["tokens"] > 0 and "vLLM / HF generate" in out
+    else:
+        assert vllm["skipped"] == "skipped: no CUDA/vllm" and "skipped: no CUDA/vllm" in out
