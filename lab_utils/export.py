@@ -170,7 +170,35 @@ def merge_adapter(run_dir_or_adapter, out_dir, dtype: str = "float16", overwrite
     # The training run saved its tokenizer (pad token, chat template) beside the adapter.
     tokenizer_source = trained.adapter_dir if (trained.adapter_dir / "tokenizer_config.json").exists() else resolve_model(trained.base_model)
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
+    repair_byte_level_bpe(staging / "tokenizer.json")
     return _publish(staging, target)
+
+
+def _has_byte_level(node) -> bool:
+    if not isinstance(node, dict):
+        return False
+    return node.get("type") == "ByteLevel" or any(_has_byte_level(n) for n in node.get("pretokenizers", []))
+
+
+def repair_byte_level_bpe(tokenizer_json: Path) -> bool:
+    """Undo SentencePiece leftovers in a GPT-2-style byte-level BPE tokenizer.json.
+
+    A tokenizer that transformers rebuilt from a GGUF (the embedded SmolLM2 is one) comes
+    back with byte_fallback=True and a SentencePiece decoder chain. In a byte-level BPE
+    every byte already is a token, so neither changes what it encodes or decodes, but
+    llama.cpp's converter sees them and writes a Llama SentencePiece vocab without merges,
+    which llama.cpp and Ollama then tokenize wrongly. Returns whether the file changed.
+    """
+    if not Path(tokenizer_json).exists():
+        return False
+    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not _has_byte_level(data.get("pre_tokenizer")):
+        return False
+    model["byte_fallback"] = False
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    Path(tokenizer_json).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return True
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,23 @@ def _logits(model, tokenizer):
         return model(ids).logits[0]
 
 
+def _gguf_fields(path):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def text(key):
+        field = reader.fields[key]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    return {
+        **{k: text(k) for k in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template")},
+        "merges": len(reader.fields["tokenizer.ggml.merges"].data) if "tokenizer.ggml.merges" in reader.fields else 0,
+        "tokens": [bytes(tokens.parts[i]).decode() for i in tokens.data[:5]],
+    }
+
+
 def _greedy(model, tokenizer, new_tokens=12):
     ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
@@ -156,6 +173,13 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
     config = json.loads((merged_f16 / "config.json").read_text())
     assert config["dtype"] == "float16"
     assert (merged_f16 / "model.safetensors").stat().st_size < 300e6  # 2 bytes x 134.5M params (+ header)
+    # the SentencePiece leftovers repaired for llama.cpp change nothing in HF tokenization
+    from lab_utils.models import load_tokenizer, resolve_model
+
+    original, repaired = load_tokenizer(resolve_model("smollm2-135m")), load_tokenizer(str(merged_f16))
+    text = "Hello wörld 123 <|im_end|> ✓\n  x"
+    ids = original(text)["input_ids"]
+    assert repaired(text)["input_ids"] == ids and repaired.decode(ids) == original.decode(ids) == text
     again = export.merge_adapter(finished_run, merged_f16, dtype="float16", overwrite=True)
     assert again == merged_f16 and (again / "model.safetensors").exists()
 
@@ -175,12 +199,15 @@ def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_p
     from_hf = AutoModelForCausalLM.from_pretrained(merged_f16, dtype=torch.float32)
     from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
     assert _greedy(from_gguf, tokenizer) == _greedy(from_hf, tokenizer)
-    # the GGUF carries the same tokenizer and chat template
-    from transformers import AutoTokenizer
-
-    gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
-    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
-    assert gguf_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    # llama.cpp must see SmolLM2's byte-level BPE (gpt2 vocab, smollm pre-tokenizer, merges),
+    # not a SentencePiece vocab; read the GGUF metadata directly (transformers' GGUF
+    # tokenizer loader rebuilds merges in Python and takes minutes).
+    fields = _gguf_fields(gguf)
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "smollm"
+    vocab = json.loads((merged_f16 / "tokenizer.json").read_text())["model"]
+    assert fields["merges"] == len(vocab["merges"]) > 0
+    assert fields["tokens"][:5] == [t for t, _ in sorted(vocab["vocab"].items(), key=lambda kv: kv[1])][:5]
+    assert "<|im_start|>" in fields["tokenizer.chat_template"]
     with pytest.raises(export.ExportError, match="already exists"):
         export.convert_to_gguf(merged_f16, gguf, outtype="f16")
 
@@ -257,3 +284,45 @@ def test_push_to_hub_without_token_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(export.ExportError, match=r"\$HF_TOKEN"):
         export.push_to_hub(tmp_path, "me/model", dry_run=False)
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_an_unfinished_run_before_writing(finished_run, tmp_path, monkeypatch):
+    from scripts import export as cli
+
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "outputs"))
+    half = tmp_path / "half"
+    shutil.copytree(finished_run, half)
+    (half / "run_complete.json").unlink()
+    with pytest.raises(SystemExit, match="export: run .* is not finished"):
+        cli.main(["--run_dir", str(half)])
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_checks_formats(finished_run):
+    from scripts import export as cli
+
+    with pytest.raises(SystemExit, match="unknown \\['gguf-q3'\\]"):
+        cli.main(["--run_dir", str(finished_run), "--formats", "merged,gguf-q3"])
+    with pytest.raises(SystemExit, match="serve_format"):
+        cli.main(["--run_dir", str(finished_run), "--formats", "gguf-f16,modelfile"])
+
+
+@pytest.mark.slow
+def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
+    from scripts import export as cli
+
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
+    result = cli.main(["--run_dir", str(finished_run), "--formats", "gguf-q8_0,modelfile", "--hub_repo", "me/tutor"])
+    out = tmp_path / "export" / "sft-demo"
+    assert result["out_dir"] == str(out) and (out / "run_complete.json").exists()
+    assert [a["artifact"] for a in result["artifacts"]] == ["merged", "gguf-q8_0", "modelfile"]
+    gguf = out / "sft-demo-q8_0.gguf"
+    assert 130e6 < gguf.stat().st_size < 160e6  # ~8.5 bits per weight
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./sft-demo-q8_0.gguf" in modelfile and f'SYSTEM """{SYSTEM_PROMPT}"""' in modelfile
+    assert json.loads((out / "export.json").read_text())["base_model"] == "smollm2-135m"
+    with pytest.raises(SystemExit, match="already finished"):
+        cli.main(["--run_dir", str(finished_run), "--formats", "gguf-q8_0,modelfile"])
