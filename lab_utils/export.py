@@ -1,6 +1,7 @@
 """Export what a run trained: merged 16-bit safetensors, GGUF files, an Ollama Modelfile, a hub upload.
 
     merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload)
+    locate_adapter(run_dir)              adapter folder, base model and system prompt of a finished run
     convert_to_gguf(merged, out.gguf)    f32 / f16 / bf16 / q8_0 with llama.cpp's own convert_hf_to_gguf.py
     quantize_gguf(f16.gguf, out.gguf)    k-quants (q4_k_m, ...) with llama.cpp's quantizer
     write_modelfile(gguf, tokenizer)     `ollama create NAME -f Modelfile` next to the GGUF
@@ -92,13 +93,17 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
     path = Path(run_dir_or_adapter).expanduser().resolve()
     if not path.exists():
         raise ExportError(f"nothing to export: '{path}' does not exist (pass a finished run dir or an adapter folder)")
-    run = path if not _is_adapter_dir(path) else (path.parent if (path.parent / "params.json").exists() else None)
-    if run is not None and not is_complete(run):
+    if _is_adapter_dir(path):  # an adapter folder; inside a run dir, that run must be finished too
+        adapter = path
+        looks_like_run = (path.parent / "params.json").exists() or is_complete(path.parent)
+        run = path.parent if looks_like_run else None
+    else:
+        adapter, run = path / "adapter", path
+    if run is not None and not is_complete(run) and (adapter.exists() or (run / "params.json").exists()):
         raise ExportError(
             f"run '{run}' is not finished (no {COMPLETE_MARKER}): its adapter may be half-written; "
             "let training finish or resume it first"
         )
-    adapter = path if _is_adapter_dir(path) else path / "adapter"
     if not _is_adapter_dir(adapter):
         raise ExportError(f"no LoRA adapter in '{path}': expected {adapter}/adapter_config.json (saved by peft save_pretrained)")
     if not any(adapter.glob("adapter_model.*")):

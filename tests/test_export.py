@@ -104,6 +104,11 @@ def test_half_written_run_dir_is_refused(finished_run, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_folder_that_is_no_run_is_refused(tmp_path):
+    with pytest.raises(export.ExportError, match="no LoRA adapter"):
+        export.locate_adapter(tmp_path)
+
+
 def test_finished_run_without_adapter_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
