@@ -1,0 +1,473 @@
+"""Export what a run trained: merged 16-bit safetensors, GGUF files, an Ollama Modelfile, a hub upload.
+
+    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload)
+    locate_adapter(run_dir)              adapter folder, base model and system prompt of a finished run
+    convert_to_gguf(merged, out.gguf)    f32 / f16 / bf16 / q8_0 with llama.cpp's own convert_hf_to_gguf.py
+    quantize_gguf(f16.gguf, out.gguf)    k-quants (q4_k_m, ...) with llama.cpp's quantizer
+    write_modelfile(gguf, tokenizer)     `ollama create NAME -f Modelfile` next to the GGUF
+    push_to_hub(folder, repo_id)         huggingface_hub upload_folder; dry run by default
+
+Where llama.cpp comes from: no git clone, no compiler. The llama-cpp-python
+source distribution on PyPI vendors llama.cpp, converter and gguf-py included,
+so `ensure_llama_cpp` fetches that sdist once with pip (the package registry is
+the one network source the lab allows) and keeps the Python parts under
+$LAB_MODELS_DIR/llama.cpp-<version>/. The converter runs as a subprocess of this
+interpreter with its own vendored gguf-py first on sys.path (the script does that
+itself), so the installed `gguf` package's version does not matter. It needs
+torch, transformers, numpy and sentencepiece (its Llama-family vocab code imports
+sentencepiece even for BPE tokenizers).
+
+The k-quants need llama.cpp's C++ quantizer: `llama-quantize` on PATH, or the
+`llama_model_quantize` API of an installed llama-cpp-python. Neither is required
+for merged / f16 / bf16 / q8_0.
+
+Why not Unsloth's `save_pretrained_gguf` on a GPU box: unsloth_zoo's
+install_llama_cpp uses ./llama.cpp only when a working `llama-quantize` binary
+sits in it; otherwise it runs apt-get and git clone, which the lent GPU boxes
+(no network) and a careful user do not want. Merging with peft is fast on any
+device and the converter below is the same code Unsloth would call, so one path
+serves CPU and GPU.
+
+Everything is written to `<target>.partial` first and renamed at the end: a
+crashed export never looks finished, and nothing that exists is replaced unless
+`overwrite=True`.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils.paths import COMPLETE_MARKER, is_complete, models_dir
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendor/llama.cpp we use (2026-10)
+CONVERT_SCRIPT = "convert_hf_to_gguf.py"
+# What the converter needs from vendor/llama.cpp: the script, its model classes, its gguf-py.
+LLAMA_CPP_PARTS = (CONVERT_SCRIPT, "conversion/", "gguf-py/", "requirements/", "LICENSE")
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # written by the converter itself
+KQUANT_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+MERGE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot proceed; the message says what is wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# Where the adapter is, what it was trained on
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    adapter_dir: Path
+    base_model: str  # registry name, folder or hub id (lab_utils.models.resolve_model takes it)
+    system_prompt: str | None
+    run_dir: Path | None  # None for a bare adapter folder
+
+
+def _is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").exists()
+
+
+def _read_run_params(run: Path) -> dict:
+    params_file = run / "params.json"
+    if not params_file.exists():
+        return {}
+    return json.loads(params_file.read_text(encoding="utf-8"))
+
+
+def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> TrainedAdapter:
+    """A finished SFT run dir (holding adapter/ and params.json), or a bare peft adapter folder.
+
+    A run dir must be complete (run_complete.json written last), else its adapter may be
+    half-written. The base model comes from `base_model`, else the run's params.json
+    `model`, else the adapter's own adapter_config.json.
+    """
+    path = Path(run_dir_or_adapter).expanduser().resolve()
+    if not path.exists():
+        raise ExportError(f"nothing to export: '{path}' does not exist (pass a finished run dir or an adapter folder)")
+    if _is_adapter_dir(path):  # an adapter folder; inside a run dir, that run must be finished too
+        adapter = path
+        looks_like_run = (path.parent / "params.json").exists() or is_complete(path.parent)
+        run = path.parent if looks_like_run else None
+    else:
+        adapter, run = path / "adapter", path
+    if run is not None and not is_complete(run) and (adapter.exists() or (run / "params.json").exists()):
+        raise ExportError(
+            f"run '{run}' is not finished (no {COMPLETE_MARKER}): its adapter may be half-written; "
+            "let training finish or resume it first"
+        )
+    if not _is_adapter_dir(adapter):
+        raise ExportError(f"no LoRA adapter in '{path}': expected {adapter}/adapter_config.json (saved by peft save_pretrained)")
+    if not any(adapter.glob("adapter_model.*")):
+        raise ExportError(f"adapter '{adapter}' has a config but no weights (adapter_model.safetensors)")
+    params = _read_run_params(run) if run else {}
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    base = base_model or params.get("model") or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise ExportError(f"adapter '{adapter}' does not say which base model it was trained on; pass base_model=")
+    return TrainedAdapter(adapter, base, params.get("system_prompt") or None, run)
+
+
+# ---------------------------------------------------------------------------
+# Never overwrite by accident; never leave something half-written that looks finished
+
+
+def _prepare_target(target: Path, overwrite: bool) -> Path:
+    """Check `target` may be written and return the staging path to write into."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ExportError(f"'{target}' already exists; choose another output or pass overwrite=True")
+    staging = target.with_name(target.name + ".partial")
+    _remove(staging)  # left over from a crashed export
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _publish(staging: Path, target: Path) -> Path:
+    _remove(target)  # only reached when overwrite was allowed (or target absent)
+    staging.rename(target)
+    return target
+
+
+# ---------------------------------------------------------------------------
+# Merged 16-bit safetensors
+
+
+def merge_adapter(run_dir_or_adapter, out_dir, dtype: str = "float16", overwrite: bool = False, base_model: str | None = None) -> Path:
+    """Merge the LoRA adapter into its base and save safetensors + tokenizer + chat template.
+
+    The merge itself runs in float32 (W + scale * B @ A without 16-bit rounding of the
+    sum) and the result is cast to `dtype` once. That costs 4 bytes per parameter of RAM:
+    ~0.5 GB for 135M, ~28 GB for 7B. A QLoRA adapter merges into the 16-bit base this way too
+    (merging into 4-bit weights would round the update away).
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lab_utils.models import resolve_model
+
+    if dtype not in MERGE_DTYPES:
+        raise ExportError(f"dtype={dtype!r}: expected one of {MERGE_DTYPES}")
+    trained = locate_adapter(run_dir_or_adapter, base_model)
+    target = Path(out_dir)
+    staging = _prepare_target(target, overwrite)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(trained.base_model), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    merged.config.dtype = getattr(torch, dtype)  # what the saved config.json declares
+    merged.save_pretrained(staging, safe_serialization=True)
+    # The training run saved its tokenizer (pad token, chat template) beside the adapter.
+    tokenizer_source = trained.adapter_dir if (trained.adapter_dir / "tokenizer_config.json").exists() else resolve_model(trained.base_model)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
+    repair_byte_level_bpe(staging / "tokenizer.json")
+    return _publish(staging, target)
+
+
+def _has_byte_level(node) -> bool:
+    if not isinstance(node, dict):
+        return False
+    return node.get("type") == "ByteLevel" or any(_has_byte_level(n) for n in node.get("pretokenizers", []))
+
+
+def repair_byte_level_bpe(tokenizer_json: Path) -> bool:
+    """Undo SentencePiece leftovers in a GPT-2-style byte-level BPE tokenizer.json.
+
+    A tokenizer that transformers rebuilt from a GGUF (the embedded SmolLM2 is one) comes
+    back with byte_fallback=True and a SentencePiece decoder chain. In a byte-level BPE
+    every byte already is a token, so neither changes what it encodes or decodes, but
+    llama.cpp's converter sees them and writes a Llama SentencePiece vocab without merges,
+    which llama.cpp and Ollama then tokenize wrongly. Returns whether the file changed.
+    """
+    if not Path(tokenizer_json).exists():
+        return False
+    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not _has_byte_level(data.get("pre_tokenizer")):
+        return False
+    model["byte_fallback"] = False
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    Path(tokenizer_json).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return True
+
+
+# ---------------------------------------------------------------------------
+# llama.cpp's converter, from the llama-cpp-python sdist on PyPI
+
+
+def llama_cpp_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    return models_dir() / f"llama.cpp-{version}"
+
+
+def _download_sdist(version: str, into: Path) -> Path:
+    """pip download the llama-cpp-python sdist (never a wheel: wheels do not carry the converter)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(into), f"llama-cpp-python=={version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    sdists = sorted(into.glob("llama_cpp_python-*.tar.gz"))
+    if result.returncode != 0 or not sdists:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ExportError(f"could not fetch llama-cpp-python=={version} from the package index with pip: {tail[0]}")
+    return sdists[0]
+
+
+def _extract_converter(sdist: Path, into: Path) -> None:
+    """Copy vendor/llama.cpp/{convert_hf_to_gguf.py, conversion/, gguf-py/, ...} out of the sdist."""
+    with tarfile.open(sdist) as tar:
+        members = []
+        for member in tar.getmembers():
+            top, _, rest = member.name.partition("/vendor/llama.cpp/")
+            if rest and "/" not in top and rest.startswith(LLAMA_CPP_PARTS):
+                member.name = rest
+                members.append(member)
+        if not any(m.name == CONVERT_SCRIPT for m in members):
+            raise ExportError(f"{sdist.name} has no vendor/llama.cpp/{CONVERT_SCRIPT}; pick another LLAMA_CPP_PYTHON_VERSION")
+        tar.extractall(into, members=members, filter="data")
+
+
+def ensure_llama_cpp(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """The folder holding llama.cpp's convert_hf_to_gguf.py; fetched once (~1-2 min), cached after."""
+    target = llama_cpp_dir(version)
+    if (target / CONVERT_SCRIPT).exists() and (target / "gguf-py" / "gguf").is_dir():
+        return target
+    print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}", flush=True)
+    staging = _prepare_target(target, overwrite=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _extract_converter(_download_sdist(version, Path(tmp)), staging)
+    return _publish(staging, target)
+
+
+def _check_converter_deps() -> None:
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers", "numpy", "sentencepiece") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"llama.cpp's converter needs {missing}: pip install -r requirements.txt")
+
+
+def _run_tool(cmd: list[str], what: str, env: dict | None = None) -> float:
+    """Run a converter/quantizer subprocess; one clear error with its last lines if it fails."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise ExportError(f"{what} failed (exit {result.returncode}):\n{tail}")
+    return time.perf_counter() - start
+
+
+def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = False, llama_cpp: Path | None = None) -> Path:
+    """A safetensors model folder (e.g. merge_adapter's output) -> one GGUF file."""
+    if outtype not in GGUF_OUTTYPES:
+        hint = " (a k-quant: convert to f16 first, then quantize_gguf)" if outtype in KQUANT_TYPES else ""
+        raise ExportError(f"outtype={outtype!r}: the converter writes {GGUF_OUTTYPES}{hint}")
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise ExportError(f"'{hf_dir}' is not a model folder (no config.json); merge the adapter first")
+    _check_converter_deps()
+    script = Path(llama_cpp or ensure_llama_cpp()) / CONVERT_SCRIPT
+    target = Path(out_path)
+    staging = _prepare_target(target, overwrite)
+    # Offline: the converter must read only the folder, never ask the hub for a config or tokenizer.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # keep the vendored gguf-py, which matches this converter
+    cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(staging)]
+    _run_tool(cmd, f"convert_hf_to_gguf ({hf_dir.name} -> {outtype})", env)
+    return _publish(staging, target)
+
+
+# ---------------------------------------------------------------------------
+# k-quants: llama.cpp's C++ quantizer
+
+
+def find_quantizer() -> str | None:
+    """'llama-quantize' binary path, 'llama_cpp' for the Python binding, or None."""
+    binary = shutil.which("llama-quantize")
+    if binary:
+        return binary
+    import importlib.util
+
+    return "llama_cpp" if importlib.util.find_spec("llama_cpp") else None
+
+
+def _quantize_with_binding(src: Path, out: Path, qtype: str) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}")
+    params.nthread = os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0:
+        raise ExportError(f"llama_model_quantize({src.name} -> {qtype}) returned {status}")
+
+
+def quantize_gguf(src_gguf, out_path, qtype: str = "q4_k_m", overwrite: bool = False) -> Path:
+    """Re-quantize a f16/bf16/f32 GGUF to a k-quant with llama.cpp's quantizer."""
+    qtype = qtype.lower()
+    if qtype not in KQUANT_TYPES:
+        raise ExportError(f"qtype={qtype!r}: expected one of {KQUANT_TYPES} (f16/bf16/q8_0 come from convert_to_gguf)")
+    src = Path(src_gguf)
+    if not src.exists():
+        raise ExportError(f"GGUF '{src}' not found; convert_to_gguf(..., outtype='f16') first")
+    quantizer = find_quantizer()
+    if quantizer is None:
+        raise ExportError(
+            f"{qtype} needs llama.cpp's quantizer and none is installed: put `llama-quantize` on PATH "
+            f"(cmake -B build && cmake --build build --target llama-quantize, in {llama_cpp_dir()} sources or a llama.cpp checkout) "
+            f"or `pip install llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}` (compiles llama.cpp, several minutes). "
+            "f16, bf16 and q8_0 need neither."
+        )
+    target = Path(out_path)
+    staging = _prepare_target(target, overwrite)
+    if quantizer == "llama_cpp":
+        _quantize_with_binding(src, staging, qtype)
+    else:
+        _run_tool([quantizer, str(src), str(staging), qtype.upper()], f"llama-quantize ({src.name} -> {qtype})")
+    return _publish(staging, target)
+
+
+# ---------------------------------------------------------------------------
+# Ollama Modelfile: the chat template as a Go template, stop tokens, system prompt, sampling
+
+# A conversation rendered through the model's own Jinja template, to recognise its family
+# by what it produces rather than by how its Jinja source happens to be spelled.
+PROBE = [
+    {"role": "system", "content": "SYS"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
+CHATML_RENDERING = (
+    "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nU1<|im_end|>\n"
+    "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n<|im_start|>assistant\n"
+)
+# Ollama puts the Modelfile's SYSTEM in .Messages as the first message when the request has
+# none, so ranging over .Messages reproduces the Jinja template's output message by message.
+CHATML_GO_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+GO_TEMPLATES = {"chatml": CHATML_GO_TEMPLATE}
+STOP_TOKENS = {"chatml": ["<|im_end|>", "<|im_start|>"]}
+
+
+def _load_tokenizer(tokenizer_or_dir):
+    if hasattr(tokenizer_or_dir, "apply_chat_template"):
+        return tokenizer_or_dir
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_or_dir))
+
+
+def _render(tokenizer, messages) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_template_family(tokenizer) -> str:
+    """'chatml' when the tokenizer's Jinja template renders ChatML; a clear error otherwise."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ExportError("the tokenizer has no chat template; an Ollama Modelfile needs one to know how turns look")
+    if _render(tokenizer, PROBE) == CHATML_RENDERING:
+        return "chatml"
+    head = _render(tokenizer, PROBE)[:120].replace("\n", "\\n")
+    raise ExportError(
+        f"unknown chat template family (known: {sorted(GO_TEMPLATES)}); it renders a conversation as: {head!r}. "
+        "Add its Go template to lab_utils.export.GO_TEMPLATES"
+    )
+
+
+def default_system_prompt(tokenizer, family: str) -> str | None:
+    """The system prompt the Jinja template inserts when a conversation has none (SmolLM2, Qwen do)."""
+    rendered = _render(tokenizer, [{"role": "user", "content": "U1"}])
+    if family == "chatml":
+        found = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, flags=re.S)
+        return found.group(1) if found else None
+    return None
+
+
+def _modelfile_text(text: str, what: str) -> str:
+    if '"""' in text:
+        raise ExportError(f'the {what} contains """, which an Ollama Modelfile cannot quote')
+    return text
+
+
+def write_modelfile(
+    gguf_path,
+    tokenizer_or_dir,
+    system_prompt: str | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    num_ctx: int = 2048,
+    overwrite: bool = False,
+) -> Path:
+    """Write `Modelfile` next to the GGUF, for `ollama create NAME -f Modelfile`.
+
+    Without a system prompt the template's built-in one is used, so Ollama answers the
+    way `apply_chat_template` + generate did.
+    """
+    gguf_path = Path(gguf_path)
+    if not gguf_path.exists():
+        raise ExportError(f"GGUF '{gguf_path}' not found; the Modelfile must point at an existing file")
+    tokenizer = _load_tokenizer(tokenizer_or_dir)
+    family = chat_template_family(tokenizer)
+    system = system_prompt or default_system_prompt(tokenizer, family)
+    stops = list(STOP_TOKENS[family])
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
+    lines = [f"FROM ./{gguf_path.name}", "", f'TEMPLATE """{GO_TEMPLATES[family]}"""', ""]
+    lines += [f'PARAMETER stop "{token}"' for token in stops]
+    lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_p {top_p}", f"PARAMETER num_ctx {num_ctx}"]
+    if system:
+        lines += ["", f'SYSTEM """{_modelfile_text(system, "system prompt")}"""']
+    target = gguf_path.parent / "Modelfile"
+    staging = _prepare_target(target, overwrite)
+    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return _publish(staging, target)
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face Hub
+
+
+def folder_files(folder) -> list[tuple[str, int]]:
+    """(relative path, size in bytes) of every file under `folder`, sorted."""
+    folder = Path(folder)
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def push_to_hub(folder, repo_id: str, token_env: str = "HF_TOKEN", dry_run: bool = True, private: bool = True) -> list[tuple[str, int]]:
+    """Upload `folder` to a hub model repo with huggingface_hub.upload_folder.
+
+    The token is read from the environment variable `token_env` and handed straight to
+    the client: never printed, logged or written. A dry run only lists what would go up.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"nothing to push: '{folder}' is not a folder")
+    files = folder_files(folder)
+    if dry_run:
+        return files
+    token = os.environ.get(token_env)
+    if not token:
+        raise ExportError(f"push_to_hub needs a token in ${token_env} (a write token from huggingface.co/settings/tokens)")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload from finetune-lab export")
+    return files
