@@ -38,6 +38,8 @@ def plot_training(history: list[dict], path=None, title: str = "training"):
         ax_lr.plot(*zip(*lrs), color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------- text-generation metrics (base vs tuned)
