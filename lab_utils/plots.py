@@ -64,3 +64,28 @@ def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", 
     ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     return save(fig, path)
+
+
+# ---------------------------------------------------------------- vision SFT (images with answers)
+
+def plot_image_grid(images: list, captions: list[str], correct: list[bool] | None = None, columns: int = 4,
+                    title: str = "", path=None):
+    """Images (PIL or arrays) in a grid, each with its caption below; `correct` colours captions green/red."""
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    lines = max((caption.count("\n") + 1 for caption in captions), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, (1.3 + 0.22 * lines) * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(images):
+            continue
+        ax.imshow(images[index])
+        color = "black" if correct is None else ("tab:green" if correct[index] else "tab:red")
+        ax.text(0.5, -0.06, captions[index], transform=ax.transAxes, ha="center", va="top", fontsize=8,
+                family="monospace", color=color)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
