@@ -19,6 +19,7 @@ system/user turns and every image token).
 import time
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from data_loaders.common import data_error
@@ -230,8 +231,10 @@ def save_artifacts(p: Params, run, model, processor, outcome: dict, table: pd.Da
     report.write_csv(run / "skipped_rows.csv")
     write_table(table, run, "answers")
     write_json(outcome["history"], run / "history.json")
-    plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} vision LoRA r={p.lora_r}")
-    sample_grid(p, heldout, table, run / "samples.png")
+    figures = [plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} vision LoRA r={p.lora_r}"),
+               sample_grid(p, heldout, table, run / "samples.png")]
+    for figure in figures:
+        plt.close(figure)  # on disk now; a notebook has shown both already and must not show them twice
     scalars = {k: v for k, v in outcome.items() if k != "history"}
     metrics = {**scalars, **score_table(table), "backend": backend.name, "device": backend.device,
                "rows_kept": report.kept, "rows_skipped": len(report.skipped),
