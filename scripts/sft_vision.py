@@ -97,9 +97,10 @@ def load_rows(p: Params):
     if len(rows) <= p.heldout_rows:
         raise data_error(find_data_file(p.sheet), f"{len(rows)} usable rows but heldout_rows={p.heldout_rows}; "
                          "lower heldout_rows so some rows are left to train on")
-    split = rows.train_test_split(test_size=p.heldout_rows, seed=p.seed) if p.heldout_rows else {"train": rows, "test": rows.select([])}
-    print(f"[lab] {p.sheet}: {report.summary()}; {len(split['train'])} train, {len(split['test'])} held out")
-    return split["train"], split["test"], report
+    split = rows.train_test_split(test_size=p.heldout_rows, seed=p.seed) if p.heldout_rows else None
+    train_rows, heldout = (split["train"], split["test"]) if split else (rows, rows.select([]))
+    print(f"[lab] {p.sheet}: {report.summary()}; {len(train_rows)} train, {len(heldout)} held out")
+    return train_rows, heldout, report
 
 
 def setup_run(p: Params):
@@ -219,7 +220,8 @@ def score_table(table: pd.DataFrame) -> dict:
 def sample_grid(p: Params, heldout, table: pd.DataFrame, path=None):
     """The first held-out images with their reference and the answers before and after training."""
     n = min(p.grid_images, len(heldout))
-    captions = [f"true {r.reference}\nbefore {r.before or '∅'}\nafter {r.after or '∅'}" for r in table.head(n).itertuples()]
+    captions = [f"true {row.reference}\nbefore {row.before or '∅'}\nafter {row.after or '∅'}"
+                for row in table.head(n).itertuples()]
     correct = [c == 1.0 for c in table["char_acc_after"].head(n)]
     return plots.plot_image_grid([images[0] for images in heldout["images"][:n]], captions, correct=correct, path=path,
                                  title=f"{p.model}: held-out images")
@@ -231,7 +233,8 @@ def save_artifacts(p: Params, run, model, processor, outcome: dict, table: pd.Da
     report.write_csv(run / "skipped_rows.csv")
     write_table(table, run, "answers")
     write_json(outcome["history"], run / "history.json")
-    figures = [plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} vision LoRA r={p.lora_r}"),
+    title = f"{p.model} vision LoRA r={p.lora_r}"
+    figures = [plots.plot_training(outcome["history"], run / "training.png", title=title),
                sample_grid(p, heldout, table, run / "samples.png")]
     for figure in figures:
         plt.close(figure)  # on disk now; a notebook has shown both already and must not show them twice
