@@ -69,15 +69,28 @@ def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", 
 # --- teaching: SVD / ALS ---
 
 
-def plot_image_grid(images, titles, path=None, columns: int = 4):
-    """Reconstructions side by side (grayscale arrays are drawn in gray)."""
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.flat:
+def plot_image_grid(images: list, captions: list[str], path=None, columns: int = 4, correct: list[bool] | None = None,
+                    title: str = ""):
+    """Images (PIL, RGB arrays, or grayscale arrays in [0, 1] drawn in gray) in a grid, each with its
+    caption below; `correct` colours the captions green/red (answers right or wrong)."""
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    lines = max((str(caption).count("\n") + 1 for caption in captions), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, (2.2 + 0.22 * lines) * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(title, fontsize=9)
+        if index >= len(images):
+            continue
+        image = images[index]
+        gray = getattr(image, "ndim", 3) == 2
+        ax.imshow(image, cmap="gray" if gray else None, vmin=0 if gray else None, vmax=1 if gray else None)
+        color = "black" if correct is None else ("tab:green" if correct[index] else "tab:red")
+        ax.text(0.5, -0.04, str(captions[index]), transform=ax.transAxes, ha="center", va="top", fontsize=8,
+                family="monospace", color=color)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
 

@@ -1,0 +1,111 @@
+"""The vision SFT experiment end to end on the tiny Qwen2.5-VL: CLI, resume, papermill, bad sheets, GPU path."""
+
+import json
+
+import pytest
+import yaml
+from openpyxl import Workbook
+
+from data_loaders.common import DataError
+from lab_utils.artifacts import read_json
+from lab_utils.config import make_params
+from lab_utils.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.paths import REPO_ROOT, output_dir
+from scripts import sft_vision
+
+TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,
+            save_steps=1, grid_images=2)
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(tmp_path, **extra):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **extra}))
+    return path
+
+
+def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
+    sft_vision.main(["--config", str(tiny_config(tmp_path)), "--run_name", "cli", "--lora_r", "2"])
+    run = output_dir() / "sft_vision" / "cli"
+    params = read_json(run / "params.json")
+    assert params["lora_r"] == 2 and params["max_steps"] == 2  # override beats config beats default
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json",
+                 "adapter/preprocessor_config.json", "metrics.json", "history.json", "training.png", "samples.png",
+                 "answers.md", "answers.csv", "skipped_rows.csv", "run_complete.json"):
+        assert (run / name).exists(), name
+    adapter = json.loads((run / "adapter/adapter_config.json").read_text())
+    assert adapter["r"] == 2 and "visual" in adapter["target_modules"] and "language_model" in adapter["target_modules"]
+    metrics = read_json(run / "metrics.json")
+    assert metrics["global_step"] == 2 and metrics["train_loss"] > 0 and metrics["heldout_scored"] == 2
+    assert metrics["rows_kept"] == 8 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    for score in ("exact_match_before", "exact_match_after", "char_accuracy_before", "char_accuracy_after"):
+        assert 0.0 <= metrics[score] <= 1.0
+    answers = (run / "answers.csv").read_text().splitlines()
+    assert answers[0].startswith("source,image,reference,before,after,char_acc_before,char_acc_after") and len(answers) == 3
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "character accuracy" in capsys.readouterr().out
+
+
+def test_resume_continues_the_step_count():
+    first = sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
+    run = output_dir() / "sft_vision" / "resume"
+    assert first["metrics"]["global_step"] == 2 and (run / "checkpoints" / "checkpoint-2").is_dir()
+    (run / "run_complete.json").unlink()  # as if the run had been interrupted before its end
+    second = sft_vision.run(sft_vision.Params(**{**TINY, "max_steps": 4}, run_name="resume"))
+    assert second["metrics"]["resumed_from"].endswith("checkpoint-2") and second["metrics"]["global_step"] == 4
+    assert [r["step"] for r in read_json(run / "history.json") if "loss" in r] == [3, 4]
+    with pytest.raises(FileExistsError, match="already finished"):
+        sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
+
+
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "executed.ipynb"
+    execute(NOTEBOOKS_DIR / "sft_vision.ipynb", out, {**TINY, "run_name": "nb"})
+    run = output_dir() / "sft_vision" / "nb"
+    assert (run / "run_complete.json").exists() and read_json(run / "metrics.json")["global_step"] == 2
+    outputs = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])]
+    pictures = [o for o in outputs if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
+    assert len(pictures) >= 3, "sample grid, training curves and the before/after grid are shown"
+    printed = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "trained on:" in printed and "char_accuracy_after" in printed
+
+
+def write_sheet(path, rows):
+    workbook = Workbook()
+    workbook.active.append(["image", "question", "answer"])
+    for row in rows:
+        workbook.active.append(row)
+    workbook.save(path)
+    return path
+
+
+def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    write_sheet(tmp_path / "broken.xlsx", [["missing_1.png", "Reading?", "00123"], ["", "Reading?", "00456"],
+                                           [str(REPO_ROOT / "data/samples/vision/images/meter_01.png"), "Reading?", None]])
+    with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet' has no usable rows \(kept 0 rows, skipped 3"):
+        sft_vision.run(sft_vision.Params(**TINY, sheet="broken.xlsx", run_name="broken"))
+    assert not (output_dir() / "sft_vision" / "broken").exists()
+
+
+def test_too_few_rows_for_the_heldout_split_is_a_clear_error():
+    with pytest.raises(DataError, match="3 usable rows but heldout_rows=3"):
+        sft_vision.run(sft_vision.Params(**{**TINY, "max_rows": 3, "heldout_rows": 3}, run_name="few"))
+    assert not (output_dir() / "sft_vision" / "few").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_config_trains_the_real_model_with_unsloth():
+    """configs/sft_vision_gpu.yaml unchanged but for tiny step counts: Qwen2.5-VL-3B, 4-bit, Unsloth."""
+    p = make_params(sft_vision.Params, REPO_ROOT / "configs" / "sft_vision_gpu.yaml",
+                    {"max_steps": 2, "max_rows": 8, "heldout_rows": 2, "save_steps": 1, "run_name": "gpu"})
+    result = sft_vision.run(p)
+    metrics = result["metrics"]
+    assert metrics["backend"] == "unsloth" and metrics["device"] == "cuda" and metrics["global_step"] == 2
+    assert metrics["eval_loss_after"] is not None and metrics["train_loss"] > 0
+    run = output_dir() / "sft_vision" / "gpu"
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and (run / "adapter" / "adapter_model.safetensors").exists()
+    assert len(result["answers"]) == 2 and all(isinstance(a, str) for a in result["answers"]["after"])
+    assert (run / "run_complete.json").exists()
