@@ -69,3 +69,61 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512) -> flo
     if total_tokens == 0:
         raise ValueError("perplexity needs texts of at least two tokens")
     return math.exp(total_nll / total_tokens)
+
+
+# ---------------------------------------------------------------- several adapters on one base model
+
+def load_adapters(adapters: dict, base_model: str | None = None):
+    """One base model with several trained LoRA adapters under their names, plus the tokenizer.
+
+    `adapters` maps a name to a finished run dir or an adapter folder. Switch between them
+    with `model.set_adapter(name)`; `model.disable_adapter()` gives the base model.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lab_utils.export import locate_adapter
+    from lab_utils.models import load_tokenizer, resolve_model
+
+    located = {name: locate_adapter(path, base_model) for name, path in adapters.items()}
+    first = next(iter(located.values()))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(first.base_model))
+    names = list(located)
+    model = PeftModel.from_pretrained(base, str(located[names[0]].adapter_dir), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(located[name].adapter_dir), adapter_name=name)
+    tokenizer_dir = first.adapter_dir if (first.adapter_dir / "tokenizer_config.json").exists() else resolve_model(first.base_model)
+    return model.eval(), load_tokenizer(str(tokenizer_dir))
+
+
+def answers_per_adapter(model, tokenizer, conversations, names: list[str], max_new_tokens: int = 64) -> dict:
+    """{"base": [...], name: [...] for each adapter}: the same prompts, greedy, adapter by adapter."""
+    with model.disable_adapter():
+        answers = {"base": generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens)}
+    for name in names:
+        model.set_adapter(name)
+        answers[name] = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+    return answers
+
+
+def ab_table(conversations, answers: dict):
+    """One row per prompt: the question, the reference (when the data has one), each model's answer."""
+    import pandas as pd
+
+    table = {"question": questions_of(conversations)}
+    if all(c[-1]["role"] == "assistant" for c in conversations):
+        table["reference"] = references_of(conversations)
+    return pd.DataFrame({**table, **answers})
+
+
+def write_ab_report(table, run: Path, name: str = "ab", title: str = "A/B: base vs fine-tuned") -> Path:
+    """<name>.md, <name>.csv and a self-contained <name>.html (escaped text, inline CSS)."""
+    write_table(table, run, name)
+    cells = table.to_html(index=False, escape=True).replace("\\n", "<br>")
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:28em}th{background:#f3f3f3}")
+    html = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>" \
+           f"<body><h1>{title}</h1>{cells}</body></html>"
+    path = Path(run) / f"{name}.html"
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -29,7 +29,7 @@ from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.config import parse_args, save_params
 from lab_utils.paths import find_data_file, mark_complete, run_dir
-from lab_utils.training import LossHistory, last_checkpoint, torch_dtype, trainable_parameters
+from lab_utils.training import LossHistory, last_checkpoint, resolve_precision, trainable_parameters
 from lab_utils.vision import (add_vision_lora, char_accuracy, generate_answers, load_vision_model,
                               make_vision_collator, score_answers, vision_sft_config)
 
@@ -152,14 +152,14 @@ def training_arguments(p: Params, run, backend):
 
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-    dtype = torch_dtype(p.precision, backend.device)
+    precision = resolve_precision(p.precision, backend.device)
     return vision_sft_config(
         run / "checkpoints",
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
         max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
         warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay, optim=p.optim,
-        bf16=str(dtype) == "torch.bfloat16", fp16=str(dtype) == "torch.float16",
+        bf16=precision == "bf16", fp16=precision == "fp16",
         # Unsloth brings its own offloaded checkpointing (set when the model was loaded)
         gradient_checkpointing=p.gradient_checkpointing and not backend.is_unsloth,
         logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,

@@ -1,0 +1,164 @@
+"""Talk to what you trained: an interactive terminal chat with streaming output.
+
+    python -m scripts.chat --target sft_alpaca/demo            # a finished run: base + its LoRA adapter
+    python -m scripts.chat --target export/demo/merged         # a merged folder
+    python -m scripts.chat --target export/demo/demo-f16.gguf  # a GGUF (llama-cpp-python if installed)
+    echo "What is 2+3?" | python -m scripts.chat --target sft_alpaca/demo   # one answer per input line
+
+Type a message and press Enter; `/reset` forgets the conversation, `/exit` (or
+Ctrl-D / end of input) quits. Decoding: greedy when temperature is 0.
+"""
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils.config import parse_args
+from lab_utils.export import ExportError
+from lab_utils.paths import output_dir
+
+
+@dataclass(kw_only=True)
+class Params:
+    target: str = ""  # run dir, merged folder, or .gguf file (absolute, or relative to $LAB_OUTPUT_DIR)
+    system_prompt: str = ""  # "" = the run's own system prompt, else the model's default
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 0.9
+
+
+class ChatError(ValueError):
+    """The target cannot be chatted with; the message says why."""
+
+
+def resolve_target(target: str) -> Path:
+    if not target:
+        raise ChatError("set --target to a finished run, a merged model folder or a .gguf file")
+    path = Path(target).expanduser()
+    path = path if path.exists() or path.is_absolute() else output_dir() / path
+    if not path.exists():
+        raise ChatError(f"'{path}' does not exist (a run dir, a merged folder or a .gguf file; relative to $LAB_OUTPUT_DIR)")
+    return path
+
+
+class HFChat:
+    """transformers model (+ optional LoRA adapter) with streamed generation."""
+
+    def __init__(self, path: Path, p: Params):
+        from transformers import AutoModelForCausalLM
+
+        from lab_utils.models import load_tokenizer
+
+        self.p = p
+        if path.suffix == ".gguf":
+            tokenizer_dir = path.parent / "merged"  # the export layout: reading a GGUF's vocabulary in Python is slow
+            self.tokenizer = load_tokenizer(str(tokenizer_dir if tokenizer_dir.is_dir() else path.parent))
+            self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            self.system = None
+        elif (path / "config.json").exists():
+            self.tokenizer, self.model, self.system = load_tokenizer(str(path)), AutoModelForCausalLM.from_pretrained(path), None
+        else:
+            from lab_utils.evaluate import load_adapters
+            from lab_utils.export import locate_adapter
+
+            self.model, self.tokenizer = load_adapters({"tuned": path})
+            self.system = locate_adapter(path).system_prompt
+        self.model.eval()
+
+    def stream(self, messages: list[dict]):
+        from transformers import TextIteratorStreamer
+
+        from lab_utils.chat import render
+
+        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": self.p.temperature, "top_p": self.p.top_p} if self.p.temperature > 0 else {"do_sample": False}
+        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=self.p.max_new_tokens,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        worker = threading.Thread(target=self.model.generate, kwargs=kwargs)
+        worker.start()
+        yield from streamer
+        worker.join()
+
+
+class LlamaCppChat:
+    """A GGUF through llama-cpp-python (the same runtime as Ollama/llama.cpp)."""
+
+    def __init__(self, path: Path, p: Params):
+        from llama_cpp import Llama
+
+        self.p, self.system = p, None
+        self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
+
+    def stream(self, messages: list[dict]):
+        chunks = self.llm.create_chat_completion(messages=messages, max_tokens=self.p.max_new_tokens,
+                                                 temperature=self.p.temperature, top_p=self.p.top_p, stream=True)
+        for chunk in chunks:
+            yield chunk["choices"][0]["delta"].get("content", "")
+
+
+def open_chat(p: Params):
+    import importlib.util
+
+    path = resolve_target(p.target)
+    if path.suffix == ".gguf" and importlib.util.find_spec("llama_cpp") is not None:
+        return LlamaCppChat(path, p)
+    return HFChat(path, p)
+
+
+def chat_loop(chat, p: Params, lines, write=sys.stdout.write) -> list[dict]:
+    """Read user lines, stream each answer; returns the conversation (for tests and logs)."""
+    system = p.system_prompt or chat.system
+    history = [{"role": "system", "content": system}] if system else []
+    for line in lines:
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/exit":
+            break
+        if message == "/reset":
+            history = history[:1] if system else []
+            write("[conversation reset]\n")
+            continue
+        history.append({"role": "user", "content": message})
+        write("assistant> ")
+        answer = "".join(piece for piece in _echo(chat.stream(history), write))
+        write("\n")
+        history.append({"role": "assistant", "content": answer.strip()})
+    return history
+
+
+def _echo(pieces, write):
+    for piece in pieces:
+        write(piece)
+        sys.stdout.flush()
+        yield piece
+
+
+def main(argv=None):
+    p = parse_args(Params, argv, description=__doc__)
+    try:
+        chat = open_chat(p)
+    except (ChatError, ExportError) as err:
+        raise SystemExit(f"chat: {err}") from None
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat ready: /reset forgets, /exit quits")
+
+    def prompts():
+        while True:
+            if interactive:
+                sys.stdout.write("you> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                return
+            yield line
+
+    chat_loop(chat, p, prompts())
+
+
+if __name__ == "__main__":
+    main()
