@@ -102,7 +102,7 @@ def plot_singular_values(singular_values, path=None, title: str = "singular valu
     cumulative, running = [], 0.0
     for v in s:
         running += v * v
-        cumulative.append(running / total)
+        cumulative.append(running / total if total > 0 else 0.0)  # a zero matrix keeps no energy at any rank
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.semilogy(range(1, len(s) + 1), s)
     left.set(xlabel="index i", ylabel="singular value s_i (log)", title=title)

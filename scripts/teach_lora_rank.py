@@ -113,7 +113,8 @@ def train_demo_adapter(p: Params) -> Path:
 
     demo = sft_alpaca.Params(max_rows=40, heldout_rows=2, max_steps=p.demo_steps, batch_size=4,
                              lora_r=p.demo_lora_r, lora_alpha=p.demo_lora_alpha, max_new_tokens=4,
-                             max_seq_length=128, save_steps=1000, report_to="none", run_name="teach_lora_rank-demo")
+                             max_seq_length=128, save_steps=1000, report_to="none", run_name="teach_lora_rank-demo",
+                             warmup_ratio=0.0)  # no warm-up: even a 1-step demo must move B off zero
     print(f"[lab] no finished sft_alpaca run found: training a {p.demo_steps}-step demo adapter (~20-40 s on CPU)")
     return Path(sft_alpaca.run(demo)["run_dir"]) / "adapter"
 

@@ -234,3 +234,11 @@ def test_spark_missing_is_a_clear_message(monkeypatch):
     monkeypatch.setenv("LAB_SPARK_MASTER", "spark://host:7077")
     assert spark_als.spark_master() == "spark://host:7077"
     assert spark_als.spark_master("local[1]") == "local[1]"
+
+
+def test_spectrum_plot_of_a_zero_update_draws_instead_of_dividing_by_zero(tmp_path):
+    """An adapter whose B is still zero (no step taken yet) has dW = 0: the lesson must still draw it."""
+    from lab_utils.plots import plot_singular_values
+
+    plot_singular_values([0.0, 0.0, 0.0], tmp_path / "zero.png")
+    assert (tmp_path / "zero.png").stat().st_size > 0
