@@ -10,6 +10,7 @@ are an error (a typo must not silently fall back to a default).
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -109,3 +110,20 @@ def save_params(params, path) -> Path:
 def params_from(params_cls, namespace: dict):
     """Params from a notebook's globals (its parameters cell, after papermill's injection)."""
     return params_cls(**{f.name: namespace[f.name] for f in dataclasses.fields(params_cls) if f.name in namespace})
+
+
+# The lab's own errors (DataError, LabPathError, ModelNotFound, ConfigError, ExportError, the GPU guards...)
+# subclass these; so do a missing file and an unreachable hub model. LAB_DEBUG=1 shows the traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+def run_cli(run, params_cls, argv=None, description: str = ""):
+    """A script's main(): Params from --config and --key value, then run(p); bad input is one line, no traceback."""
+    p = parse_args(params_cls, argv, description=description)
+    try:
+        return run(p)
+    except USER_ERRORS as err:
+        if os.environ.get("LAB_DEBUG"):
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise SystemExit(f"error: {first_line}  [{type(err).__name__}; LAB_DEBUG=1 shows the traceback]") from None

@@ -29,7 +29,7 @@ from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.chat import generate
-from lab_utils.config import parse_args, save_params
+from lab_utils.config import run_cli, save_params
 from lab_utils.models import resolve_model
 from lab_utils.paths import mark_complete, run_dir
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
@@ -273,7 +273,7 @@ def run(p: Params) -> dict:
 
 def main(argv=None):
     setup_logging()
-    result = run(parse_args(Params, argv, description=__doc__))
+    result = run_cli(run, Params, argv, description=__doc__)
     m = result["metrics"]
     print(f"accuracy {m['accuracy_before']} -> {m['accuracy_after']}; {m['seconds_per_step']} s/step "
           f"({m['rollouts']} rollouts, {m['steps_trained']} steps)")

@@ -23,7 +23,7 @@ import pandas as pd
 from data_loaders.alpaca import load_chat_file
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.chat import generate
-from lab_utils.config import parse_args
+from lab_utils.config import run_cli
 from lab_utils.distributed import is_main_process
 from lab_utils.paths import mark_complete
 from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
@@ -104,7 +104,7 @@ def generations_table(heldout, before: list[str], after: list[str]) -> pd.DataFr
 
 def main(argv=None):
     setup_logging()
-    result = run(parse_args(Params, argv, description=__doc__))
+    result = run_cli(run, Params, argv, description=__doc__)
     print(result["generations"].head(3).to_string(index=False))
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from data_loaders.medical_csv import DEFAULT_SYSTEM_PROMPT, load_medical_csv, split_dataset
 from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json
-from lab_utils.config import parse_args
+from lab_utils.config import run_cli
 from lab_utils.evaluate import base_and_tuned_answers, write_text_evaluation
 from lab_utils.distributed import is_main_process
 from lab_utils.paths import mark_complete
@@ -118,7 +118,7 @@ def run(p: Params) -> dict:
 
 def main(argv=None):
     setup_logging()
-    result = run(parse_args(Params, argv, description=__doc__))
+    result = run_cli(run, Params, argv, description=__doc__)
     for side in ("base", "tuned"):
         s = result["scores"][side]
         print(f"{side:>6}: BLEU-4 {s['bleu4']:.1f}  ROUGE-1 {s['rouge1']:.1f}  ROUGE-2 {s['rouge2']:.1f}  ROUGE-L {s['rougeL']:.1f}")

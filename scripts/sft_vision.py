@@ -27,7 +27,7 @@ from data_loaders.excel_vision import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_PROMPT, lo
 from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
-from lab_utils.config import parse_args, save_params
+from lab_utils.config import run_cli, save_params
 from lab_utils.paths import find_data_file, mark_complete, run_dir
 from lab_utils.training import LossHistory, last_checkpoint, resolve_precision, trainable_parameters
 from lab_utils.vision import (add_vision_lora, char_accuracy, generate_answers, load_vision_model,
@@ -265,7 +265,7 @@ def run(p: Params) -> dict:
 
 def main(argv=None):
     setup_logging()
-    result = run(parse_args(Params, argv, description=__doc__))
+    result = run_cli(run, Params, argv, description=__doc__)
     metrics = result["metrics"]
     print(result["answers"][["reference", "before", "after"]].to_string(index=False))
     print(f"[lab] exact match {metrics['exact_match_before']:.2f} -> {metrics['exact_match_after']:.2f}, "

@@ -25,7 +25,7 @@ import numpy as np
 
 from data_loaders.movielens import RatingsSplit, load_ml100k_split, synthetic_ratings
 from lab_utils import lowrank, plots
-from lab_utils.config import parse_args, save_params
+from lab_utils.config import run_cli, save_params
 from lab_utils.paths import default_run_name, mark_complete, run_dir
 
 
@@ -168,7 +168,7 @@ def format_table(table: list[dict]) -> str:
 
 
 def main(argv=None):
-    return run(parse_args(Params, argv, description=__doc__.splitlines()[0]))
+    return run_cli(run, Params, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

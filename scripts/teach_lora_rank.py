@@ -33,7 +33,7 @@ import pandas as pd
 
 from lab_utils import lowrank, plots
 from lab_utils.adapters import base_model_name, find_adapter, layer_index, module_kind, read_lora_adapter
-from lab_utils.config import parse_args, save_params
+from lab_utils.config import run_cli, save_params
 from lab_utils.models import lora_target_modules, resolve_model
 from lab_utils.paths import default_run_name, mark_complete, run_dir
 
@@ -279,7 +279,7 @@ def run(p: Params) -> dict:
 
 
 def main(argv=None):
-    return run(parse_args(Params, argv, description=__doc__.splitlines()[0]))
+    return run_cli(run, Params, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

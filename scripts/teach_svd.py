@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from lab_utils import lowrank, plots
-from lab_utils.config import parse_args, save_params
+from lab_utils.config import run_cli, save_params
 from lab_utils.paths import default_run_name, find_data_file, mark_complete, run_dir
 
 
@@ -139,7 +139,7 @@ def run(p: Params) -> dict:
 
 
 def main(argv=None):
-    return run(parse_args(Params, argv, description=__doc__.splitlines()[0]))
+    return run_cli(run, Params, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -45,3 +45,16 @@ def test_cli_unknown_config_key_exits_with_a_message(tmp_path, capsys):
 
 def test_params_from_notebook_globals():
     assert params_from(P, {"lora_r": 2, "unrelated": 1}).lora_r == 2
+
+
+def test_script_main_turns_bad_input_into_one_line(capsys, monkeypatch):
+    from scripts import sft_alpaca
+
+    monkeypatch.delenv("LAB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        sft_alpaca.main(["--model", "no-such-model", "--run_name", "bad-model"])
+    message = str(exit_.value.code)
+    assert message.startswith("error: unknown model 'no-such-model'") and "\n" not in message
+    monkeypatch.setenv("LAB_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown model"):
+        sft_alpaca.main(["--model", "no-such-model", "--run_name", "bad-model-2"])

@@ -51,7 +51,7 @@ def test_svd_cli_with_config_and_override(tmp_path, monkeypatch):
         assert (run / f"{figure}.png").stat().st_size > 0
     assert json.loads((run / "params.json").read_text())["max_side"] == 96
     assert result["run_dir"] == str(run)
-    with pytest.raises(FileExistsError):  # a finished run is never overwritten unless asked
+    with pytest.raises(SystemExit, match="already finished"):  # a finished run is never overwritten unless asked
         teach_svd.main(["--image", "synthetic", "--max_side", "32", "--run_name", "cli"])
 
 
