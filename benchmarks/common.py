@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab_utils.models import resolve_model
+from lab_utils.models import resolve_model, save_model_folder
 from lab_utils.paths import models_dir
 
 # Shapes from the published config.json files (Hugging Face, 2024-09 releases).
@@ -111,15 +111,7 @@ def build_random_model(name: str, tokenizer_source: str | None = None, seed: int
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if smoke else torch.bfloat16)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    partial.rename(target)  # atomic: a half-written folder is never mistaken for a model
-    return str(target)
+    return str(save_model_folder(model, tokenizer, target))
 
 
 def ensure_random_model(name: str, tokenizer_source: str | None = None) -> str:

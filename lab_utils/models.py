@@ -107,14 +107,22 @@ def ensure_embedded_model() -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        import shutil
+    return save_model_folder(model, tokenizer, target)
 
+
+def save_model_folder(model, tokenizer_or_processor, target: Path) -> Path:
+    """Write a model folder (safetensors + tokenizer/processor) next to `target`, then rename it into
+    place: a half-written folder is never mistaken for a good one, and a stale one is replaced."""
+    import shutil
+
+    tmp = target.with_name(target.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted earlier attempt
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer_or_processor.save_pretrained(tmp)
+    if target.exists():
         shutil.rmtree(target)
-    tmp.rename(target)  # atomic: a half-written cache is never mistaken for a good one
+    tmp.rename(target)
     return target
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lab_utils.backend import get_backend, import_unsloth
+from lab_utils.models import save_model_folder
 from lab_utils.paths import models_dir
 
 log = logging.getLogger("lab")
@@ -217,15 +218,7 @@ def ensure_tiny_vision_model(seed: int = 0) -> Path:
     log.warning("building the tiny random Qwen2.5-VL into %s (once)", target)
     print(f"[lab] building the tiny random Qwen2.5-VL into {target} (once, seconds)", flush=True)
     model, processor = build_tiny_vision_model(seed)
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic: a half-written folder is never mistaken for a good one
-    return target
+    return save_model_folder(model, processor, target)
 
 
 # ---------------------------------------------------------------- loading
