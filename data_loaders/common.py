@@ -85,3 +85,14 @@ def with_system_prompt(messages: list[dict], system: str | None) -> list[dict]:
     if not system or (messages and messages[0]["role"] == "system"):
         return messages
     return [{"role": "system", "content": system}] + messages
+
+
+def split_heldout(dataset, heldout_rows: int, seed: int, path):
+    """(train, held-out) rows: a seeded split that always leaves rows to train on (0 = nothing held out)."""
+    if len(dataset) <= heldout_rows:
+        raise data_error(path, f"{len(dataset)} usable rows but {heldout_rows} to hold out; "
+                         "hold out fewer so some rows are left to train on")
+    if heldout_rows == 0:
+        return dataset, dataset.select([])
+    split = dataset.train_test_split(test_size=heldout_rows, seed=seed)
+    return split["train"], split["test"]

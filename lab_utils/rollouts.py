@@ -11,15 +11,14 @@ so the rollout engine sets the pace. Three ways, picked by `choose_rollouts`:
 
 Nothing here imports vllm or unsloth unless a CUDA GPU and the package are present
 (`lab_utils.backend.vllm_available`), so a CPU run never touches them.
-`p` is any Params with the shared LoRA fields (scripts/sft_alpaca.py) plus
+`p` is any Params with the shared LoRA fields (lab_utils.training.LoraParams) plus
 `rollouts` (auto | vllm | hf) and `vllm_gpu_memory_utilization`.
 """
 
 import time
 from dataclasses import dataclass
 
-from lab_utils.backend import Backend, cuda_available, has_package, import_unsloth, vllm_available
-from lab_utils.models import lora_target_modules
+from lab_utils.backend import Backend, cuda_available, has_package, vllm_available
 
 
 @dataclass(frozen=True)
@@ -58,24 +57,12 @@ def load_fast_inference_model(p, source: str):
 
     max_lora_rank must cover lora_r: vLLM reserves adapter slots of that rank up front.
     gpu_memory_utilization is vLLM's share of the GPU (KV cache + its weights); the
-    rest is left to training.
+    rest is left to training. The LoRA itself is the shared one (lab_utils.training).
     """
-    import_unsloth()
-    from unsloth import FastLanguageModel
+    from lab_utils.training import load_unsloth_model
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=source, max_seq_length=p.max_seq_length, dtype=None,
-        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit,
-        fast_inference=True, max_lora_rank=p.lora_r, gpu_memory_utilization=p.vllm_gpu_memory_utilization,
-    )
-    model = FastLanguageModel.get_peft_model(
-        model, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, use_rslora=p.use_rslora,
-        target_modules=lora_target_modules(model, p.lora_mlp), bias="none",
-        use_gradient_checkpointing="unsloth" if p.gradient_checkpointing else False, random_state=p.seed,
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load_unsloth_model(p, source, fast_inference=True, max_lora_rank=p.lora_r,
+                              gpu_memory_utilization=p.vllm_gpu_memory_utilization)
 
 
 def vllm_config_kwargs(p, rollouts: Rollouts, backend: Backend) -> dict:

@@ -15,6 +15,8 @@ length); the unsloth backend uses it with its own fused loss.
 """
 
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,48 +30,75 @@ from lab_utils.distributed import is_main_process, launched_distributed, local_r
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
 
 
-@dataclass(kw_only=True)
-class LoraSFTParams:
-    """The knobs every LoRA SFT experiment shares; each experiment's Params adds its data fields.
+# ---------------------------------------------------------------- the shared Params field groups
+# Every training experiment's Params is composed of these three groups (plus its own data and
+# method fields), so a knob has one name, one default and one meaning everywhere: configs,
+# notebooks and the batch runner speak one vocabulary. Defaults are the CPU demo's; an
+# experiment overrides a default by redeclaring the field in its own Params.
 
-    Defaults are the CPU demo's. Field names are the same in every experiment, so
-    configs, notebooks and the batch runner speak one vocabulary.
-    """
+@dataclass(kw_only=True)
+class RunParams:
+    """Which model, which backend, where the run goes and what it logs."""
 
     model: str = "smollm2-135m"  # registry name, local folder or hub id
-    max_seq_length: int = 256
-    # LoRA
+    backend: str = "auto"  # auto | hf | unsloth (LAB_BACKEND forces one too)
+    seed: int = 42
+    run_name: str = "demo"  # the run folder: $LAB_OUTPUT_DIR/<experiment>/<run_name>/
+    overwrite: bool = False  # a finished run with this name is refused unless true
+    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
+    logging_steps: int = 1
+    save_steps: int = 10  # checkpoint every N steps: an interrupted run resumes from the last one
+    save_total_limit: int = 2
+
+
+@dataclass(kw_only=True)
+class LoraParams:
+    """The LoRA adapter and how the frozen base is stored."""
+
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_mlp: bool = True  # also adapt gate/up/down projections
     use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
     use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
     loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
     load_in_4bit: bool = False  # QLoRA (GPU only)
     load_in_8bit: bool = False
-    # optimisation
+
+
+@dataclass(kw_only=True)
+class OptimParams:
+    """The optimiser, the schedule and the numeric precision."""
+
     learning_rate: float = 2e-4
-    batch_size: int = 8
+    batch_size: int = 8  # per device
     gradient_accumulation_steps: int = 1
     max_steps: int = 30  # > 0 overrides num_train_epochs
     num_train_epochs: float = 1.0
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # share of the steps spent ramping the learning rate up, in [0, 1)
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"  # adamw_8bit on a GPU saves optimizer memory (bitsandbytes)
     precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False
+
+
+@dataclass(kw_only=True)
+class EvalParams:
+    """Held-out evaluation during training (the experiments that have an eval loss)."""
+
+    eval_steps: int = 0  # > 0: eval loss (+ sample answers) every N steps; 0: before and after training only
+    load_best: bool = False  # end with the checkpoint of lowest eval loss (needs eval_steps > 0)
+    max_new_tokens: int = 48  # length of the generated answers shown before/after (and during) training
+
+
+@dataclass(kw_only=True)
+class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
+    """Every text SFT experiment's knobs: the shared groups plus sequence length, targets and batching."""
+
+    max_seq_length: int = 256
+    lora_mlp: bool = True  # also adapt gate/up/down projections
     batching: str = "padding_free"  # padding_free | padded (length-grouped)
-    seed: int = 42
-    # bookkeeping
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
-    max_new_tokens: int = 48
-    run_name: str = "demo"
-    overwrite: bool = False
-    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
-    backend: str = "auto"  # auto | hf | unsloth
 
 
 class EmptyBatchError(ValueError):
@@ -145,13 +174,15 @@ def load_model(p, backend: Backend):
     return get_peft_model(model, config), tokenizer
 
 
-def load_unsloth_model(p, source: str):
+def load_unsloth_model(p, source: str, **engine):
+    """Unsloth FastLanguageModel + LoRA. `engine`: extra from_pretrained options, e.g. the vLLM
+    engine for GRPO rollouts (lab_utils.rollouts.load_fast_inference_model)."""
     import_unsloth()
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=p.max_seq_length, dtype=None,
-        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit,
+        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit, **engine,
     )
     model = FastLanguageModel.get_peft_model(
         model, target_modules=lora_target_modules(model, p.lora_mlp), bias="none",
@@ -296,91 +327,172 @@ def last_checkpoint(output_dir) -> str | None:
     return get_last_checkpoint(str(path)) if path.is_dir() else None
 
 
-# ---------------------------------------------------------------- the SFT loop shared by the SFT experiments
-# `p` is any experiment's Params with the shared SFT fields (see scripts/sft_alpaca.py:Params).
+# ---------------------------------------------------------------- one builder, one train loop, for every experiment
 
-def training_arguments(p, run: Path, backend: Backend):
-    import os
+def training_arguments(p, run: Path, backend: Backend, args_class=None, **method_args):
+    """The one place Params become TrainingArguments (or a TRL config: SFTConfig, GRPOConfig, DPOConfig).
 
+    `p` has the shared groups (RunParams, LoraParams, OptimParams; EvalParams where the experiment
+    evaluates during training). `method_args` are the method's own fields (GRPO's num_generations,
+    DPO's beta, ...) and win over the shared ones.
+    """
     from transformers import TrainingArguments
 
+    if not 0 <= p.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
     precision = resolve_precision(p.precision, backend.device)
-    return TrainingArguments(
-        output_dir=str(run / "checkpoints"),
+    shared = dict(
+        output_dir=str(run / "checkpoints"), seed=p.seed, data_seed=p.seed,
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
+        # max_steps 0 means "train num_train_epochs"; transformers spells that -1
         max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
+        # transformers 5 has no warmup_ratio: a float in [0, 1) given as warmup_steps is a share of the steps
         warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay,
-        bf16=precision == "bf16", fp16=precision == "fp16",
+        max_grad_norm=p.max_grad_norm, optim=p.optim, bf16=precision == "bf16", fp16=precision == "fp16",
+        # Unsloth brings its own offloaded checkpointing, switched on when it loaded the model
+        gradient_checkpointing=p.gradient_checkpointing and not backend.is_unsloth,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
-        report_to=[] if p.report_to == "none" else [p.report_to], seed=p.seed, data_seed=p.seed,
-        train_sampling_strategy="group_by_length" if p.batching == "padded" else "random", remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=backend.device == "cpu", disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", prediction_loss_only=True,
+        report_to=[] if p.report_to == "none" else [p.report_to],
+        remove_unused_columns=False,  # the lab's collators need columns the model's forward does not name
+        use_cpu=backend.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **(evaluation_arguments(p) if isinstance(p, EvalParams) else {}),
     )
+    return (args_class or TrainingArguments)(**{**shared, **method_args})
+
+
+def evaluation_arguments(p) -> dict:
+    """Eval loss every eval_steps (else only before and after training), and the best checkpoint kept."""
+    if p.load_best and p.eval_steps <= 0:
+        raise ValueError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
+    if p.load_best and p.save_steps % p.eval_steps:
+        raise ValueError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
+                         f"eval_steps ({p.eval_steps}): only evaluated checkpoints can be the best")
+    return dict(eval_strategy="steps" if p.eval_steps > 0 else "no", eval_steps=p.eval_steps or None,
+                load_best_model_at_end=p.load_best, metric_for_best_model="eval_loss", greater_is_better=False,
+                prediction_loss_only=True)
+
+
+def lora_plus_optimizers(p, model) -> tuple:
+    """(optimizer, scheduler) for Trainer: LoRA+ when loraplus_lr_ratio > 0, else Trainer's own (None, None)."""
+    if p.loraplus_lr_ratio <= 0:
+        return None, None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=p.learning_rate,
+                                     loraplus_lr_ratio=p.loraplus_lr_ratio, weight_decay=p.weight_decay), None
+
+
+class SampleAnswers(TrainerCallback):
+    """After each evaluation during training, answers a few held-out prompts: what the loss curve means."""
+
+    def __init__(self, answer):
+        self.answer = answer  # () -> list[str]
+        self.records = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.records.append({"step": state.global_step, "answers": self.answer()})
 
 
 def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend):
-    """(trainer, LossHistory) with the lab's batching, loss and optional LoRA+ optimizer."""
+    """(trainer, LossHistory) for text SFT: the lab's batching and label-only loss, optional LoRA+."""
     padding_free = p.batching == "padding_free" and not backend.is_unsloth
-    optimizers = (None, None)
-    if p.loraplus_lr_ratio > 0:
-        from peft.optimizers import create_loraplus_optimizer
-
-        optimizers = (create_loraplus_optimizer(model, torch.optim.AdamW, lr=p.learning_rate,
-                                                loraplus_lr_ratio=p.loraplus_lr_ratio, weight_decay=p.weight_decay), None)
+    args = training_arguments(p, run, backend, prediction_loss_only=True,
+                              train_sampling_strategy="group_by_length" if p.batching == "padded" else "random")
     trainer_cls = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
     history = LossHistory()
     trainer = trainer_cls(
-        model=model, args=training_arguments(p, run, backend), train_dataset=train_tokens, eval_dataset=eval_tokens,
+        model=model, args=args, train_dataset=train_tokens, eval_dataset=eval_tokens,
         data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
-        optimizers=optimizers, processing_class=tokenizer,
+        optimizers=lora_plus_optimizers(p, model), processing_class=tokenizer,
     )
     return trainer, history
 
 
-def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend) -> dict:
-    """Train (resuming from the run's last checkpoint) with eval loss before and after."""
-    import time
-
-    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    eval_before = evaluate_before_training(trainer)
+def train_from_last_checkpoint(trainer, run: Path) -> dict:
+    """trainer.train(), resuming from the run's last checkpoint; the numbers every experiment records."""
     resume = last_checkpoint(run / "checkpoints")
     if resume:
         print(f"[lab] resuming from {resume}")
+    first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - started
-    eval_after = trainer.evaluate()["eval_loss"]
+    steps = trainer.state.global_step - first_step
+    tokens = trainer.state.num_input_tokens_seen  # non-padding input tokens, checkpoints included
     return {
-        "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
-        "global_step": trainer.state.global_step, "resumed_from": resume, "train_seconds": round(seconds, 2),
-        "train_tokens_per_second": result.metrics.get("train_tokens_per_second"),
-        "tokens_seen": trainer.state.num_input_tokens_seen, "history": history.records,
+        "train_loss": result.training_loss, "global_step": trainer.state.global_step, "steps_trained": steps,
+        "resumed_from": resume, "train_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / steps, 2) if steps else None,
+        "tokens_seen": tokens, "train_tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
     }
 
 
-def save_training_artifacts(p, run: Path, model, tokenizer, outcome: dict, report, backend: Backend) -> dict:
-    """Adapter (+tokenizer), skip report, history and its plot; returns the metrics to record.
+def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend,
+               sample_conversations=None) -> dict:
+    """Text SFT: eval loss before, training (resumed if possible), eval loss after.
+
+    With eval_steps > 0 the held-out loss is also logged every eval_steps, and the first
+    held-out conversations (`sample_conversations`) are answered at each of those points.
+    """
+    from lab_utils.chat import generate
+
+    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
+    samples = None
+    if p.eval_steps > 0 and sample_conversations:
+        samples = SampleAnswers(lambda: generate(model, tokenizer, sample_conversations, max_new_tokens=p.max_new_tokens))
+        trainer.add_callback(samples)
+    eval_before = evaluate_before_training(trainer)
+    outcome = train_from_last_checkpoint(trainer, run)
+    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
+            "history": history.records, "samples_during_training": samples.records if samples else []}
+
+
+def run_metrics(outcome: dict, model, report, backend: Backend) -> dict:
+    """The flat numbers every training run records: the outcome's scalars, backend, rows, trainable size."""
+    scalars = {k: v for k, v in outcome.items() if not isinstance(v, (list, dict))}
+    return {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
+            "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+
+
+def save_training_artifacts(p, run: Path, model, processor, outcome: dict, report, backend: Backend) -> dict:
+    """Adapter (+ tokenizer or processor), skip report, history, its plot, answers sampled during training;
+    returns the run's metrics.
 
     Under DDP every rank holds the same weights after training: only the main one writes.
     """
+    import matplotlib.pyplot as plt
+
     from lab_utils import plots
     from lab_utils.artifacts import write_json
 
-    scalars = {k: v for k, v in outcome.items() if k != "history"}
-    metrics = {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
-               "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    metrics = run_metrics(outcome, model, report, backend)
     if not is_main_process():
         return metrics
     model.save_pretrained(run / "adapter")
-    tokenizer.save_pretrained(run / "adapter")
+    processor.save_pretrained(run / "adapter")
     report.write_csv(run / "skipped_rows.csv")
     write_json(outcome["history"], run / "history.json")
-    plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}")
+    if outcome.get("samples_during_training"):
+        write_json(outcome["samples_during_training"], run / "samples_during_training.json")
+    # on disk now; a notebook has drawn its own copy and must not show this one too
+    plt.close(plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}"))
     return metrics
+
+
+def finish_run(run: Path, experiment: str, metrics: dict, headline: tuple = ()) -> None:
+    """metrics.json, then the completion marker (with the headline numbers) last; main rank only."""
+    from lab_utils.artifacts import write_json
+    from lab_utils.paths import mark_complete
+
+    if not is_main_process():
+        return
+    write_json(metrics, run / "metrics.json")
+    mark_complete(run, {"experiment": experiment, **{k: metrics.get(k) for k in headline}})
 
 
 def open_run(experiment: str, p) -> Path:

@@ -295,6 +295,7 @@ def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_langu
 
 
 def add_vision_lora(model, backend=None, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                    use_rslora: bool = False, use_dora: bool = False,
                     finetune_vision_layers: bool = True, finetune_language_layers: bool = True,
                     finetune_attention_modules: bool = True, finetune_mlp_modules: bool = True, seed: int = 3407):
     """Wrap the model with LoRA adapters; the switches mean what they mean in Unsloth."""
@@ -306,13 +307,13 @@ def add_vision_lora(model, backend=None, r: int = 16, lora_alpha: int = 16, lora
         from unsloth import FastVisionModel
 
         return FastVisionModel.get_peft_model(model, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                              bias="none", random_state=seed, use_rslora=False, loftq_config=None,
-                                              **switches)
+                                              bias="none", random_state=seed, use_rslora=use_rslora,
+                                              use_dora=use_dora, loftq_config=None, **switches)
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)  # LoRA A matrices are random: same seed, same adapters
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
-                        target_modules=vision_lora_target_regex(**switches), task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none", use_rslora=use_rslora,
+                        use_dora=use_dora, target_modules=vision_lora_target_regex(**switches), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -409,19 +410,14 @@ def make_vision_collator(model, processor, backend=None, max_length: int | None 
     return VisionSFTCollator(processor, max_length=max_length, dtype=None if dtype == torch.float32 else dtype)
 
 
-def vision_sft_config(output_dir, **overrides):
-    """TRL SFTConfig for vision rows: the collator, not TRL, turns rows into tensors."""
-    from trl import SFTConfig
-
-    settings = dict(
-        output_dir=str(output_dir),
+def vision_sft_config() -> dict:
+    """The SFTConfig fields vision rows need (lab_utils.training.training_arguments adds the shared ones):
+    the collator, not TRL, turns rows into tensors."""
+    return dict(
         remove_unused_columns=False,  # the collator needs `images`, which the model's forward does not name
         dataset_text_field="",
         dataset_kwargs={"skip_prepare_dataset": True},  # no text-only tokenisation pass over image rows
-        report_to="none",
     )
-    settings.update(overrides)
-    return SFTConfig(**settings)
 
 
 # ---------------------------------------------------------------- inference and scoring

@@ -15,26 +15,26 @@ unsloth) installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real
 GSM8K with vLLM rollouts (lab_utils/rollouts.py). Each run writes to
 $LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, tensorboard/,
 params.json, metrics.json (accuracy before/after, step time), history.json,
-rewards.png, dynamics.png, samples.md/.csv, skipped_prompts.csv, run_complete.json.
+rewards.png, dynamics.png, samples.md/.csv, skipped_rows.csv, training.png, run_complete.json.
 """
 
-import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from data_loaders.common import SkipReport
-from data_loaders.gsm8k import load_gsm8k
+from data_loaders.common import SkipReport, split_heldout
+from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file
 from lab_utils import plots
-from lab_utils.artifacts import setup_logging, write_json, write_table
+from lab_utils.artifacts import setup_logging, write_table
 from lab_utils.backend import get_backend
 from lab_utils.chat import generate
-from lab_utils.config import run_cli, save_params
-from lab_utils.models import resolve_model
-from lab_utils.paths import mark_complete, run_dir
+from lab_utils.config import run_cli
+from lab_utils.distributed import is_main_process
+from lab_utils.models import load_tokenizer, resolve_model
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training import (LossHistory, last_checkpoint, load_model as load_lora_model, resolve_precision,
-                                trainable_parameters)
+from lab_utils.training import (LoraParams, LossHistory, OptimParams, RunParams, finish_run, load_model as load_lora,
+                                lora_plus_optimizers, open_run, save_training_artifacts, train_from_last_checkpoint,
+                                trainable_parameters, training_arguments)
 from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
@@ -42,25 +42,16 @@ SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 
 @dataclass(kw_only=True)
-class Params:
-    # model and data
-    model: str = "smollm2-135m"  # registry name, local folder or hub id
+class Params(RunParams, LoraParams, OptimParams):
+    # data (the model, LoRA, optimisation and run knobs: lab_utils.training's shared groups)
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
     eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
     eval_rows: int = 8  # problems graded before and after training
     prompt_language: str = "en"  # en | zh: which format instruction (rewards.SYSTEM_PROMPT*) the prompts carry
-    max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_prompts.csv
+    max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_rows.csv
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
-    # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_mlp: bool = True
-    use_rslora: bool = False
-    use_dora: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
+    lora_mlp: bool = True  # also adapt gate/up/down projections
     # GRPO
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
     max_completion_length: int = 64
@@ -70,31 +61,20 @@ class Params:
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
     reward_names: list[str] = field(default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
     reward_weights: list[float] = field(default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
-    # optimisation
-    learning_rate: float = 5e-5
-    batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 10
-    warmup_ratio: float = 0.1
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.1  # RL gradients are noisy; clip hard
-    precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
-    gradient_checkpointing: bool = False
-    seed: int = 42
     # rollouts
     rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
-    # bookkeeping
     eval_max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
-    logging_steps: int = 1
+    # GRPO's defaults differ from SFT's: small steps, hard clipping (RL gradients are noisy)
+    learning_rate: float = 5e-5
+    batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
+    max_steps: int = 10
+    max_grad_norm: float = 0.1
     save_steps: int = 5
-    save_total_limit: int = 2
-    run_name: str = "demo"
-    overwrite: bool = False
-    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
-    backend: str = "auto"  # auto | hf | unsloth
 
+
+# Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
+# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
@@ -109,11 +89,28 @@ def check_params(p: Params) -> None:
         raise ValueError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
 
 
-def setup_run(p: Params):
+def load_data(p: Params):
+    """(training prompts, evaluation problems, skip report), checked before any run folder exists.
+
+    The model's tokenizer (not the model) is loaded here: prompts longer than max_prompt_length
+    tokens are skipped and reported.
+    """
     check_params(p)
-    run = run_dir(EXPERIMENT, p.run_name, overwrite=p.overwrite)
-    save_params(p, run / "params.json")
-    return run
+    report = SkipReport()
+    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=load_tokenizer(resolve_model(p.model)),
+                   max_prompt_length=p.max_prompt_length, report=report)
+    train_prompts = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
+    if p.eval_file:
+        problems = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.eval_rows, **options)
+    else:
+        path = resolve_gsm8k_file(p.data_file, "train.jsonl")
+        train_prompts, problems = split_heldout(train_prompts, p.eval_rows, p.seed, path)
+    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_prompts)} train prompts, {len(problems)} eval problems")
+    return train_prompts, problems, report
+
+
+def setup_run(p: Params):
+    return open_run(EXPERIMENT, p)
 
 
 def load_model(p: Params):
@@ -124,35 +121,27 @@ def load_model(p: Params):
     if rollouts.uses_vllm and backend.is_unsloth:
         model, tokenizer = load_fast_inference_model(p, resolve_model(p.model))
     else:
-        model, tokenizer = load_lora_model(p, backend)
+        model, tokenizer = load_lora(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, tokenizer, backend, rollouts
 
 
-def build_dataset(p: Params, tokenizer):
-    """(training prompts, evaluation problems, skip report of both)."""
-    report = SkipReport()
-    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=tokenizer,
-                   max_prompt_length=p.max_prompt_length, report=report)
-    train = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
-    if p.eval_file:
-        evaluation = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.eval_rows, **options)
-    else:
-        split = train.train_test_split(test_size=p.eval_rows, seed=p.seed)
-        train, evaluation = split["train"], split["test"]
-    print(f"[lab] {p.data_file}: {report.summary()}; {len(train)} train prompts, {len(evaluation)} eval problems")
-    return train, evaluation, report
+def build_dataset(p: Params, data, tokenizer):
+    """(training prompts, evaluation problems, skip report): GRPO trains on the prompts as they are
+    (TRL applies the chat template); the rewards read each row's `answer`."""
+    return data
+
+
+def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
+    """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
+    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.eval_max_new_tokens)
+    return completions, grade(completions, problems)
 
 
 def reward_functions(p: Params) -> list:
     """The named rewards; the overlong penalty is sized to this run's completion length."""
     sized = {"overlong_penalty": {"max_length": p.max_completion_length}}
     return [get(name, **sized.get(name, {})) for name in p.reward_names]
-
-
-def answer(p: Params, model, tokenizer, problems) -> list[str]:
-    """Greedy answers (fixed decoding, so before and after are comparable)."""
-    return generate(model, tokenizer, problems["prompt"], max_new_tokens=p.eval_max_new_tokens)
 
 
 def grade(completions: list[str], problems) -> dict:
@@ -180,49 +169,23 @@ def accuracy(grades: dict, when: str) -> dict:
             f"format_rate_{when}": share(grades["formatted"])}
 
 
-def grpo_arguments(p: Params, run, backend, rollouts):
-    import os
-
-    from trl import GRPOConfig
-
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")  # transformers 5 reads it from here only
-    precision = resolve_precision(p.precision, backend.device)
-    return GRPOConfig(
-        output_dir=str(run / "checkpoints"), per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
-        max_steps=p.max_steps, warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type,
-        weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, bf16=precision == "bf16", fp16=precision == "fp16",
-        gradient_checkpointing=p.gradient_checkpointing, seed=p.seed, data_seed=p.seed,
-        num_generations=p.num_generations, max_completion_length=p.max_completion_length,
-        temperature=p.temperature, beta=p.beta, reward_weights=[float(w) for w in p.reward_weights],
-        logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
-        report_to=[] if p.report_to == "none" else [p.report_to], use_cpu=backend.device == "cpu",
-        disable_tqdm=True, dataloader_num_workers=0, **vllm_config_kwargs(p, rollouts, backend),
-    )
-
-
 def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) -> dict:
     """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
-    from trl import GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer
 
+    args = training_arguments(
+        p, run, backend, GRPOConfig, num_generations=p.num_generations, max_completion_length=p.max_completion_length,
+        temperature=p.temperature, beta=p.beta, reward_weights=[float(w) for w in p.reward_weights],
+        include_num_input_tokens_seen="no",  # GRPO's batches are prompt rows, not token tensors to count
+        **vllm_config_kwargs(p, rollouts, backend))
     history = LossHistory()
-    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p),
-                          args=grpo_arguments(p, run, backend, rollouts), train_dataset=train_prompts,
-                          callbacks=[history])
-    resume = last_checkpoint(run / "checkpoints")
-    if resume:
-        print(f"[lab] resuming from {resume}")
-    first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.time() - started
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p), args=args,
+                          train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+    outcome = train_from_last_checkpoint(trainer, run)
     if "ref" in getattr(model, "peft_config", {}):
         # TRL keeps a frozen copy of the starting adapter as the KL reference; only the trained one is the result
         model.delete_adapter("ref")
-    steps = trainer.state.global_step - first_step
-    return {"global_step": trainer.state.global_step, "steps_trained": steps, "resumed_from": resume,
-            "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / steps, 2) if steps else None,
-            "rollouts": rollouts.engine, "history": history.records}
+    return {**outcome, "rollouts": rollouts.engine, "history": history.records}
 
 
 def samples_table(problems, before: list[str], after: list[str], graded_before: dict, graded_after: dict):
@@ -235,35 +198,27 @@ def samples_table(problems, before: list[str], after: list[str], graded_before: 
 
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, table, report, backend) -> dict:
-    model.save_pretrained(run / "adapter")
-    tokenizer.save_pretrained(run / "adapter")
-    report.write_csv(run / "skipped_prompts.csv")
-    write_table(table, run, "samples")
+    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
     history = outcome["history"]
-    write_json(history, run / "history.json")
-    plots.plot_reward_curves(history, run / "rewards.png", title=f"{p.model} GRPO")
-    plots.plot_grpo_dynamics(history, run / "dynamics.png")
     rewards = [r["reward"] for r in history if "reward" in r]
-    metrics = {**{k: v for k, v in outcome.items() if k != "history"}, **scores,
-               "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
-               "backend": backend.name, "device": backend.device, "prompts_kept": report.kept,
-               "prompts_skipped": len(report.skipped),
-               **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
-    write_json(metrics, run / "metrics.json")
-    mark_complete(run, {"experiment": EXPERIMENT, "accuracy_before": scores["accuracy_before"],
-                        "accuracy_after": scores["accuracy_after"]})
+    metrics.update({**scores, "reward_first": rewards[0] if rewards else None,
+                    "reward_last": rewards[-1] if rewards else None})
+    if is_main_process():  # one rank writes (DDP)
+        write_table(table, run, "samples")
+        plots.plot_reward_curves(history, run / "rewards.png", title=f"{p.model} GRPO")
+        plots.plot_grpo_dynamics(history, run / "dynamics.png")
+    finish_run(run, EXPERIMENT, metrics, headline=("accuracy_before", "accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
+    data = load_data(p)
     run_path = setup_run(p)
     model, tokenizer, backend, rollouts = load_model(p)
-    train_prompts, problems, report = build_dataset(p, tokenizer)
-    before = answer(p, model, tokenizer, problems)
-    graded_before = grade(before, problems)
+    train_prompts, problems, report = build_dataset(p, data, tokenizer)
+    before, graded_before = evaluate(p, model, tokenizer, problems)
     outcome = train(p, model, tokenizer, train_prompts, run_path, backend, rollouts)
-    after = answer(p, model, tokenizer, problems)
-    graded_after = grade(after, problems)
+    after, graded_after = evaluate(p, model, tokenizer, problems)
     scores = {**accuracy(graded_before, "before"), **accuracy(graded_after, "after")}
     table = samples_table(problems, before, after, graded_before, graded_after)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 from data_loaders.alpaca import load_chat_file
-from lab_utils.artifacts import setup_logging, write_json, write_table
+from data_loaders.common import split_heldout
+from lab_utils.artifacts import setup_logging, write_table
 from lab_utils.chat import generate
 from lab_utils.config import run_cli
 from lab_utils.distributed import is_main_process
-from lab_utils.paths import mark_complete
-from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
+from lab_utils.paths import find_data_file
+from lab_utils.training import (LoraSFTParams, finish_run, load_lora_model, open_run, save_training_artifacts,
                                 tokenize_dataset, train_lora)
 
 EXPERIMENT = "sft_alpaca"
@@ -34,14 +35,21 @@ EXPERIMENT = "sft_alpaca"
 
 @dataclass(kw_only=True)
 class Params(LoraSFTParams):
-    # model and data
-    model: str = "smollm2-135m"  # registry name, local folder or hub id
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
     data_file: str = "alpaca_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
     system_prompt: str = ""  # added to every conversation that has none ("" = the model's default)
     max_rows: int = 0  # 0 = every row
     heldout_rows: int = 8  # kept out of training: eval loss and before/after answers
-    max_seq_length: int = 256
-    # LoRA, optimisation and bookkeeping knobs: see LoraSFTParams (shared by every SFT experiment)
+
+
+# Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
+# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+
+def load_data(p: Params):
+    """(train conversations, held-out conversations, skip report): read and split before any run folder exists."""
+    dataset, report = load_chat_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
+    train_rows, heldout = split_heldout(dataset, p.heldout_rows, p.seed, find_data_file(p.data_file))
+    return train_rows, heldout, report
 
 
 def setup_run(p: Params):
@@ -52,41 +60,41 @@ def load_model(p: Params):
     return load_lora_model(p)
 
 
-def build_dataset(p: Params, tokenizer):
+def build_dataset(p: Params, data, tokenizer):
     """(train tokens, held-out conversations, skip report)."""
-    dataset, report = load_chat_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
-    split = dataset.train_test_split(test_size=p.heldout_rows, seed=p.seed)
-    train_tokens = tokenize_dataset(split["train"], tokenizer, p.max_seq_length, report)
-    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_tokens)} train, {len(split['test'])} held out")
-    return train_tokens, split["test"], report
+    train_rows, heldout, report = data
+    train_tokens = tokenize_dataset(train_rows, tokenizer, p.max_seq_length, report)
+    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_tokens)} train, {len(heldout)} held out")
+    return train_tokens, heldout, report
 
 
-def answer_heldout(p: Params, model, tokenizer, heldout) -> list[str]:
+def evaluate(p: Params, model, tokenizer, heldout) -> list[str]:
+    """Greedy answers to the held-out prompts (before and after training)."""
     return generate(model, tokenizer, heldout["messages"], max_new_tokens=p.max_new_tokens)
 
 
 def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> dict:
     eval_tokens = tokenize_dataset(heldout, tokenizer, p.max_seq_length)
-    return train_lora(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
+    return train_lora(p, model, tokenizer, train_tokens, eval_tokens, run, backend,
+                      sample_conversations=heldout["messages"][:2])
 
 
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, table: pd.DataFrame, report, backend) -> dict:
     metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
-    if not is_main_process():
-        return metrics  # one rank writes (DDP)
-    write_table(table, run, "generations")
-    write_json(metrics, run / "metrics.json")
-    mark_complete(run, {"experiment": EXPERIMENT, "train_loss": metrics["train_loss"]})
+    if is_main_process():  # one rank writes (DDP)
+        write_table(table, run, "generations")
+    finish_run(run, EXPERIMENT, metrics, headline=("train_loss",))
     return metrics
 
 
 def run(p: Params) -> dict:
+    data = load_data(p)
     run_path = setup_run(p)
     model, tokenizer, backend = load_model(p)
-    train_tokens, heldout, report = build_dataset(p, tokenizer)
-    before = answer_heldout(p, model, tokenizer, heldout)
+    train_tokens, heldout, report = build_dataset(p, data, tokenizer)
+    before = evaluate(p, model, tokenizer, heldout)
     outcome = train(p, model, tokenizer, train_tokens, heldout, run_path, backend)
-    after = answer_heldout(p, model, tokenizer, heldout)
+    after = evaluate(p, model, tokenizer, heldout)
     table = generations_table(heldout, before, after)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, table, report, backend)
     print(f"[lab] done: {run_path}")

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 
 from data_loaders.medical_csv import DEFAULT_SYSTEM_PROMPT, load_medical_csv, split_dataset
 from lab_utils import plots
-from lab_utils.artifacts import setup_logging, write_json
+from lab_utils.artifacts import setup_logging
 from lab_utils.config import run_cli
-from lab_utils.evaluate import base_and_tuned_answers, write_text_evaluation
 from lab_utils.distributed import is_main_process
-from lab_utils.paths import mark_complete
-from lab_utils.training import (LoraSFTParams, load_lora_model, open_run, save_training_artifacts,
+from lab_utils.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.training import (LoraSFTParams, finish_run, load_lora_model, open_run, save_training_artifacts,
                                 tokenize_dataset, train_lora)
 
 EXPERIMENT = "sft_medical"
@@ -31,8 +30,7 @@ EXPERIMENT = "sft_medical"
 
 @dataclass(kw_only=True)
 class Params(LoraSFTParams):
-    # model and data
-    model: str = "smollm2-135m"
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
     data_file: str = "medical/dialogues_gbk.csv"  # under LAB_DATA_DIR or data/samples/
     encoding: str = ""  # "" = detect (utf-8, utf-8-sig, utf-16, gb18030, big5); or force one
     columns: dict = field(default_factory=dict)  # {"ask": "患者提问", "answer": "医生回复"} when headers are unusual
@@ -42,12 +40,14 @@ class Params(LoraSFTParams):
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
-    max_seq_length: int = 384
     # the CPU demo: 30 short rows, a few passes
+    max_seq_length: int = 384
     max_steps: int = 20
     batch_size: int = 4
-    max_new_tokens: int = 48
 
+
+# Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
+# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
 
 def load_data(p: Params):
     """Read and clean the CSV (no run folder yet: bad input leaves nothing behind)."""
@@ -65,12 +65,6 @@ def load_model(p: Params):
     return load_lora_model(p)
 
 
-def encoding_report(data) -> dict:
-    return {"file": data.path.name, "encoding": data.encoding, "delimiter": "tab" if data.delimiter == "\t" else data.delimiter,
-            "columns": data.columns, "rows_read": data.rows_read, "rows_kept": data.report.kept,
-            "rows_skipped": data.report.counts()}
-
-
 def build_dataset(p: Params, data, tokenizer):
     """(train tokens, validation tokens, test conversations) from a seeded split."""
     splits = split_dataset(data.dataset, seed=p.seed, validation=p.validation_fraction, test=p.test_fraction)
@@ -81,25 +75,23 @@ def build_dataset(p: Params, data, tokenizer):
     return train_tokens, validation_tokens, test
 
 
-def plot_lengths(run, train_tokens):
-    return plots.plot_length_histogram(train_tokens["length"], run / "lengths.png" if run else None)
-
-
 def evaluate(p: Params, run, model, tokenizer, test) -> dict:
     """BLEU-4 / ROUGE of the base model (adapter off) and the tuned one on the test rows."""
     base, tuned = base_and_tuned_answers(model, tokenizer, test["messages"], max_new_tokens=p.max_new_tokens)
     return write_text_evaluation(run, test["messages"], base, tuned, title=f"{p.model}: base vs LoRA")
 
 
+def train(p: Params, model, tokenizer, train_tokens, validation_tokens, test, run, backend) -> dict:
+    return train_lora(p, model, tokenizer, train_tokens, validation_tokens, run, backend,
+                      sample_conversations=test["messages"][:2])
+
+
 def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, data, backend) -> dict:
     metrics = save_training_artifacts(p, run, model, tokenizer, outcome, data.report, backend)
-    if not is_main_process():
-        return metrics  # one rank writes (DDP)
     metrics.update({"data": encoding_report(data),
                     **{f"{side}_{name}": scores[side][name] for side in ("base", "tuned")
                        for name in ("bleu4", "rouge1", "rouge2", "rougeL")}})
-    write_json(metrics, run / "metrics.json")
-    mark_complete(run, {"experiment": EXPERIMENT, "tuned_rougeL": metrics["tuned_rougeL"]})
+    finish_run(run, EXPERIMENT, metrics, headline=("tuned_rougeL",))
     return metrics
 
 
@@ -109,11 +101,23 @@ def run(p: Params) -> dict:
     model, tokenizer, backend = load_model(p)
     train_tokens, validation_tokens, test = build_dataset(p, data, tokenizer)
     plot_lengths(run_path, train_tokens)
-    outcome = train_lora(p, model, tokenizer, train_tokens, validation_tokens, run_path, backend)
+    outcome = train(p, model, tokenizer, train_tokens, validation_tokens, test, run_path, backend)
     scores = evaluate(p, run_path, model, tokenizer, test)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, data, backend)
     print(f"[lab] done: {run_path}")
     return {"run_dir": str(run_path), "metrics": metrics, "scores": scores}
+
+
+def encoding_report(data) -> dict:
+    return {"file": data.path.name, "encoding": data.encoding, "delimiter": "tab" if data.delimiter == "\t" else data.delimiter,
+            "columns": data.columns, "rows_read": data.rows_read, "rows_kept": data.report.kept,
+            "rows_skipped": data.report.counts()}
+
+
+def plot_lengths(run, train_tokens):
+    """Token lengths of the training rows; written to the run folder by the main rank only (DDP)."""
+    path = run / "lengths.png" if run and is_main_process() else None
+    return plots.plot_length_histogram(train_tokens["length"], path)
 
 
 def main(argv=None):

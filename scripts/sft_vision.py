@@ -22,14 +22,17 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from data_loaders.common import data_error
+from data_loaders.common import split_heldout
 from data_loaders.excel_vision import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_PROMPT, load_excel_vision
 from lab_utils import plots
-from lab_utils.artifacts import setup_logging, write_json, write_table
+from lab_utils.artifacts import setup_logging, write_table
 from lab_utils.backend import get_backend
-from lab_utils.config import run_cli, save_params
-from lab_utils.paths import find_data_file, mark_complete, run_dir
-from lab_utils.training import LossHistory, last_checkpoint, resolve_precision, trainable_parameters
+from lab_utils.config import run_cli
+from lab_utils.distributed import is_main_process
+from lab_utils.paths import find_data_file
+from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, evaluate_before_training,
+                                finish_run, lora_plus_optimizers, open_run, save_training_artifacts,
+                                train_from_last_checkpoint, trainable_parameters, training_arguments)
 from lab_utils.vision import (add_vision_lora, char_accuracy, generate_answers, load_vision_model,
                               make_vision_collator, score_answers, vision_sft_config)
 
@@ -37,9 +40,8 @@ EXPERIMENT = "sft_vision"
 
 
 @dataclass(kw_only=True)
-class Params:
-    # model and data
-    model: str = "tiny-qwen2.5-vl"  # registry name (qwen2.5-vl-3b on GPU), local folder or hub id
+class Params(RunParams, LoraParams, OptimParams, EvalParams):
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
     sheet: str = "vision/meter_readings.xlsx"  # .xlsx under LAB_DATA_DIR or data/samples/
     worksheet: str = ""  # sheet name inside the workbook ("" = the first one)
     image_column: str = ""  # header text or column letter ("" = detect image/file/图片...)
@@ -51,62 +53,41 @@ class Params:
     max_rows: int = 0  # 0 = every row
     heldout_rows: int = 6  # kept out of training: eval loss and before/after answers
     max_seq_length: int = 2048  # a longer row (a huge image) is an error, never silently truncated
-    # LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
     finetune_language_layers: bool = True
     finetune_attention_modules: bool = True
     finetune_mlp_modules: bool = True
-    load_in_4bit: bool = False  # QLoRA (GPU only)
-    # optimisation
-    learning_rate: float = 5e-3  # high: the CPU demo model is tiny and random (see the notebook)
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 30  # > 0 overrides num_train_epochs
-    num_train_epochs: float = 1.0
-    warmup_ratio: float = 0.1
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"  # adamw_8bit on GPU saves optimizer memory
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    gradient_checkpointing: bool = False
-    seed: int = 42
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
-    # bookkeeping
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
-    max_new_tokens: int = 8
     grid_images: int = 8  # held-out images drawn in samples.png
-    run_name: str = "demo"
-    overwrite: bool = False
-    report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
-    backend: str = "auto"  # auto | hf | unsloth
+    # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
+    model: str = "tiny-qwen2.5-vl"  # registry name (qwen2.5-vl-3b on GPU), local folder or hub id
+    lora_alpha: int = 16
+    learning_rate: float = 5e-3
+    batch_size: int = 4
+    max_new_tokens: int = 8
 
 
-def load_rows(p: Params):
+# Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
+# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+
+def load_data(p: Params):
     """(train rows, held-out rows, skip report) from the sheet; fails before any model or run folder."""
+    if p.load_in_8bit:
+        raise ValueError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
     rows, report = load_excel_vision(
         p.sheet, sheet=p.worksheet or None, image_column=p.image_column or None,
         question_column=p.question_column or None, answer_column=p.answer_column or None,
         default_prompt=p.default_question, system=p.system_prompt or None, max_image_side=p.max_image_side,
         limit=p.max_rows or None,
     )
-    if len(rows) <= p.heldout_rows:
-        raise data_error(find_data_file(p.sheet), f"{len(rows)} usable rows but heldout_rows={p.heldout_rows}; "
-                         "lower heldout_rows so some rows are left to train on")
-    split = rows.train_test_split(test_size=p.heldout_rows, seed=p.seed) if p.heldout_rows else None
-    train_rows, heldout = (split["train"], split["test"]) if split else (rows, rows.select([]))
+    train_rows, heldout = split_heldout(rows, p.heldout_rows, p.seed, find_data_file(p.sheet))
     print(f"[lab] {p.sheet}: {report.summary()}; {len(train_rows)} train, {len(heldout)} held out")
     return train_rows, heldout, report
 
 
 def setup_run(p: Params):
-    run = run_dir(EXPERIMENT, p.run_name, overwrite=p.overwrite)
-    save_params(p, run / "params.json")
-    return run
+    return open_run(EXPERIMENT, p)
 
 
 def load_model(p: Params):
@@ -121,6 +102,7 @@ def load_model(p: Params):
     model, processor = load_vision_model(p.model, backend=backend, load_in_4bit=p.load_in_4bit,
                                          max_seq_length=p.max_seq_length, gradient_checkpointing=p.gradient_checkpointing)
     model = add_vision_lora(model, backend=backend, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                            use_rslora=p.use_rslora, use_dora=p.use_dora,
                             finetune_vision_layers=p.finetune_vision_layers,
                             finetune_language_layers=p.finetune_language_layers,
                             finetune_attention_modules=p.finetune_attention_modules,
@@ -129,15 +111,13 @@ def load_model(p: Params):
     return model, processor, backend
 
 
-def set_mode(model, backend, training: bool):
-    """Unsloth switches its kernels between training and generation; peft models need nothing."""
-    if backend.is_unsloth:
-        from unsloth import FastVisionModel
-
-        (FastVisionModel.for_training if training else FastVisionModel.for_inference)(model)
+def build_dataset(p: Params, data, processor):
+    """(train rows, held-out rows, skip report): image rows stay rows; the collator
+    (lab_utils.vision) turns each batch into tensors with the processor, answer tokens labelled."""
+    return data
 
 
-def answer_heldout(p: Params, model, processor, heldout, backend) -> list[str]:
+def evaluate(p: Params, model, processor, heldout, backend) -> list[str]:
     """Greedy answers to the held-out images (fixed decoding: before and after are comparable)."""
     if len(heldout) == 0:
         return []
@@ -147,52 +127,28 @@ def answer_heldout(p: Params, model, processor, heldout, backend) -> list[str]:
                             system=p.system_prompt or None)
 
 
-def training_arguments(p: Params, run, backend):
-    import os
-
-    # transformers 5 reads the TensorBoard folder from the environment only
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-    precision = resolve_precision(p.precision, backend.device)
-    return vision_sft_config(
-        run / "checkpoints",
-        per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
-        max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
-        warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay, optim=p.optim,
-        bf16=precision == "bf16", fp16=precision == "fp16",
-        # Unsloth brings its own offloaded checkpointing (set when the model was loaded)
-        gradient_checkpointing=p.gradient_checkpointing and not backend.is_unsloth,
-        logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
-        report_to=[] if p.report_to == "none" else [p.report_to], seed=p.seed, data_seed=p.seed,
-        use_cpu=backend.device == "cpu", dataloader_num_workers=0, disable_tqdm=True, prediction_loss_only=True,
-    )
-
-
 def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dict:
-    from trl import SFTTrainer  # after load_model: unsloth must patch trl before it is imported
+    from trl import SFTConfig, SFTTrainer  # after load_model: unsloth must patch trl before it is imported
 
     set_mode(model, backend, training=True)
+    args = training_arguments(p, run, backend, SFTConfig, **vision_sft_config())
     history = LossHistory()
-    trainer = SFTTrainer(model=model, args=training_arguments(p, run, backend), train_dataset=train_rows,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows,
                          eval_dataset=heldout if len(heldout) else None, processing_class=processor,
                          data_collator=make_vision_collator(model, processor, backend, max_length=p.max_seq_length),
-                         callbacks=[history])
-    eval_before = eval_loss(trainer)
-    resume = last_checkpoint(run / "checkpoints")
-    if resume:
-        print(f"[lab] resuming from {resume}")
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.time() - started
-    return {
-        "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_loss(trainer),
-        "global_step": trainer.state.global_step, "resumed_from": resume, "train_seconds": round(seconds, 2),
-        "history": history.records,
-    }
+                         callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+    eval_before = evaluate_before_training(trainer) if trainer.eval_dataset is not None else None
+    outcome = train_from_last_checkpoint(trainer, run)
+    eval_after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": eval_after, "history": history.records}
 
 
-def eval_loss(trainer) -> float | None:
-    return trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+def set_mode(model, backend, training: bool):
+    """Unsloth switches its kernels between training and generation; peft models need nothing."""
+    if backend.is_unsloth:
+        from unsloth import FastVisionModel
+
+        (FastVisionModel.for_training if training else FastVisionModel.for_inference)(model)
 
 
 def answers_table(heldout, before: list[str], after: list[str]) -> pd.DataFrame:
@@ -228,34 +184,24 @@ def sample_grid(p: Params, heldout, table: pd.DataFrame, path=None):
 
 
 def save_artifacts(p: Params, run, model, processor, outcome: dict, table: pd.DataFrame, heldout, report, backend) -> dict:
-    model.save_pretrained(run / "adapter")
-    processor.save_pretrained(run / "adapter")
-    report.write_csv(run / "skipped_rows.csv")
-    write_table(table, run, "answers")
-    write_json(outcome["history"], run / "history.json")
-    title = f"{p.model} vision LoRA r={p.lora_r}"
-    figures = [plots.plot_training(outcome["history"], run / "training.png", title=title),
-               sample_grid(p, heldout, table, run / "samples.png")]
-    for figure in figures:
-        plt.close(figure)  # on disk now; a notebook has shown both already and must not show them twice
-    scalars = {k: v for k, v in outcome.items() if k != "history"}
-    metrics = {**scalars, **score_table(table), "backend": backend.name, "device": backend.device,
-               "rows_kept": report.kept, "rows_skipped": len(report.skipped),
-               **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
-    write_json(metrics, run / "metrics.json")
-    mark_complete(run, {"experiment": EXPERIMENT, "train_loss": metrics["train_loss"],
-                        "char_accuracy_after": metrics["char_accuracy_after"]})
+    metrics = save_training_artifacts(p, run, model, processor, outcome, report, backend)
+    metrics.update(score_table(table))
+    if is_main_process():  # one rank writes (DDP)
+        write_table(table, run, "answers")
+        plt.close(sample_grid(p, heldout, table, run / "samples.png"))  # on disk; a notebook drew its own
+    finish_run(run, EXPERIMENT, metrics, headline=("train_loss", "char_accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
     started = time.time()
-    train_rows, heldout, report = load_rows(p)
+    data = load_data(p)
     run_path = setup_run(p)
     model, processor, backend = load_model(p)
-    before = answer_heldout(p, model, processor, heldout, backend)
+    train_rows, heldout, report = build_dataset(p, data, processor)
+    before = evaluate(p, model, processor, heldout, backend)
     outcome = train(p, model, processor, train_rows, heldout, run_path, backend)
-    after = answer_heldout(p, model, processor, heldout, backend)
+    after = evaluate(p, model, processor, heldout, backend)
     table = answers_table(heldout, before, after)
     outcome["run_seconds"] = round(time.time() - started, 2)
     metrics = save_artifacts(p, run_path, model, processor, outcome, table, heldout, report, backend)

@@ -1,9 +1,10 @@
-"""Scale-out: the SFT script unchanged under `torchrun` (two CPU processes, gloo).
+"""Scale-out: every training script unchanged under `torchrun` (two CPU processes, gloo).
 
 The check that matters for DDP is that every rank ends with the same weights
-and that files are written once. The script itself has no hook for that, so
-the test writes a tiny driver that wraps `save_artifacts` to dump each rank's
-in-memory adapter to a rank-suffixed file, then calls the real `main()`.
+and that files are written once. The scripts themselves have no hook for that,
+so the test writes a tiny driver that wraps the experiment's `save_artifacts`
+to dump each rank's in-memory adapter to a rank-suffixed file, then calls the
+real `main()`.
 """
 
 import os
@@ -20,36 +21,45 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 DRIVER = '''
-import os, sys
+import importlib, os, sys
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
-from scripts import sft_alpaca
 
-dump_dir, argv = sys.argv[1], sys.argv[2:]
-real_save_artifacts = sft_alpaca.save_artifacts
+experiment = importlib.import_module("scripts." + sys.argv[1])
+dump_dir, argv = sys.argv[2], sys.argv[3:]
+real_save_artifacts = experiment.save_artifacts
 
 def save_artifacts_and_dump_rank(p, run, model, *args, **kwargs):
     weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(weights, os.path.join(dump_dir, f"rank{os.environ['RANK']}.safetensors"))
     return real_save_artifacts(p, run, model, *args, **kwargs)
 
-sft_alpaca.save_artifacts = save_artifacts_and_dump_rank
-sft_alpaca.main(argv)
+experiment.save_artifacts = save_artifacts_and_dump_rank
+experiment.main(argv)
 '''
 
-TINY_ARGS = ["--max_rows", "24", "--heldout_rows", "2", "--max_steps", "2", "--batch_size", "2", "--lora_r", "4",
-             "--lora_alpha", "8", "--max_new_tokens", "2", "--max_seq_length", "96", "--save_steps", "2",
-             "--report_to", "none", "--run_name", "ddp"]
+COMMON = ["--max_steps", "2", "--save_steps", "2", "--lora_r", "4", "--lora_alpha", "8", "--report_to", "none",
+          "--run_name", "ddp"]
+CASES = {
+    "sft_alpaca": ["--max_rows", "24", "--heldout_rows", "2", "--batch_size", "2", "--max_new_tokens", "2",
+                   "--max_seq_length", "96"],
+    # 1 prompt x 2 completions per rank and step; GRPO gathers the group's rewards across ranks
+    "grpo_gsm8k": ["--max_rows", "12", "--eval_rows", "2", "--num_generations", "2", "--batch_size", "2",
+                   "--max_completion_length", "8", "--eval_max_new_tokens", "4"],
+    "sft_vision": ["--max_rows", "8", "--heldout_rows", "2", "--batch_size", "2", "--max_new_tokens", "2",
+                   "--grid_images", "2"],
+}
 
 
-def test_two_gloo_ranks_train_identical_adapters_and_write_once(tmp_path, embedded_model_dir):
+@pytest.mark.parametrize("experiment", list(CASES))
+def test_two_gloo_ranks_train_identical_adapters_and_write_once(experiment, tmp_path, embedded_model_dir):
     driver = tmp_path / "ddp_driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "LAB_OUTPUT_DIR": str(tmp_path / "outputs")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*torchrun, str(driver), str(tmp_path), *TINY_ARGS], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run([*torchrun, str(driver), experiment, str(tmp_path), *COMMON, *CASES[experiment]], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("[lab] done:") == 2  # both ranks ran the whole script
 
@@ -58,7 +68,7 @@ def test_two_gloo_ranks_train_identical_adapters_and_write_once(tmp_path, embedd
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "DDP ranks diverged"
     assert any(rank0[k].abs().sum() > 0 for k in rank0 if "lora_B" in k), "LoRA B moved off zero: it trained"
 
-    run = tmp_path / "outputs" / "sft_alpaca" / "ddp"
+    run = tmp_path / "outputs" / experiment / "ddp"
     saved = load_file(run / "adapter" / "adapter_model.safetensors")
     assert saved.keys() == rank0.keys() and all(torch.equal(saved[k], rank0[k]) for k in saved)
     assert (run / "run_complete.json").exists() and (run / "metrics.json").exists()

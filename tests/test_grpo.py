@@ -59,7 +59,7 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
         assert "kl" in record and "completions/mean_length" in record
         assert record["rewards/overlong_penalty/mean"] <= 0.0  # 16 tokens of a reasoning answer: cut off
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "params.json", "metrics.json",
-                 "rewards.png", "dynamics.png", "samples.md", "samples.csv", "skipped_prompts.csv",
+                 "rewards.png", "dynamics.png", "samples.md", "samples.csv", "skipped_rows.csv",
                  "run_complete.json", "checkpoints/checkpoint-2"):
         assert (run / name).exists(), name
     assert not (run / "adapter" / "ref").exists()  # TRL's KL-reference copy is not part of the result
@@ -67,8 +67,8 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
     assert metrics["global_step"] == 2 and metrics["rollouts"] == "hf" and metrics["seconds_per_step"] > 0
     for key in ("accuracy_before", "accuracy_after", "tagged_accuracy_after", "format_rate_after"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    skipped = (run / "skipped_prompts.csv").read_text().splitlines()
-    assert metrics["prompts_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
+    skipped = (run / "skipped_rows.csv").read_text().splitlines()
+    assert metrics["rows_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
     assert len(result["samples"]) == 2 and set(result["samples"]["before_correct"]) <= {0.0, 1.0}
     assert "vllm" not in sys.modules and "unsloth" not in sys.modules  # a CPU run never imports them
 

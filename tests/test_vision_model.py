@@ -129,13 +129,13 @@ def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows
 @pytest.mark.slow
 def test_trl_sft_trainer_runs_with_the_collator(tmp_path, rows):
     from datasets import Dataset
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
     model, processor = build_tiny_vision_model(seed=0)
     model = add_vision_lora(model, backend=HF_CPU, r=4)
     dataset = Dataset.from_list(rows)
-    args = vision_sft_config(tmp_path, max_steps=2, per_device_train_batch_size=2, logging_steps=1,
-                             save_strategy="no", use_cpu=True, learning_rate=5e-3)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, logging_steps=1,
+                     save_strategy="no", use_cpu=True, learning_rate=5e-3, report_to=[], **vision_sft_config())
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          data_collator=VisionSFTCollator(processor))
     result = trainer.train()
@@ -168,14 +168,15 @@ def test_unsloth_vision_sft_on_qwen25_vl(tmp_path, rows):
     backend = get_backend("unsloth")
     import_unsloth()  # before trl: unsloth patches the trainer classes when it is imported
     from datasets import Dataset
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
     from unsloth import FastVisionModel
 
     model, processor = load_vision_model("qwen2.5-vl-3b", backend=backend, load_in_4bit=True)
     model = add_vision_lora(model, backend=backend, r=8, lora_alpha=8)
     FastVisionModel.for_training(model)
-    args = vision_sft_config(tmp_path, max_steps=2, per_device_train_batch_size=2, logging_steps=1,
-                             save_strategy="no", learning_rate=2e-4, optim="adamw_8bit", bf16=True)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, logging_steps=1,
+                     save_strategy="no", learning_rate=2e-4, optim="adamw_8bit", bf16=True, report_to=[],
+                     **vision_sft_config())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
                          data_collator=make_vision_collator(model, processor, backend))
     result = trainer.train()
