@@ -38,7 +38,10 @@ def has_package(name: str) -> bool:
 
 
 def choose_backend(forced: str | None = None) -> Backend:
-    forced = (forced or os.environ.get("LAB_BACKEND") or "").strip().lower() or None
+    """forced: hf | unsloth; None or "auto" defers to LAB_BACKEND, then to what the machine has."""
+    if forced in (None, "", "auto"):
+        forced = os.environ.get("LAB_BACKEND")
+    forced = (forced or "").strip().lower() or None
     cuda = cuda_available()
     device = "cuda" if cuda else "cpu"
     if forced not in (None, "auto", "hf", "unsloth"):

@@ -513,7 +513,7 @@ def load_lora_model(p):
     """(LoRA model, tokenizer, backend): the backend is chosen (and announced) once."""
     from lab_utils.backend import get_backend
 
-    backend = get_backend(None if p.backend == "auto" else p.backend)
+    backend = get_backend(p.backend)
     model, tokenizer = load_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, tokenizer, backend

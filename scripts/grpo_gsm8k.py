@@ -115,7 +115,7 @@ def setup_run(p: Params):
 
 def load_model(p: Params):
     """(LoRA model, tokenizer, backend, rollouts); with vLLM on unsloth the engine comes with the model."""
-    backend = get_backend(None if p.backend == "auto" else p.backend)
+    backend = get_backend(p.backend)
     rollouts = choose_rollouts(p.rollouts, backend)
     print(f"[lab] rollouts: {rollouts.engine} ({rollouts.reason})", flush=True)
     if rollouts.uses_vllm and backend.is_unsloth:

@@ -92,7 +92,7 @@ def setup_run(p: Params):
 
 def load_model(p: Params):
     """(model with LoRA, processor, backend): Unsloth FastVisionModel on a CUDA box that has it, else peft."""
-    backend = get_backend(None if p.backend == "auto" else p.backend)
+    backend = get_backend(p.backend)
     if backend.device == "cpu" and p.cpu_threads > 0:
         import torch
 
