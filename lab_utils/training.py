@@ -372,9 +372,9 @@ def evaluation_arguments(p) -> dict:
     if p.load_best and p.save_steps % p.eval_steps:
         raise ValueError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
                          f"eval_steps ({p.eval_steps}): only evaluated checkpoints can be the best")
+    best = dict(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return dict(eval_strategy="steps" if p.eval_steps > 0 else "no", eval_steps=p.eval_steps or None,
-                load_best_model_at_end=p.load_best, metric_for_best_model="eval_loss", greater_is_better=False,
-                prediction_loss_only=True)
+                prediction_loss_only=True, **(best if p.load_best else {}))
 
 
 def lora_plus_optimizers(p, model) -> tuple:
@@ -396,6 +396,15 @@ class SampleAnswers(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.records.append({"step": state.global_step, "answers": self.answer()})
+
+
+def sample_answers_during_training(trainer, p, answer) -> list:
+    """With eval_steps > 0, `answer()` runs at every evaluation; returns the list its records go to."""
+    if p.eval_steps <= 0:
+        return []
+    samples = SampleAnswers(answer)
+    trainer.add_callback(samples)
+    return samples.records
 
 
 def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend):
@@ -429,6 +438,7 @@ def train_from_last_checkpoint(trainer, run: Path) -> dict:
         "resumed_from": resume, "train_seconds": round(seconds, 2),
         "seconds_per_step": round(seconds / steps, 2) if steps else None,
         "tokens_seen": tokens, "train_tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,  # with load_best (else None)
     }
 
 
@@ -442,14 +452,12 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     from lab_utils.chat import generate
 
     trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    samples = None
-    if p.eval_steps > 0 and sample_conversations:
-        samples = SampleAnswers(lambda: generate(model, tokenizer, sample_conversations, max_new_tokens=p.max_new_tokens))
-        trainer.add_callback(samples)
+    samples = sample_answers_during_training(
+        trainer, p, lambda: generate(model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))
     eval_before = evaluate_before_training(trainer)
     outcome = train_from_last_checkpoint(trainer, run)
     return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
-            "history": history.records, "samples_during_training": samples.records if samples else []}
+            "history": history.records, "samples_during_training": samples}
 
 
 def run_metrics(outcome: dict, model, report, backend: Backend) -> dict:

@@ -31,8 +31,8 @@ from lab_utils.config import run_cli
 from lab_utils.distributed import is_main_process
 from lab_utils.paths import find_data_file
 from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, evaluate_before_training,
-                                finish_run, lora_plus_optimizers, open_run, save_training_artifacts,
-                                train_from_last_checkpoint, trainable_parameters, training_arguments)
+                                finish_run, lora_plus_optimizers, open_run, sample_answers_during_training,
+                                save_training_artifacts, train_from_last_checkpoint, trainable_parameters, training_arguments)
 from lab_utils.vision import (add_vision_lora, char_accuracy, generate_answers, load_vision_model,
                               make_vision_collator, score_answers, vision_sft_config)
 
@@ -137,10 +137,19 @@ def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dic
                          eval_dataset=heldout if len(heldout) else None, processing_class=processor,
                          data_collator=make_vision_collator(model, processor, backend, max_length=p.max_seq_length),
                          callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+    samples = sample_answers_during_training(trainer, p, lambda: answer_between_steps(p, model, processor, heldout, backend))
     eval_before = evaluate_before_training(trainer) if trainer.eval_dataset is not None else None
     outcome = train_from_last_checkpoint(trainer, run)
     eval_after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
-    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": eval_after, "history": history.records}
+    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": eval_after, "history": history.records,
+            "samples_during_training": samples}
+
+
+def answer_between_steps(p: Params, model, processor, heldout, backend) -> list[str]:
+    """The first two held-out images answered mid-training; the model goes back to training mode after."""
+    answers = evaluate(p, model, processor, heldout.select(range(min(2, len(heldout)))), backend)
+    set_mode(model, backend, training=True)
+    return answers
 
 
 def set_mode(model, backend, training: bool):

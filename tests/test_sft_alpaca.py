@@ -57,6 +57,22 @@ def test_resume_continues_the_step_count(tmp_path):
     assert steps == [3, 4]  # only the remaining steps were trained
 
 
+def test_eval_steps_give_an_eval_curve_sample_answers_and_the_best_checkpoint(tmp_path):
+    p = sft_alpaca.Params(**{**TINY, "max_steps": 3, "learning_rate": 5e-3}, eval_steps=1, load_best=True,
+                          save_total_limit=3, run_name="evals")
+    metrics = sft_alpaca.run(p)["metrics"]
+    run = output_dir() / "sft_alpaca" / "evals"
+    history = read_json(run / "history.json")
+    eval_losses = {r["step"]: r["eval_loss"] for r in history if "eval_loss" in r}
+    assert {1, 2, 3} <= set(eval_losses)  # one point per eval step, not only before and after
+    samples = read_json(run / "samples_during_training.json")
+    assert [s["step"] for s in samples][:4] == [0, 1, 2, 3]  # before training, then at every eval step
+    assert all(len(s["answers"]) == 2 and all(isinstance(a, str) for a in s["answers"]) for s in samples)
+    best_step = min((step for step in (1, 2, 3)), key=lambda step: eval_losses[step])
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert metrics["eval_loss_after"] == pytest.approx(eval_losses[best_step], rel=1e-4)  # the best one was kept
+
+
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "sft_alpaca.ipynb", out, {**TINY, "run_name": "nb"})
