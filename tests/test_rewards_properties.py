@@ -205,7 +205,8 @@ def test_every_real_gsm8k_gold_answer_scores_one():
     from rewards.extract import extract_hash_answer
     from rewards.numeric import normalise_number
 
-    folder = Path(os.environ.get("LAB_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "gsm8k"
+    shared = os.environ.get("LAB_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    folder = Path(shared) / "gsm8k"
     if not folder.is_dir():
         pytest.skip(f"real GSM8K not found at {folder}; set LAB_SHARED_DATA to the folder holding gsm8k/")
     for split in ("train.jsonl", "test.jsonl"):
