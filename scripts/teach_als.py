@@ -54,7 +54,7 @@ class Params:
     choice_ranks: list = field(default_factory=lambda: [20, 40])
     choice_regs: list = field(default_factory=lambda: [0.1, 0.15, 0.2])
     valid_fraction: float = 0.1
-    choice_iters: int = 8
+    choice_iters: int = 5
     # sweeps drawn on the first split
     sweep_ranks: list = field(default_factory=lambda: [1, 2, 5, 10, 20])
     sweep_regs: list = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3])
