@@ -11,7 +11,8 @@ what "low rank" buys and what it costs:
 - ALS matrix factorisation learns R ~ mu + b_user + c_item + P @ Q.T from a
   small fraction of observed entries: the same "two thin factors" shape as
   LoRA's B and A, fitted by alternating ridge regressions, each of which has a
-  closed-form solution.
+  closed-form solution. `choose_by_validation` picks its rank and regularisation
+  on ratings held out from the training set, never on the test set.
 - LoRA updates dW = scale * B @ A: parameter counts against full fine-tuning,
   the dense update, and its singular values (at most r of them are non-zero).
 

@@ -38,7 +38,7 @@ from fractions import Fraction
 from rewards.extract import NUMBER_PATTERN
 
 CURRENCY_SIGNS = "$€£¥₹₩"
-# Longer digit strings are degenerate output, not answers (GSM8K's longest answer has 7 digits).
+# Longer digit strings are degenerate output, not answers (GSM8K's longest answer has 9 digits).
 MAX_DIGITS = 100
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\\[dt]?frac\s*(\d)\s*(\d)")
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
