@@ -6,10 +6,15 @@ the chat-messages `datasets.Dataset` the text loaders return. One
 arrays (users, items, ratings) with 0-based integer ids.
 
 MovieLens-100K (GroupLens) is never bundled: put the standard `ml-100k/`
-folder under LAB_DATA_DIR. Files read (tab-separated, no header):
+folder under LAB_DATA_DIR. Files (tab-separated, no header, one rating a line:
+user id | item id | rating 1..5 | unix timestamp):
 
-    u.data            user id | item id | rating 1..5 | unix timestamp   (all 100,000 ratings)
-    u1.base, u1.test  ... u5.base, u5.test: the five 80/20 splits whose test sets are disjoint
+    u1.base, u1.test  ... u5.base, u5.test: the five 80/20 splits whose test sets are
+                      disjoint; a split reads only its own two files
+    u.data            all 100,000 ratings; not read for a split: the split's two files
+                      already hold every rating (base + test = u.data), so the id ranges
+                      come from them. (A widely shared copy of ml-100k has extra rows
+                      with user id 0 in u.data; its splits are intact and still run.)
 
 Ids in the files are 1-based; they become `id - 1`. A row that is not four
 integers with a rating in 1..5 is a `DataError` naming file and row (a
@@ -56,12 +61,16 @@ class RatingsSplit:
 # ------------------------------------------------------------------ MovieLens
 
 
-def ml100k_folder(folder=None) -> Path:
-    """The ml-100k folder: `folder` if given, else $LAB_DATA_DIR/ml-100k; one clear error if missing."""
+def ml100k_folder(folder=None, split: str = "u1") -> Path:
+    """The ml-100k folder: `folder` if given, else $LAB_DATA_DIR/ml-100k; one clear error if missing.
+
+    The folder counts as found when it holds the split's training file; a missing
+    test file is reported by read_ratings_file, naming that file.
+    """
     path = Path(folder).expanduser() if folder else data_dir() / ML100K_FOLDER
-    if not (path / "u.data").is_file():
+    if not (path / f"{split}.base").is_file():
         raise LabPathError(
-            f"MovieLens-100K not found: expected '{path / 'u.data'}'. Download ml-100k.zip from GroupLens, "
+            f"MovieLens-100K not found: expected '{path / f'{split}.base'}'. Download ml-100k.zip from GroupLens, "
             f"unzip it and set LAB_DATA_DIR to the folder that contains '{ML100K_FOLDER}/' (now: {data_dir()})."
         )
     return path.resolve()
@@ -72,7 +81,7 @@ def read_ratings_file(path, skips: SkipReport | None = None):
     path = Path(path)
     if not path.is_file():
         raise LabPathError(f"MovieLens file '{path}' not found; LAB_DATA_DIR (now: {data_dir()}) must hold the full "
-                           f"'{ML100K_FOLDER}/' folder with u.data and u1.base..u5.test.")
+                           f"'{ML100K_FOLDER}/' folder with u1.base..u5.test.")
     skips = skips if skips is not None else SkipReport()
     users, items, ratings, seen = [], [], [], set()
     for row, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
@@ -114,13 +123,14 @@ def load_ml100k_split(split: str = "u1", folder=None) -> RatingsSplit:
     """One of the five official 80/20 splits (u1..u5): u<k>.base to train, u<k>.test to test."""
     if split not in ML100K_SPLITS:
         raise ValueError(f"unknown MovieLens-100K split '{split}'; expected one of {list(ML100K_SPLITS)}")
-    root = ml100k_folder(folder)
+    root = ml100k_folder(folder, split)
     skips = SkipReport()
-    every = read_ratings_file(root / "u.data", SkipReport())  # only for the id ranges: all users and items
     train = read_ratings_file(root / f"{split}.base", skips)
     test = read_ratings_file(root / f"{split}.test", skips)
-    n_users = int(max(a.max() for a in (every[0], train[0], test[0]))) + 1
-    n_items = int(max(a.max() for a in (every[1], train[1], test[1]))) + 1
+    # The id ranges from the split itself: base + test hold every rating, so u.data adds nothing
+    # (and a damaged u.data must not stop a split whose own files are sound).
+    n_users = int(max(train[0].max(), test[0].max())) + 1
+    n_items = int(max(train[1].max(), test[1].max())) + 1
     return RatingsSplit(split, train, test, n_users, n_items, rating_range=RATING_RANGE, skips=skips)
 
 

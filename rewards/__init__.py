@@ -13,6 +13,10 @@ Conventions (every reward here follows them):
   row). TRL turns None into NaN and leaves it out of that row's reward sum.
 - Ranges: rewards are in [0, 1], penalties in [-1, 0]; the *weights* (in
   TRL's GRPOConfig.reward_weights, or `combine`) set their importance.
+- Total: every reward returns a score for any completion (any text, any chat
+  message list, None content, 100,000-digit runs) and never raises on one;
+  only a setup mistake (a missing `answer` column) raises, before scoring.
+  tests/test_rewards_properties.py checks this with hypothesis.
 - Pure: no torch, nothing of the lab imported, no global mutable state, no
   I/O. Every reward is picklable (a module-level function, or a small
   callable class from a factory) and has a `__name__`, which TRL logs as
@@ -21,7 +25,8 @@ Conventions (every reward here follows them):
 Modules:
     extract      find the final answer: <answer> tags, "#### n", \\boxed{}, "the answer is", last number
     numeric      parse, normalise and compare numbers ("$1,200.00" == "1200", "3/4" == "0.75")
-    correctness  right answer? exact text, numeric with tolerance, is-an-integer
+    correctness  right answer? exact text, numeric with tolerance, is-an-integer;
+                 answer_value reads the one number an answer states ("The answer is 42 apples.")
     format       SYSTEM_PROMPT and the reasoning/answer format rewards (strict, soft, tag counting)
     penalties    overlong (DAPO soft punishment) and n-gram repetition penalties
     language     the completion's language matches the prompt's (Chinese vs Latin script)
@@ -45,6 +50,7 @@ from rewards.correctness import (
     ANY_FORMAT,
     XML_ONLY,
     CorrectnessReward,
+    answer_value,
     exact_match_reward,
     is_integer_reward,
     make_correctness_reward,
@@ -69,7 +75,7 @@ from rewards.format import (
     xml_count_reward,
 )
 from rewards.language import language_consistency_reward
-from rewards.numeric import normalise_number, numbers_equal, parse_number
+from rewards.numeric import normalise_number, numbers_equal, parse_number, values_close
 from rewards.penalties import make_overlong_penalty, make_repetition_penalty
 
 REWARDS = {

@@ -19,6 +19,18 @@ Scores, per completion:
                                 all are): a cheap hint that shapes the answer's form;
                                 no gold needed, so it never returns None
 
+Reading a numeric answer (`answer_value`): models rarely write the bare number
+the SYSTEM_PROMPT asks for, so what the extractor found is read the way people
+write answers: "<answer>The answer is 42 apples.</answer>", "<answer>答案是 42</answer>",
+"<answer>$\\boxed{42}$</answer>" and "6*12-19 = 53" all state one number and are
+graded by it. A hedge that names several different numbers ("41 or 42") states
+no single answer and scores 0.
+
+Never raises on a completion: any string, any chat message list (None or
+non-string content, empty lists, 100,000-digit runs) gets a score. Only a
+setup mistake (no `answer` column, or answers that do not line up with the
+completions) raises, before anything is scored.
+
 Each looks for the answer in `<answer>` tags (the lab's SYSTEM_PROMPT format)
 by default. `make_correctness_reward(extractors=..., ...)` builds a variant
 that tries other places too (\\boxed{}, "#### n", "the answer is", the last number)
@@ -27,8 +39,10 @@ that tries other places too (\\boxed{}, "#### n", "the answer is", the last numb
 
 import re
 
-from rewards.extract import completion_text, extract_answer
-from rewards.numeric import is_integer_text, numbers_equal, parse_number
+from fractions import Fraction
+
+from rewards.extract import completion_text, extract_answer, extract_answer_is, extract_boxed
+from rewards.numeric import numbers_in, parse_number, values_close
 
 XML_ONLY = ("xml",)
 ANY_FORMAT = ("xml", "boxed", "hash", "answer_is", "last_number")
@@ -54,12 +68,52 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip().rstrip(".。!！").strip().casefold()
 
 
+def single_value(text: str) -> Fraction | None:
+    """The number a text names when it names exactly one value (repeats allowed), else None."""
+    values = set(numbers_in(text))
+    return values.pop() if len(values) == 1 else None
+
+
+def _number_or_single(text: str) -> Fraction | None:
+    value = parse_number(text)
+    return value if value is not None else single_value(text)
+
+
+def answer_value(text) -> Fraction | None:
+    """The one number an extracted answer states, read leniently, or None.
+
+    In order: the answer is a number as written ("$1,200", "53 muffins.");
+    a \\boxed{} inside it holds the number; an "answer is" / "答案是" phrase
+    names it; the part after the last "=" is one number ("6*12-19 = 53");
+    else the text names exactly one value ("She has 42 apples left.").
+    Several different numbers and no marker to choose between them is a hedge: None.
+    """
+    if text is None:
+        return None
+    text = str(text)
+    value = parse_number(text)
+    if value is not None:
+        return value
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return _number_or_single(boxed)
+    stated = extract_answer_is(text)
+    if stated is not None:
+        return _number_or_single(stated)
+    if "=" in text:
+        value = parse_number(text.rsplit("=", 1)[1])
+        if value is not None:
+            return value
+    return single_value(text)
+
+
 def answers_match(predicted, gold, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     """Numbers compared as numbers when the gold is one, else as normalised text."""
     if predicted is None:
         return False
-    if parse_number(gold) is not None:
-        return numbers_equal(predicted, gold, rel_tol=rel_tol, abs_tol=abs_tol)
+    gold_value = parse_number(gold)
+    if gold_value is not None:
+        return values_close(answer_value(predicted), gold_value, rel_tol=rel_tol, abs_tol=abs_tol)
     return normalise_text(predicted) == normalise_text(gold)
 
 
@@ -123,5 +177,5 @@ def exact_match_reward(prompts, completions, **kwargs) -> list[float | None]:
 
 def is_integer_reward(prompts, completions, **kwargs) -> list[float]:
     """1.0 when the <answer> states a whole number ("42", "1,200", "5.0"), else 0.0."""
-    answers = [extract_answer(completion_text(c), XML_ONLY) for c in completions]
-    return [1.0 if a is not None and is_integer_text(a) else 0.0 for a in answers]
+    values = [answer_value(extract_answer(completion_text(c), XML_ONLY)) for c in completions]
+    return [1.0 if v is not None and v.denominator == 1 else 0.0 for v in values]

@@ -33,10 +33,15 @@ _ANSWER_IS = re.compile(
 )
 # A number as people write it: optional sign and currency sign ("-$5"), thousands
 # separators, decimals, a simple fraction. rewards.numeric parses what this finds.
-NUMBER_PATTERN = r"(?<![\w.])[-−+]?[$€£¥₹]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)"
+# Not preceded by a Latin letter, digit or point ("x2", "v1.5" are names, not numbers);
+# a CJK character may touch it ("共42个", "答案是42元": Chinese has no spaces).
+NUMBER_PATTERN = r"(?<![A-Za-z0-9_.])[-−+]?[$€£¥₹]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)"
 _NUMBER = re.compile(NUMBER_PATTERN)
 # Sentence-ending punctuation after an "answer is" phrase (ASCII and CJK).
 _TRAILING_PUNCTUATION = " \t.,;:!?。，；：！？)）]】*"
+# Where the sentence after an "answer is" phrase ends: CJK stops, "!?;", or a point that
+# is not a decimal point ("42. Check: 6*7=42" ends after "42"; "4.5" does not end).
+_SENTENCE_END = re.compile(r"[。！？；!?;]|\.(?!\d)")
 
 
 def content_text(content) -> str:
@@ -46,7 +51,7 @@ def content_text(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # multimodal form: [{"type": "text", "text": "..."}, {"type": "image"}]
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(content_text(part.get("text")) for part in content if isinstance(part, dict))
     return str(content)
 
 
@@ -114,45 +119,55 @@ def extract_hash_answer(text: str) -> str | None:
     return body or None
 
 
-def _balanced_body(text: str, start: int) -> str | None:
-    """The text from `start` up to the brace that closes the one just before it, or None."""
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None  # unbalanced: the box never closes
+def _closing_braces(text: str) -> dict:
+    """Position of each "{" -> position of the "}" that closes it (unclosed ones are left out).
+
+    One pass with a stack, so a text full of unclosed boxes ("\\boxed{" 20,000 times)
+    costs one scan, not one scan per box.
+    """
+    closing, open_at = {}, []
+    for brace in re.finditer(r"[{}]", text):
+        if brace.group() == "{":
+            open_at.append(brace.start())
+        elif open_at:
+            closing[open_at.pop()] = brace.start()
+    return closing
 
 
 def extract_boxed(text: str) -> str | None:
     """The body of the last \\boxed{...} (or \\fbox{...}), nested braces included."""
-    bodies = []
-    for match in _BOXED.finditer(text or ""):
-        body = _balanced_body(text, match.end())
-        if body is not None and body.strip():
-            bodies.append(body.strip())
-    return bodies[-1] if bodies else None
+    text = text or ""
+    boxes = list(_BOXED.finditer(text))
+    if not boxes:
+        return None
+    closing = _closing_braces(text)
+    for match in reversed(boxes):
+        brace = match.end() - 1
+        if brace in closing:
+            body = text[match.end():closing[brace]].strip()
+            if body:
+                return body
+    return None  # every box is unclosed or empty
 
 
 def extract_answer_is(text: str) -> str | None:
     """The answer after the last "the answer is" / "answer:" / "答案是" phrase.
 
-    Returns the first number on the rest of that line when there is one
-    ("The answer is 42 apples." -> "42"), else the rest of the line without
-    closing punctuation ("The answer is Paris." -> "Paris").
+    Reads the rest of that sentence (up to a full stop or the end of the line):
+    the number it states when it holds one ("The answer is 42 apples." -> "42"),
+    else the words without closing punctuation ("The answer is Paris." -> "Paris").
+    A sentence that names several different numbers is returned whole
+    ("The answer is 41 or 42" -> "41 or 42"), so a hedge grades as no single answer.
     """
     matches = _ANSWER_IS.findall(text or "")
     if not matches:
         return None
-    rest = matches[-1]
-    number = _NUMBER.search(rest)
-    if number:
-        return number.group(0)
-    rest = rest.strip().rstrip(_TRAILING_PUNCTUATION).strip()
-    return rest or None
+    sentence = _SENTENCE_END.split(matches[-1], maxsplit=1)[0]
+    numbers = set(_NUMBER.findall(sentence))
+    if len(numbers) == 1:
+        return numbers.pop()
+    sentence = sentence.strip().rstrip(_TRAILING_PUNCTUATION).strip()
+    return sentence or None
 
 
 def extract_last_number(text: str) -> str | None:

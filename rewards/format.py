@@ -53,7 +53,8 @@ language_consistency_reward: a Chinese prompt should get Chinese reasoning)."""
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 
 _STRICT = re.compile(r"<reasoning>\n(.+?)\n</reasoning>\n<answer>\n(.+?)\n</answer>\s*", re.DOTALL)
-_SOFT = re.compile(r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+_SOFT_START = re.compile(r"\s*<reasoning>")
+_SOFT_JOINT = re.compile(r"</reasoning>\s*<answer>")
 
 
 def tag_counts(text: str) -> dict:
@@ -63,15 +64,26 @@ def tag_counts(text: str) -> dict:
 
 def is_strict_format(text: str) -> bool:
     """Exactly the layout in the module docstring (see strict_format_reward)."""
+    if any(n != 1 for n in tag_counts(text).values()):
+        return False  # checked first: with each tag once, the regex cannot backtrack far
     match = _STRICT.fullmatch(text)
-    if not match or any(n != 1 for n in tag_counts(text).values()):
+    if not match:
         return False
     return bool(match.group(1).strip()) and bool(match.group(2).strip())
 
 
 def is_soft_format(text: str) -> bool:
-    """A reasoning block first, an answer block after it (see soft_format_reward)."""
-    return _SOFT.match(text) is not None
+    """A reasoning block first, an answer block after it (see soft_format_reward).
+
+    Same as matching r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>" from the start,
+    in linear time: if any "</reasoning> <answer>" joint has a "</answer>" after it, the
+    first joint does too (that regex backtracks quadratically on thousands of open blocks).
+    """
+    start = _SOFT_START.match(text)
+    if start is None:
+        return False
+    joint = _SOFT_JOINT.search(text, start.end())
+    return joint is not None and "</answer>" in text[joint.end():]
 
 
 def xml_count_score(text: str) -> float:

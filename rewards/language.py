@@ -71,5 +71,7 @@ def language_consistency_score(prompt: str, completion: str) -> float | None:
 
 def language_consistency_reward(prompts, completions, **kwargs) -> list[float | None]:
     """Share of the reasoning written in the prompt's language (Chinese vs Latin script), in [0, 1]."""
+    if prompts is None:  # called by hand without prompts: no language to match
+        prompts = [None] * len(completions)
     pairs = zip(prompts, completions, strict=True)
     return [language_consistency_score(prompt_text(p), completion_text(c)) for p, c in pairs]

@@ -14,10 +14,20 @@ None when the string is not one number. What it accepts:
                                          they hold no further digit ("3 or 4" gives None)
     "**42**"  "$42$"  "\\(42\\)"  "１２"   markdown bold, LaTeX math delimiters, full-width digits
 
+A string with more than MAX_DIGITS digits in its number is not a number
+anyone means as an answer (and Python refuses to convert more than 4300
+digits): it parses as None, so a degenerate completion (a run of 100,000
+digits) scores 0 instead of raising inside a GRPO step.
+
+`numbers_in` lists every number written in a longer text, for readers that
+accept "She has 42 apples." as the answer 42 (see rewards.correctness).
+
 `normalise_number` gives one canonical spelling ("1,200.0" -> "1200",
 "0.50" -> "0.5", "2/6" -> "1/3"), used for gold answers and exact matching.
 `numbers_equal` compares two answer strings exactly (as fractions) or within
-a tolerance (for answers that went through floating point, e.g. "0.3333333").
+a tolerance (for answers that went through floating point, e.g. "0.3333333");
+`values_close` does the same for parsed values, in exact arithmetic (no float
+overflow, whatever the size).
 """
 
 import math
@@ -25,7 +35,11 @@ import re
 import unicodedata
 from fractions import Fraction
 
+from rewards.extract import NUMBER_PATTERN
+
 CURRENCY_SIGNS = "$€£¥₹₩"
+# Longer digit strings are degenerate output, not answers (GSM8K's longest answer has 9 digits).
+MAX_DIGITS = 100
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\\[dt]?frac\s*(\d)\s*(\d)")
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _LEADING = re.compile(rf"^\s*(?:[A-Za-z]\s*=|≈|~|=)?\s*([-+])?\s*[{re.escape(CURRENCY_SIGNS)}]?\s*([-+])?\s*")
@@ -65,13 +79,28 @@ def parse_number(text) -> Fraction | None:
         return None
     if re.search(r"\d", s[number.end():]):
         return None  # a second number after the first: "3 or 4", "2 hours 30 minutes"
-    value = Fraction(number.group(1).replace(",", ""))
-    if number.group(2) is not None:
-        denominator = Fraction(number.group(2))
-        if denominator == 0:
-            return None
-        value /= denominator
+    digits = sum(c.isdigit() for c in number.group(0))
+    if digits > MAX_DIGITS:
+        return None
+    try:
+        value = Fraction(number.group(1).replace(",", ""))
+        denominator = Fraction(number.group(2)) if number.group(2) is not None else Fraction(1)
+    except ValueError:  # a digit character Fraction does not read (some scripts' digits are \d but not decimal)
+        return None
+    if denominator == 0:
+        return None
+    value /= denominator
     return -value if signs == "-" else value
+
+
+def numbers_in(text) -> list[Fraction]:
+    """The value of every number written in a text, in order ("3 apples at $1,200" -> [3, 1200]).
+
+    LaTeX, markdown and full-width forms are undone first (see parse_number);
+    a number too long to be an answer (MAX_DIGITS) is left out.
+    """
+    values = (parse_number(m) for m in re.findall(NUMBER_PATTERN, _clean(str(text or ""))))
+    return [v for v in values if v is not None]
 
 
 def format_number(value: Fraction) -> str:
@@ -105,10 +134,17 @@ def numbers_equal(a, b, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     Exact as fractions first ("3/4" == "0.75", "5.0" == "5"), then within
     `rel_tol` / `abs_tol` (math.isclose) for answers that went through floats.
     """
-    x, y = parse_number(a), parse_number(b)
+    return values_close(parse_number(a), parse_number(b), rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def values_close(x: Fraction | None, y: Fraction | None, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """x == y, or |x - y| <= max(rel_tol * max(|x|, |y|), abs_tol) as math.isclose says, in exact
+    arithmetic (float(x) overflows for numbers past 1e308, which a model can write); None is never close."""
     if x is None or y is None:
         return False
-    return x == y or math.isclose(float(x), float(y), rel_tol=rel_tol, abs_tol=abs_tol)
+    if x == y:
+        return True
+    return abs(x - y) <= max(Fraction(rel_tol) * max(abs(x), abs(y)), Fraction(abs_tol))
 
 
 def is_integer_text(text) -> bool:

@@ -103,6 +103,38 @@ def test_als_is_deterministic_and_baselines_are_ordered():
     assert lowrank.pca_2d(first.item_factors).shape == (50, 2)
 
 
+def test_batched_ridge_solve_equals_one_solve_per_row():
+    """The padded count buckets must give exactly the per-row ridge solutions (rows of 0..40 ratings)."""
+    rng = np.random.default_rng(8)
+    n_rows, n_other, dim = 30, 25, 4
+    own = np.repeat(np.arange(n_rows), rng.integers(0, 41, n_rows))
+    other = rng.integers(0, n_other, len(own))
+    table, targets = rng.normal(size=(n_other, dim)), rng.normal(size=len(own))
+    penalty = rng.uniform(0.1, 2.0, (n_rows, dim))
+    got = lowrank._ridge_side(lowrank._groups(own, other, n_rows, n_other), table, targets, penalty)
+    for row in range(n_rows):
+        f, t = table[other[own == row]], targets[own == row]
+        expected = np.linalg.solve(f.T @ f + np.diag(penalty[row]), f.T @ t)
+        np.testing.assert_allclose(got[row], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_choose_by_validation_uses_only_training_ratings():
+    data = synthetic_ratings(n_users=150, n_items=100, true_rank=3, density=0.4, noise_std=0.3, seed=6)
+    fit_part, valid = lowrank.holdout_split(data.train, 0.2, seed=1)
+    assert len(fit_part[2]) + len(valid[2]) == len(data.train[2])
+    assert not set(zip(*fit_part[:2])) & set(zip(*valid[:2]))
+    assert 0.15 < len(valid[2]) / len(data.train[2]) < 0.25
+    choice = lowrank.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
+                                          valid_fraction=0.2, seed=1, n_iters=6)
+    assert [(c["rank"], c["reg"]) for c in choice["grid"]] == [(1, 0.01), (1, 3.0), (3, 0.01), (3, 3.0)]
+    assert choice["valid_rmse"] == min(c["valid_rmse"] for c in choice["grid"])
+    assert (choice["rank"], choice["reg"]) == (3, 0.01)  # the true rank, and a reg that does not erase it
+    # the same call on the same training ratings chooses the same, whatever the test set holds
+    again = lowrank.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
+                                         valid_fraction=0.2, seed=1, n_iters=6)
+    assert again == choice
+
+
 def test_clip_keeps_predictions_on_the_rating_scale():
     data = synthetic_ratings(n_users=40, n_items=30, seed=4)
     model, _ = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=3, clip=(1.0, 5.0))
@@ -166,6 +198,30 @@ def test_movielens_bad_row_is_one_clear_error(tmp_path, line, column):
         read_ratings_file(path)
 
 
+def test_movielens_split_runs_beside_a_damaged_u_data(tmp_path, monkeypatch):
+    """A widely shared ml-100k copy has extra user-id-0 rows in u.data; its splits are intact and must run."""
+    folder, n_rows = write_ml100k(tmp_path)
+    with (folder / "u.data").open("a") as f:
+        f.write("0\t12\t3\t881250949\n0\t7\t5\t881250950\n")
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    split = load_ml100k_split("u2")
+    assert len(split.train[2]) + len(split.test[2]) == n_rows
+    assert split.n_users == 60 and split.n_items == 50  # ranges from u2.base + u2.test
+    (folder / "u.data").unlink()  # not needed at all for a split
+    assert load_ml100k_split("u2").n_users == 60
+
+
+def test_movielens_corrupt_split_file_is_one_clear_error(tmp_path, monkeypatch):
+    folder, _ = write_ml100k(tmp_path)
+    lines = (folder / "u4.base").read_text().splitlines()
+    lines[2] = "0\t12\t3\t881250949"
+    (folder / "u4.base").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"u4.base, row 3, field 'user'.*1-based"):
+        load_ml100k_split("u4")
+    assert load_ml100k_split("u1").name == "u1"  # the other splits still load
+
+
 def test_movielens_missing_folder_names_lab_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
     with pytest.raises(LabPathError, match="LAB_DATA_DIR"):
@@ -184,13 +240,22 @@ def test_teach_als_cli_runs_every_movielens_split(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "out"))
     result = teach_als.main(["--config", "configs/teach_als.yaml", "--data", "ml-100k", "--run_name", "ml",
-                             "--n_iters", "5", "--sweep_iters", "3", "--sweep_ranks", "[1, 3]", "--sweep_regs", "[0.1]"])
+                             "--n_iters", "5", "--sweep_iters", "3", "--sweep_ranks", "[1, 3]", "--sweep_regs", "[0.1]",
+                             "--choice_ranks", "[2, 4]", "--choice_regs", "[0.05, 0.2]", "--choice_iters", "4"])
     table = result["table"]
     assert [row["split"] for row in table] == ["u1", "u2", "u3", "u4", "u5", "mean"]
     assert table[-1]["als"] == pytest.approx(np.mean([row["als"] for row in table[:5]]))
     assert all(row["als"] < row["global_mean"] for row in table)
     metrics = json.loads((tmp_path / "out" / "teach_als" / "ml" / "metrics.json").read_text())
     assert metrics["data"] == "ml-100k" and len(metrics["history"]["iteration"]) == 5
+    # each split chose its own rank and reg on its training ratings, from the grid given
+    assert [c["split"] for c in metrics["choices"]] == ["u1", "u2", "u3", "u4", "u5"]
+    assert all(len(c["grid"]) == 4 and c["rank"] in (2, 4) and c["reg"] in (0.05, 0.2) for c in metrics["choices"])
+    # the batch report's key metric: the mean test RMSE, at the top level of metrics.json
+    from scripts.batch import key_metric
+
+    assert metrics["mean_rmse"] == pytest.approx(table[-1]["als"])
+    assert key_metric(metrics, {}) == ("mean_rmse", metrics["mean_rmse"])
 
 
 # ----------------------------------------------------------------------- Spark

@@ -59,12 +59,14 @@ def test_svd_cli_with_config_and_override(tmp_path, monkeypatch):
 def test_als_cli_with_config_and_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
     teach_als.main(["--config", "configs/teach_als.yaml", "--n_users", "150", "--n_items", "100",
-                    "--rank", "5", "--reg", "0.03", "--run_name", "cli"])
+                    "--choose_by_validation", "false", "--rank", "5", "--reg", "0.03", "--run_name", "cli"])
     run = tmp_path / "teach_als" / "cli"
     metrics = json.loads((run / "metrics.json").read_text())
     row = metrics["table"][0]
     assert row["als"] < row["user_item_bias"] < row["global_mean"]
     assert row["als_vs_truth"] < row["noise_std"]
     assert json.loads((run / "params.json").read_text())["rank"] == 5
+    assert metrics["choices"] == [{"split": "synthetic", "rank": 5, "reg": 0.03, "valid_rmse": None, "grid": []}]
+    assert metrics["mean_rmse"] == row["als"]
     for figure in ("rmse_history", "rmse_vs_rank", "rmse_vs_reg", "item_embedding"):
         assert (run / f"{figure}.png").stat().st_size > 0
