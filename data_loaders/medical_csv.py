@@ -1,4 +1,4 @@
-"""Chinese medical dialogue CSV -> chat-messages dataset, whatever encoding the exporter used.
+"""Chinese medical dialogue CSV or paired-lines text -> chat-messages dataset, whatever the encoding.
 
 Medical Q&A exports (e.g. the Chinese medical dialogue data, columns
 department,title,ask,answer) arrive as CSV in UTF-8, UTF-8 with a BOM, UTF-16,
@@ -9,6 +9,15 @@ encoding itself and says which it chose.
 Encoding: data_loaders/text_decoding.py, the one decoder every text loader shares
 (BOM, strict UTF-8, then GB18030 / Big5 with a plausibility check; `encoding=`
 forces one). The chosen encoding and each candidate's score are reported.
+
+Layout (`layout=` "auto" | "csv" | "paired_lines"; the experiments' `format` parameter):
+the corpora come as CSV or as paired lines (question line, answer line, blank line
+between blocks; data_loaders/paired_lines.py). "auto" reads a CSV when the first
+line is a header naming the ask and answer columns (or `columns=` is given), else
+paired lines when most blank-line-separated blocks pair up, else CSV (whose errors
+then say what was expected). Paired-lines rows are numbered by the line their block
+starts on ("file.txt:12"), have no department, and go through the same cleaning
+and filters; a block that cannot be paired is skipped as "unpaired_lines".
 
 CSV parsing: the delimiter is sniffed from the header line (comma or tab, the
 more frequent one); quoted fields may hold delimiters and line breaks; LF, CRLF
@@ -54,7 +63,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from data_loaders.common import SkipReport, build_messages, data_error
+from data_loaders.common import DataError, SkipReport, data_error
+from data_loaders.paired_lines import UnpairedBlock, block_turns, looks_like_paired_lines, split_blocks
 from data_loaders.text_decoding import decode_file, plausibility  # noqa: F401  (plausibility: re-exported)
 from lab_utils.paths import find_data_file
 
@@ -72,6 +82,7 @@ COLUMN_ALIASES = {
 }
 REQUIRED_COLUMNS = ("ask", "answer")
 DELIMITERS = (",", "\t")
+LAYOUTS = ("auto", "csv", "paired_lines")
 
 @dataclass
 class MedicalCSV:
@@ -85,11 +96,15 @@ class MedicalCSV:
     report: SkipReport
     rows_read: int  # data records in the file (header not counted)
     encoding_scores: dict = field(default_factory=dict)  # candidate -> plausibility, or the decode error
+    layout: str = "csv"  # "csv" or "paired_lines" (then delimiter is "" and columns {})
 
     def summary(self) -> str:
-        delimiter = "tab" if self.delimiter == "\t" else repr(self.delimiter)
-        return (f"{self.path.name}: encoding {self.encoding}, delimiter {delimiter}, "
-                f"{self.rows_read} rows read; {self.report.summary()}")
+        if self.layout == "paired_lines":
+            shape = f"paired lines, {self.rows_read} question/answer blocks read"
+        else:
+            delimiter = "tab" if self.delimiter == "\t" else repr(self.delimiter)
+            shape = f"delimiter {delimiter}, {self.rows_read} rows read"
+        return f"{self.path.name}: encoding {self.encoding}, {shape}; {self.report.summary()}"
 
 
 # ---------------------------------------------------------------- CSV structure
@@ -124,7 +139,8 @@ def detect_columns(headers: list, path, columns: dict | None = None) -> dict:
     if missing:
         wanted = "; ".join(f"'{role}' (one of: {', '.join(COLUMN_ALIASES[role])})" for role in missing)
         raise data_error(path, f"missing required column {wanted}; headers found: {headers}; "
-                               f"name them with columns={{'ask': ..., 'answer': ...}}")
+                               f"name them with columns={{'ask': ..., 'answer': ...}}, or pass format paired_lines for "
+                               f"question line / answer line blocks")
     return mapping
 
 
@@ -138,7 +154,8 @@ def read_records(text: str, delimiter: str, path) -> list:
     except csv.Error as exc:
         kind = "tab" if delimiter == "\t" else "comma"
         raise data_error(path, f"malformed CSV near line {reader.line_num} ({exc}); expected {kind}-separated "
-                               f"fields, text with quotes or line breaks inside double quotes",
+                               f"fields, text with quotes or line breaks inside double quotes (question line / answer line "
+                               f"blocks: pass format paired_lines)",
                          row=len(records) + 1) from None
     return records
 
@@ -181,19 +198,61 @@ def tokenizer_length(tokenizer):
     return lengths
 
 
+# ---------------------------------------------------------------- layout: CSV or paired lines
+
+def header_is_recognised(text: str, delimiter: str, columns: dict | None) -> bool:
+    """Whether the first line is a CSV header naming (at least) the ask and answer columns."""
+    first = next((line for line in text.lstrip("\ufeff").splitlines() if line.strip()), "")
+    headers = [h.strip() for h in next(csv.reader([first], delimiter=delimiter), [])]
+    if len(headers) < 2:
+        return False
+    try:
+        detect_columns(headers, None, columns)
+        return True
+    except DataError:
+        return False
+
+
+def choose_layout(text: str, layout: str, delimiter: str, columns: dict | None, path) -> str:
+    """"csv" or "paired_lines": as asked, else detected (a recognised CSV header wins)."""
+    if layout not in LAYOUTS:
+        raise data_error(path, f"format '{layout}' is unknown; expected one of {', '.join(LAYOUTS)}")
+    if layout != "auto":
+        return layout
+    if columns or header_is_recognised(text, delimiter, columns):
+        return "csv"
+    return "paired_lines" if looks_like_paired_lines(text) else "csv"
+
+
 # ---------------------------------------------------------------- the loader
 
 def load_medical_csv(path, encoding: str | None = None, columns: dict | None = None,
                      system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, min_len: int = 8,
-                     max_len: int = 2048, tokenizer=None, delimiter: str | None = None) -> MedicalCSV:
-    """Read a medical dialogue CSV into the chat-messages schema; see the module docstring.
+                     max_len: int = 2048, tokenizer=None, delimiter: str | None = None,
+                     layout: str = "auto") -> MedicalCSV:
+    """Read a medical dialogue CSV or paired-lines file into the chat-messages schema; see the module docstring.
 
     `path` is found with lab_utils.paths.find_data_file (relative to LAB_DATA_DIR,
     the bundled samples, or as given). `system_prompt=None` leaves the system message out.
+    `layout`: "auto" (detect), "csv" or "paired_lines".
     """
     path = find_data_file(str(path))
-    text, encoding, scores = decode_file(path, encoding, expected="a CSV text file")
+    text, encoding, scores = decode_file(path, encoding, expected="a CSV or paired-lines text file")
     delimiter = delimiter or sniff_delimiter(text)
+    layout = choose_layout(text, layout, delimiter, columns, path)
+    if layout == "paired_lines":
+        candidates, report, rows_read, mapping, delimiter = *_paired_candidates(text, path), {}, ""
+    else:
+        candidates, report, rows_read, mapping = _csv_candidates(text, delimiter, columns, path)
+    rows = _filter_candidates(candidates, report, min_len, max_len, tokenizer)
+    if not rows:
+        raise data_error(path, f"no usable rows: {report.summary()}")
+    dataset = _to_dataset(rows, system_prompt)
+    return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, rows_read, scores, layout)
+
+
+def _csv_candidates(text: str, delimiter: str, columns: dict | None, path):
+    """(candidates, SkipReport, data records read, column mapping) of a CSV file."""
     records = read_records(text, delimiter, path)
     if not records or not any(h.strip() for h in records[0]):
         raise data_error(path, "no header row; expected column names in the first line")
@@ -201,15 +260,6 @@ def load_medical_csv(path, encoding: str | None = None, columns: dict | None = N
     mapping = detect_columns(headers, path, columns)
     if len(records) < 2:
         raise data_error(path, f"has a header row ({headers}) but no data rows")
-    rows, report = _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer)
-    if not rows:
-        raise data_error(path, f"no usable rows: {report.summary()}")
-    dataset = _to_dataset(rows, system_prompt)
-    return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, len(records) - 1, scores)
-
-
-def _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer):
-    """Clean every record and filter it; returns (kept rows, SkipReport)."""
     report, candidates = SkipReport(), []
     index = {role: headers.index(header) for role, header in mapping.items()}
     for row_number, record in enumerate(records[1:], start=2):
@@ -226,31 +276,55 @@ def _rows_to_conversations(records, headers, mapping, path, min_len, max_len, to
         if not question or not values["answer"]:
             report.skip(source, row_number, "empty", "no question" if not question else "no answer")
             continue
-        candidates.append((row_number, source, values.get("department", ""), question, values["answer"]))
+        turns = (("user", question), ("assistant", values["answer"]))
+        candidates.append((row_number, source, values.get("department", ""), turns))
+    return candidates, report, len(records) - 1, mapping
+
+
+def _paired_candidates(text: str, path):
+    """(candidates, SkipReport, blocks read) of a paired-lines file; row = the block's first line."""
+    report, candidates = SkipReport(), []
+    blocks = split_blocks(text)
+    for line_number, lines in blocks:
+        source = f"{path.name}:{line_number}"
+        try:
+            turns = tuple((role, clean_text(content)) for role, content in block_turns(lines))
+        except UnpairedBlock as unpaired:
+            report.skip(source, line_number, "unpaired_lines", str(unpaired))
+            continue
+        if not all(content for _, content in turns):
+            report.skip(source, line_number, "empty", "a question or answer line is empty after cleaning")
+            continue
+        candidates.append((line_number, source, "", turns))
+    return candidates, report, len(blocks)
+
+
+def _filter_candidates(candidates, report, min_len, max_len, tokenizer) -> list:
+    """Drop (and report) conversations outside [min_len, max_len] and repeats; returns the kept ones."""
     lengths = (tokenizer_length(tokenizer) if tokenizer is not None else character_length)
-    question_lengths = lengths([c[3] for c in candidates])
-    answer_lengths = lengths([c[4] for c in candidates])
+    turn_lengths = iter(lengths([content for *_, turns in candidates for _, content in turns]))
     kept, first_seen = [], {}
-    for candidate, n_question, n_answer in zip(candidates, question_lengths, answer_lengths):
-        row_number, source, _, question, answer = candidate
-        total = n_question + n_answer
+    for candidate in candidates:
+        row_number, source, _, turns = candidate
+        total = sum(next(turn_lengths) for _ in turns)
         if total < min_len or (max_len is not None and total > max_len):
             reason = "too_short" if total < min_len else "too_long"
             report.skip(source, row_number, reason, f"length {total} outside [{min_len}, {max_len}]")
-        elif (question, answer) in first_seen:
-            report.skip(source, row_number, "duplicate", f"same conversation as row {first_seen[(question, answer)]}")
+        elif turns in first_seen:
+            report.skip(source, row_number, "duplicate", f"same conversation as row {first_seen[turns]}")
         else:
-            first_seen[(question, answer)] = row_number
+            first_seen[turns] = row_number
             kept.append(candidate)
     report.kept = len(kept)
-    return kept, report
+    return kept
 
 
 def _to_dataset(rows, system_prompt) -> Dataset:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return Dataset.from_dict({
-        "messages": [build_messages(question, answer, system_prompt) for _, _, _, question, answer in rows],
-        "source": [source for _, source, _, _, _ in rows],
-        "department": [department for _, _, department, _, _ in rows],
+        "messages": [system + [{"role": role, "content": content} for role, content in turns] for *_, turns in rows],
+        "source": [source for _, source, _, _ in rows],
+        "department": [department for _, _, department, _ in rows],
     })
 
 
