@@ -35,7 +35,6 @@ crashed export never looks finished, and nothing that exists is replaced unless
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
