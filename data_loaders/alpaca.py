@@ -12,6 +12,9 @@ Every row becomes (see data_loaders/common.py):
     messages  list of {"role", "content"}; ends with an assistant turn
     source    "<file>:<row>" (row = 1-based position in the file)
 
+The file may be in any encoding data_loaders.text_decoding detects (UTF-8 with or
+without BOM, UTF-16, GB18030/GBK, Big5), or the one `encoding=` names.
+
 A row that cannot be used (missing answer, empty text, unknown roles, no final
 assistant turn) is recorded in the SkipReport with its reason; a file that is
 not JSON/JSONL at all is one DataError naming the file and line.
@@ -23,15 +26,16 @@ from pathlib import Path
 from datasets import Dataset
 
 from data_loaders.common import RowSkip, SkipReport, build_messages, data_error, with_system_prompt
+from data_loaders.text_decoding import read_text
 from lab_utils.paths import find_data_file
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
 
-def read_records(path: Path) -> list:
-    """Parse a JSON list or JSONL file into a list of (row_number, record)."""
-    text = path.read_text(encoding="utf-8-sig")
+def read_records(path: Path, encoding: str | None = None) -> list:
+    """Parse a JSON list or JSONL file, in any encoding read_text detects, into (row_number, record)."""
+    text, _ = read_text(path, encoding, expected="a JSON list or JSON lines")
     if not text.strip():
         raise data_error(path, "file is empty; expected a JSON list or JSON lines")
     if text.lstrip().startswith("["):
@@ -105,12 +109,16 @@ def row_messages(record) -> list[dict]:
     return messages
 
 
-def load_chat_file(name: str, system_prompt: str | None = None, limit: int | None = None):
-    """Load an alpaca / messages / ShareGPT file. Returns (Dataset, SkipReport)."""
+def load_chat_file(name: str, system_prompt: str | None = None, limit: int | None = None,
+                   encoding: str | None = None):
+    """Load an alpaca / messages / ShareGPT file. Returns (Dataset, SkipReport).
+
+    encoding: None detects it (UTF-8/16 with or without BOM, GB18030/GBK, Big5: data_loaders.text_decoding).
+    """
     path = find_data_file(name)
     report = SkipReport()
     rows = []
-    for number, record in read_records(path):
+    for number, record in read_records(path, encoding):
         try:
             messages = row_messages(record)
         except RowSkip as err:

@@ -24,7 +24,8 @@ final answer that is not a number, and — when a tokenizer and
 max_prompt_length are given — a prompt longer than max_prompt_length tokens
 after the chat template (TRL no longer truncates prompts, so an overlong one
 would otherwise reach the model whole). Blank lines are not rows.
-An empty file, a file that is not JSONL at all, or one without a single
+The file may be in any encoding data_loaders.text_decoding detects (Chinese
+word problems arrive as GBK too). An empty file, a file that is not JSONL at all, or one without a single
 usable row raises DataError.
 
     load_gsm8k("gsm8k_sample.jsonl")                      the bundled sample
@@ -39,6 +40,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from data_loaders.common import SkipReport, data_error
+from data_loaders.text_decoding import read_text
 from lab_utils.paths import find_data_file
 from rewards import SYSTEM_PROMPT
 from rewards.extract import extract_hash_answer
@@ -67,12 +69,10 @@ def resolve_gsm8k_file(path_or_name, split_file: str = "train.jsonl") -> Path:
     return path
 
 
-def read_jsonl(path: Path):
+def read_jsonl(path: Path, encoding: str | None = None):
     """(line number, parsed object or RowSkip) for every non-blank line; DataError for unreadable files."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise data_error(path, f"not UTF-8 text (byte {e.start}); GSM8K files are UTF-8 JSONL") from None
+    text, _ = read_text(path, encoding, expected="JSON lines with 'question' and 'answer'")
+    lines = text.splitlines()
     numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise data_error(path, "the file is empty; expected one JSON object per line with 'question' and 'answer'")
@@ -127,20 +127,21 @@ def prompt_token_count(tokenizer, prompt: list[dict]) -> int:
 
 def load_gsm8k(path_or_name, split_file: str = "train.jsonl", limit: int | None = None,
                system_prompt: str | None = SYSTEM_PROMPT, tokenizer=None, max_prompt_length: int | None = None,
-               report: SkipReport | None = None) -> Dataset:
+               report: SkipReport | None = None, encoding: str | None = None) -> Dataset:
     """Load GSM8K-style JSONL as GRPO prompts (schema in the module docstring).
 
     limit: keep at most this many rows (reading stops once it is reached).
     system_prompt: the format instruction (None: no system message; rewards.SYSTEM_PROMPT_ZH for Chinese).
     tokenizer + max_prompt_length: skip prompts longer than that many tokens.
     report: a SkipReport to fill with the skipped rows; without one, skips are logged.
+    encoding: None detects it (UTF-8/16, GB18030/GBK, Big5: data_loaders.text_decoding).
     """
     if max_prompt_length is not None and tokenizer is None:
         raise ValueError("max_prompt_length needs a tokenizer to count the prompt's tokens")
     path = resolve_gsm8k_file(path_or_name, split_file)
     own_report = report if report is not None else SkipReport()
     rows = []
-    for number, record in read_jsonl(path):
+    for number, record in read_jsonl(path, encoding):
         if limit is not None and len(rows) >= limit:
             break
         source = f"{path.name}:{number}"

@@ -1,4 +1,4 @@
-"""Chinese medical dialogue CSV -> chat-messages dataset, whatever encoding the exporter used.
+"""Chinese medical dialogue CSV or paired-lines text -> chat-messages dataset, whatever the encoding.
 
 Medical Q&A exports (e.g. the Chinese medical dialogue data, columns
 department,title,ask,answer) arrive as CSV in UTF-8, UTF-8 with a BOM, UTF-16,
@@ -6,34 +6,18 @@ GBK/GB18030 or Big5. Hard-coding `encoding="gbk"` gives a UnicodeDecodeError
 on some files and silent mojibake on others, so this loader finds the
 encoding itself and says which it chose.
 
-Encoding choice (an explicit `encoding=` skips all of this and is decoded strictly):
-  1. A byte-order mark decides: EF BB BF -> utf-8-sig, FF FE / FE FF -> utf-16.
-  2. Strict UTF-8. Non-ASCII bytes form valid UTF-8 almost never by accident,
-     so a strict UTF-8 decode is accepted as it is (pure ASCII is valid in every
-     candidate and is called utf-8).
-  3. The legacy Chinese codecs, GB18030 (a superset of GBK and GB2312) then Big5.
-     GB18030 decodes almost any byte string, and Big5 text also decodes as
-     GB18030 (as nonsense), so a strict decode is not enough: each decoded
-     text gets a plausibility score (`plausibility`) and the best one at or
-     above MIN_PLAUSIBILITY wins; on a tie, the earlier codec in that order.
-  4. Nothing fits: one DataError naming the file, the candidate that got
-     furthest, and the byte offset where it failed.
+Encoding: data_loaders/text_decoding.py, the one decoder every text loader shares
+(BOM, strict UTF-8, then GB18030 / Big5 with a plausibility check; `encoding=`
+forces one). The chosen encoding and each candidate's score are reported.
 
-Plausibility (0..1) = cleanliness x commonness, on the first SCORE_CHARS characters:
-  cleanliness  1 - 20 x (share of characters that never occur in clean text:
-               U+FFFD, control characters other than tab/CR/LF, private-use
-               code points, a stray BOM); 5 % such characters -> 0.
-  commonness   among the "script" characters (CJK ideographs, kana, hangul,
-               Greek, Cyrillic, box drawing), the share that are common Chinese
-               characters: GB2312 level 1 (the 3,755 everyday simplified ones)
-               or Big5 level 1 (the 5,401 everyday traditional ones), whichever
-               share is higher (real text is written in one script; mojibake
-               mixes rare characters, kana and box drawing). 1.0 when the text
-               holds no such characters. Punctuation and Latin text are neutral.
-Measured: real Chinese text (the bundled samples, simplified and traditional,
-and the GBK medical file) scores 0.94-0.95. Big5 text read as GB18030 scores 0:
-many of its bytes land in GB18030's private-use areas, and even without them
-only about 35 % of its characters are common. Shift-JIS read as GB18030: 0.08.
+Layout (`layout=` "auto" | "csv" | "paired_lines"; the experiments' `format` parameter):
+the corpora come as CSV or as paired lines (question line, answer line, blank line
+between blocks; data_loaders/paired_lines.py). "auto" reads a CSV when the first
+line is a header naming the ask and answer columns (or `columns=` is given), else
+paired lines when most blank-line-separated blocks pair up, else CSV (whose errors
+then say what was expected). Paired-lines rows are numbered by the line their block
+starts on ("file.txt:12"), have no department, and go through the same cleaning
+and filters; a block that cannot be paired is skipped as "unpaired_lines".
 
 CSV parsing: the delimiter is sniffed from the header line (comma or tab, the
 more frequent one); quoted fields may hold delimiters and line breaks; LF, CRLF
@@ -79,19 +63,15 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from data_loaders.common import SkipReport, build_messages, data_error
+from data_loaders.common import DataError, SkipReport, data_error
+from data_loaders.paired_lines import UnpairedBlock, block_turns, looks_like_paired_lines, split_blocks
+from data_loaders.text_decoding import decode_file, plausibility  # noqa: F401  (plausibility: re-exported)
 from lab_utils.paths import find_data_file
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名耐心、专业的医学助手。请根据患者的描述给出通俗易懂的健康建议，"
     "说明可能的原因和注意事项；你的回答不能代替医生的诊断，病情严重或持续不缓解时，请建议患者及时就医。"
 )
-
-ENCODING_ORDER = ("utf-8", "utf-8-sig", "utf-16", "gb18030", "big5")  # the documented order
-LEGACY_ENCODINGS = ("gb18030", "big5")  # decode almost anything: need a plausibility check
-BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-MIN_PLAUSIBILITY = 0.6
-SCORE_CHARS = 200_000  # enough to judge a file; keeps scoring a big file fast
 
 COLUMN_ALIASES = {
     "department": ("department", "dept", "section", "科室", "部门", "科别", "就诊科室"),
@@ -102,14 +82,7 @@ COLUMN_ALIASES = {
 }
 REQUIRED_COLUMNS = ("ask", "answer")
 DELIMITERS = (",", "\t")
-
-# Magic numbers of files people pick by mistake: one clear line instead of a decode error.
-BINARY_SIGNATURES = (
-    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-    (b"PK\x03\x04", "a zip archive (xlsx files are zips too: export it as CSV)"),
-    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\xd0\xcf\x11\xe0", "an old Excel/Office file"),
-)
-
+LAYOUTS = ("auto", "csv", "paired_lines")
 
 @dataclass
 class MedicalCSV:
@@ -123,120 +96,15 @@ class MedicalCSV:
     report: SkipReport
     rows_read: int  # data records in the file (header not counted)
     encoding_scores: dict = field(default_factory=dict)  # candidate -> plausibility, or the decode error
+    layout: str = "csv"  # "csv" or "paired_lines" (then delimiter is "" and columns {})
 
     def summary(self) -> str:
-        delimiter = "tab" if self.delimiter == "\t" else repr(self.delimiter)
-        return (f"{self.path.name}: encoding {self.encoding}, delimiter {delimiter}, "
-                f"{self.rows_read} rows read; {self.report.summary()}")
-
-
-# ---------------------------------------------------------------- encoding
-
-def _legacy_chars(encoding: str, first: int, last: int) -> frozenset:
-    """The characters a double-byte codec stores at codes first..last (lead byte, trail byte)."""
-    chars = set()
-    for code in range(first, last + 1):
-        try:
-            chars.add(code.to_bytes(2, "big").decode(encoding))
-        except UnicodeDecodeError:  # unassigned code
-            pass
-    return frozenset(chars)
-
-
-# GB2312 level 1 (everyday simplified): 0xB0A1-0xD7F9. Big5 frequently used (traditional): 0xA440-0xC67E.
-GB2312_LEVEL1 = _legacy_chars("gb2312", 0xB0A1, 0xD7F9)
-BIG5_LEVEL1 = _legacy_chars("big5", 0xA440, 0xC67E)
-
-
-def _is_bad_char(ch: str) -> bool:
-    if ch in "\t\n\r":
-        return False
-    category = unicodedata.category(ch)
-    return ch in "\ufffd\ufeff" or category in ("Cc", "Co", "Cs")
-
-
-def _is_script_char(ch: str) -> bool:
-    code = ord(ch)
-    return (0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
-            or 0x370 <= code <= 0x4FF or 0x2500 <= code <= 0x257F or code >= 0x20000)
-
-
-def plausibility(text: str) -> float:
-    """How much `text` looks like real (Chinese or plain) text, 0..1; see the module docstring."""
-    sample = text[:SCORE_CHARS]
-    if not sample:
-        return 0.0
-    bad = sum(_is_bad_char(ch) for ch in sample)
-    cleanliness = max(0.0, 1.0 - 20.0 * bad / len(sample))
-    script = [ch for ch in sample if _is_script_char(ch)]
-    if not script:
-        return cleanliness
-    common_simplified = sum(ch in GB2312_LEVEL1 for ch in script)
-    common_traditional = sum(ch in BIG5_LEVEL1 for ch in script)
-    return cleanliness * max(common_simplified, common_traditional) / len(script)
-
-
-def _decode_error(exc: UnicodeDecodeError) -> str:
-    return f"invalid byte 0x{exc.object[exc.start]:02X} at byte offset {exc.start}"
-
-
-def decode_bytes(raw: bytes, path, encoding: str | None = None) -> tuple[str, str, dict]:
-    """Decode a file's bytes: returns (text, encoding, scores). See the module docstring."""
-    if encoding:
-        try:
-            return raw.decode(encoding), encoding, {}
-        except UnicodeDecodeError as exc:
-            raise data_error(path, f"not valid {encoding}: {_decode_error(exc)}; "
-                                   f"leave encoding unset to detect it") from None
-        except LookupError:
-            raise data_error(path, f"unknown encoding '{encoding}'") from None
-    for bom, name in BOMS:
-        if raw.startswith(bom):
-            try:
-                return raw.decode(name), name, {name: 1.0}
-            except UnicodeDecodeError as exc:
-                raise data_error(path, f"starts with a {name} byte-order mark but is not valid {name}: "
-                                       f"{_decode_error(exc)}") from None
-    scores, failures = {}, {}
-    try:
-        return raw.decode("utf-8"), "utf-8", {"utf-8": 1.0}
-    except UnicodeDecodeError as exc:
-        failures["utf-8"], scores["utf-8"] = exc, _decode_error(exc)
-    decoded = {}
-    for name in LEGACY_ENCODINGS:
-        try:
-            decoded[name] = raw.decode(name)
-            scores[name] = round(plausibility(decoded[name]), 3)
-        except UnicodeDecodeError as exc:
-            failures[name], scores[name] = exc, _decode_error(exc)
-    fitting = [name for name in decoded if scores[name] >= MIN_PLAUSIBILITY]
-    if fitting:
-        best = max(fitting, key=lambda name: scores[name])  # max keeps the first on a tie
-        return decoded[best], best, scores
-    raise data_error(path, _no_encoding_message(failures, decoded, scores))
-
-
-def _no_encoding_message(failures: dict, decoded: dict, scores: dict) -> str:
-    parts = []
-    if failures:
-        furthest = max(failures, key=lambda name: failures[name].start)  # the most plausible failure
-        parts.append(f"closest candidate {furthest} fails with {_decode_error(failures[furthest])}")
-    parts += [f"{name} decodes but does not look like text (plausibility {scores[name]:.2f} < {MIN_PLAUSIBILITY})"
-              for name in decoded]
-    return ("could not detect the encoding (tried " + ", ".join(ENCODING_ORDER) + "): " + "; ".join(parts)
-            + "; pass encoding= if you know it")
-
-
-def check_not_binary(raw: bytes, path, encoding: str | None = None) -> None:
-    for signature, what in BINARY_SIGNATURES:
-        if raw.startswith(signature):
-            raise data_error(path, f"this is {what}, not a CSV text file")
-    if not raw.strip():
-        raise data_error(path, "the file is empty; expected a CSV with a header row")
-    if b"\x00" in raw and not encoding and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        offset = raw.index(b"\x00")
-        raise data_error(path, f"holds NUL bytes (first at byte offset {offset}): a binary file, "
-                               f"or UTF-16 without a byte-order mark (pass encoding='utf-16-le')")
+        if self.layout == "paired_lines":
+            shape = f"paired lines, {self.rows_read} question/answer blocks read"
+        else:
+            delimiter = "tab" if self.delimiter == "\t" else repr(self.delimiter)
+            shape = f"delimiter {delimiter}, {self.rows_read} rows read"
+        return f"{self.path.name}: encoding {self.encoding}, {shape}; {self.report.summary()}"
 
 
 # ---------------------------------------------------------------- CSV structure
@@ -271,7 +139,8 @@ def detect_columns(headers: list, path, columns: dict | None = None) -> dict:
     if missing:
         wanted = "; ".join(f"'{role}' (one of: {', '.join(COLUMN_ALIASES[role])})" for role in missing)
         raise data_error(path, f"missing required column {wanted}; headers found: {headers}; "
-                               f"name them with columns={{'ask': ..., 'answer': ...}}")
+                               f"name them with columns={{'ask': ..., 'answer': ...}}, or pass format paired_lines for "
+                               f"question line / answer line blocks")
     return mapping
 
 
@@ -285,7 +154,8 @@ def read_records(text: str, delimiter: str, path) -> list:
     except csv.Error as exc:
         kind = "tab" if delimiter == "\t" else "comma"
         raise data_error(path, f"malformed CSV near line {reader.line_num} ({exc}); expected {kind}-separated "
-                               f"fields, text with quotes or line breaks inside double quotes",
+                               f"fields, text with quotes or line breaks inside double quotes (question line / answer line "
+                               f"blocks: pass format paired_lines)",
                          row=len(records) + 1) from None
     return records
 
@@ -328,21 +198,61 @@ def tokenizer_length(tokenizer):
     return lengths
 
 
+# ---------------------------------------------------------------- layout: CSV or paired lines
+
+def header_is_recognised(text: str, delimiter: str, columns: dict | None) -> bool:
+    """Whether the first line is a CSV header naming (at least) the ask and answer columns."""
+    first = next((line for line in text.lstrip("\ufeff").splitlines() if line.strip()), "")
+    headers = [h.strip() for h in next(csv.reader([first], delimiter=delimiter), [])]
+    if len(headers) < 2:
+        return False
+    try:
+        detect_columns(headers, None, columns)
+        return True
+    except DataError:
+        return False
+
+
+def choose_layout(text: str, layout: str, delimiter: str, columns: dict | None, path) -> str:
+    """"csv" or "paired_lines": as asked, else detected (a recognised CSV header wins)."""
+    if layout not in LAYOUTS:
+        raise data_error(path, f"format '{layout}' is unknown; expected one of {', '.join(LAYOUTS)}")
+    if layout != "auto":
+        return layout
+    if columns or header_is_recognised(text, delimiter, columns):
+        return "csv"
+    return "paired_lines" if looks_like_paired_lines(text) else "csv"
+
+
 # ---------------------------------------------------------------- the loader
 
 def load_medical_csv(path, encoding: str | None = None, columns: dict | None = None,
                      system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, min_len: int = 8,
-                     max_len: int = 2048, tokenizer=None, delimiter: str | None = None) -> MedicalCSV:
-    """Read a medical dialogue CSV into the chat-messages schema; see the module docstring.
+                     max_len: int = 2048, tokenizer=None, delimiter: str | None = None,
+                     layout: str = "auto") -> MedicalCSV:
+    """Read a medical dialogue CSV or paired-lines file into the chat-messages schema; see the module docstring.
 
     `path` is found with lab_utils.paths.find_data_file (relative to LAB_DATA_DIR,
     the bundled samples, or as given). `system_prompt=None` leaves the system message out.
+    `layout`: "auto" (detect), "csv" or "paired_lines".
     """
     path = find_data_file(str(path))
-    raw = path.read_bytes()
-    check_not_binary(raw, path, encoding)
-    text, encoding, scores = decode_bytes(raw, path, encoding)
+    text, encoding, scores = decode_file(path, encoding, expected="a CSV or paired-lines text file")
     delimiter = delimiter or sniff_delimiter(text)
+    layout = choose_layout(text, layout, delimiter, columns, path)
+    if layout == "paired_lines":
+        candidates, report, rows_read, mapping, delimiter = *_paired_candidates(text, path), {}, ""
+    else:
+        candidates, report, rows_read, mapping = _csv_candidates(text, delimiter, columns, path)
+    rows = _filter_candidates(candidates, report, min_len, max_len, tokenizer)
+    if not rows:
+        raise data_error(path, f"no usable rows: {report.summary()}")
+    dataset = _to_dataset(rows, system_prompt)
+    return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, rows_read, scores, layout)
+
+
+def _csv_candidates(text: str, delimiter: str, columns: dict | None, path):
+    """(candidates, SkipReport, data records read, column mapping) of a CSV file."""
     records = read_records(text, delimiter, path)
     if not records or not any(h.strip() for h in records[0]):
         raise data_error(path, "no header row; expected column names in the first line")
@@ -350,15 +260,6 @@ def load_medical_csv(path, encoding: str | None = None, columns: dict | None = N
     mapping = detect_columns(headers, path, columns)
     if len(records) < 2:
         raise data_error(path, f"has a header row ({headers}) but no data rows")
-    rows, report = _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer)
-    if not rows:
-        raise data_error(path, f"no usable rows: {report.summary()}")
-    dataset = _to_dataset(rows, system_prompt)
-    return MedicalCSV(dataset, path, encoding, delimiter, mapping, report, len(records) - 1, scores)
-
-
-def _rows_to_conversations(records, headers, mapping, path, min_len, max_len, tokenizer):
-    """Clean every record and filter it; returns (kept rows, SkipReport)."""
     report, candidates = SkipReport(), []
     index = {role: headers.index(header) for role, header in mapping.items()}
     for row_number, record in enumerate(records[1:], start=2):
@@ -375,31 +276,55 @@ def _rows_to_conversations(records, headers, mapping, path, min_len, max_len, to
         if not question or not values["answer"]:
             report.skip(source, row_number, "empty", "no question" if not question else "no answer")
             continue
-        candidates.append((row_number, source, values.get("department", ""), question, values["answer"]))
+        turns = (("user", question), ("assistant", values["answer"]))
+        candidates.append((row_number, source, values.get("department", ""), turns))
+    return candidates, report, len(records) - 1, mapping
+
+
+def _paired_candidates(text: str, path):
+    """(candidates, SkipReport, blocks read) of a paired-lines file; row = the block's first line."""
+    report, candidates = SkipReport(), []
+    blocks = split_blocks(text)
+    for line_number, lines in blocks:
+        source = f"{path.name}:{line_number}"
+        try:
+            turns = tuple((role, clean_text(content)) for role, content in block_turns(lines))
+        except UnpairedBlock as unpaired:
+            report.skip(source, line_number, "unpaired_lines", str(unpaired))
+            continue
+        if not all(content for _, content in turns):
+            report.skip(source, line_number, "empty", "a question or answer line is empty after cleaning")
+            continue
+        candidates.append((line_number, source, "", turns))
+    return candidates, report, len(blocks)
+
+
+def _filter_candidates(candidates, report, min_len, max_len, tokenizer) -> list:
+    """Drop (and report) conversations outside [min_len, max_len] and repeats; returns the kept ones."""
     lengths = (tokenizer_length(tokenizer) if tokenizer is not None else character_length)
-    question_lengths = lengths([c[3] for c in candidates])
-    answer_lengths = lengths([c[4] for c in candidates])
+    turn_lengths = iter(lengths([content for *_, turns in candidates for _, content in turns]))
     kept, first_seen = [], {}
-    for candidate, n_question, n_answer in zip(candidates, question_lengths, answer_lengths):
-        row_number, source, _, question, answer = candidate
-        total = n_question + n_answer
+    for candidate in candidates:
+        row_number, source, _, turns = candidate
+        total = sum(next(turn_lengths) for _ in turns)
         if total < min_len or (max_len is not None and total > max_len):
             reason = "too_short" if total < min_len else "too_long"
             report.skip(source, row_number, reason, f"length {total} outside [{min_len}, {max_len}]")
-        elif (question, answer) in first_seen:
-            report.skip(source, row_number, "duplicate", f"same conversation as row {first_seen[(question, answer)]}")
+        elif turns in first_seen:
+            report.skip(source, row_number, "duplicate", f"same conversation as row {first_seen[turns]}")
         else:
-            first_seen[(question, answer)] = row_number
+            first_seen[turns] = row_number
             kept.append(candidate)
     report.kept = len(kept)
-    return kept, report
+    return kept
 
 
 def _to_dataset(rows, system_prompt) -> Dataset:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return Dataset.from_dict({
-        "messages": [build_messages(question, answer, system_prompt) for _, _, _, question, answer in rows],
-        "source": [source for _, source, _, _, _ in rows],
-        "department": [department for _, _, department, _, _ in rows],
+        "messages": [system + [{"role": role, "content": content} for role, content in turns] for *_, turns in rows],
+        "source": [source for _, source, _, _ in rows],
+        "department": [department for _, _, department, _ in rows],
     })
 
 

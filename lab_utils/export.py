@@ -35,7 +35,6 @@ crashed export never looks finished, and nothing that exists is replaced unless
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -344,26 +343,7 @@ def quantize_gguf(src_gguf, out_path, qtype: str = "q4_k_m", overwrite: bool = F
 # ---------------------------------------------------------------------------
 # Ollama Modelfile: the chat template as a Go template, stop tokens, system prompt, sampling
 
-# A conversation rendered through the model's own Jinja template, to recognise its family
-# by what it produces rather than by how its Jinja source happens to be spelled.
-PROBE = [
-    {"role": "system", "content": "SYS"},
-    {"role": "user", "content": "U1"},
-    {"role": "assistant", "content": "A1"},
-    {"role": "user", "content": "U2"},
-]
-CHATML_RENDERING = (
-    "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nU1<|im_end|>\n"
-    "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n<|im_start|>assistant\n"
-)
-# Ollama puts the Modelfile's SYSTEM in .Messages as the first message when the request has
-# none, so ranging over .Messages reproduces the Jinja template's output message by message.
-CHATML_GO_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
-GO_TEMPLATES = {"chatml": CHATML_GO_TEMPLATE}
-STOP_TOKENS = {"chatml": ["<|im_end|>", "<|im_start|>"]}
+# The families' Go templates, their detection and the rendering check: lab_utils/chat_templates.py
 
 
 def _load_tokenizer(tokenizer_or_dir):
@@ -372,32 +352,6 @@ def _load_tokenizer(tokenizer_or_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tokenizer_or_dir))
-
-
-def _render(tokenizer, messages) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def chat_template_family(tokenizer) -> str:
-    """'chatml' when the tokenizer's Jinja template renders ChatML; a clear error otherwise."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ExportError("the tokenizer has no chat template; an Ollama Modelfile needs one to know how turns look")
-    if _render(tokenizer, PROBE) == CHATML_RENDERING:
-        return "chatml"
-    head = _render(tokenizer, PROBE)[:120].replace("\n", "\\n")
-    raise ExportError(
-        f"unknown chat template family (known: {sorted(GO_TEMPLATES)}); it renders a conversation as: {head!r}. "
-        "Add its Go template to lab_utils.export.GO_TEMPLATES"
-    )
-
-
-def default_system_prompt(tokenizer, family: str) -> str | None:
-    """The system prompt the Jinja template inserts when a conversation has none (SmolLM2, Qwen do)."""
-    rendered = _render(tokenizer, [{"role": "user", "content": "U1"}])
-    if family == "chatml":
-        found = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, flags=re.S)
-        return found.group(1) if found else None
-    return None
 
 
 def _modelfile_text(text: str, what: str) -> str:
@@ -414,22 +368,31 @@ def write_modelfile(
     top_p: float = 0.9,
     num_ctx: int = 2048,
     overwrite: bool = False,
+    template: str = "",
 ) -> Path:
     """Write `Modelfile` next to the GGUF, for `ollama create NAME -f Modelfile`.
 
-    Without a system prompt the template's built-in one is used, so Ollama answers the
-    way `apply_chat_template` + generate did.
+    The chat template is chosen from the tokenizer (chatml, llama3, gemma, mistral) and
+    checked to render like the tokenizer's own; `template` forces a family or names a
+    file holding an Ollama Go template (lab_utils/chat_templates.py). Without a system
+    prompt the template's built-in one is used, so Ollama answers the way
+    `apply_chat_template` + generate did.
     """
+    from lab_utils.chat_templates import ChatTemplateError, choose_template, default_system_prompt
+
     gguf_path = Path(gguf_path)
     if not gguf_path.exists():
         raise ExportError(f"GGUF '{gguf_path}' not found; the Modelfile must point at an existing file")
     tokenizer = _load_tokenizer(tokenizer_or_dir)
-    family = chat_template_family(tokenizer)
+    try:
+        family, go_template, family_stops = choose_template(tokenizer, template)
+    except ChatTemplateError as err:
+        raise ExportError(str(err)) from None
     system = system_prompt or default_system_prompt(tokenizer, family)
-    stops = list(STOP_TOKENS[family])
+    stops = list(family_stops)
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
-    lines = [f"FROM ./{gguf_path.name}", "", f'TEMPLATE """{GO_TEMPLATES[family]}"""', ""]
+    lines = [f"FROM ./{gguf_path.name}", "", f'TEMPLATE """{_modelfile_text(go_template, "template")}"""', ""]
     lines += [f'PARAMETER stop "{token}"' for token in stops]
     lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_p {top_p}", f"PARAMETER num_ctx {num_ctx}"]
     if system:

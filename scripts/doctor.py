@@ -4,7 +4,8 @@
     python -m scripts.doctor --env env/autodl.env  # as it will be after `source env/autodl.env`
 
 Prints every path the lab resolves (and whether it is writable), free disk,
-the training backend and why, the GPU, pinned versions (requirements.txt) against
+the training backend and why, the GPU, which model hub (Hugging Face, ModelScope)
+answers within a few seconds, pinned versions (requirements.txt) against
 the installed ones, and which optional extras are present. Each problem comes
 with the fix. Exit status 1 when something blocks a run (an output folder that
 can't be written, a core package missing, a forced backend that can't work), 0
@@ -21,6 +22,9 @@ import os
 import re
 import shutil
 import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
     "llama_cpp": "run exported GGUF files locally (pip install llama-cpp-python)",
     "pyspark": "the ALS notebook's Spark comparison (pip install -r requirements-spark.txt, Java 17+)",
 }
+HUB_TIMEOUT_S = 3  # a reachable hub answers in well under a second; an offline box must not wait long
 LOW_DISK_GB = 20  # a 1.5B model, its checkpoints and the hub cache fit in this with room
 BLOCKING_DISK_GB = 1
 
@@ -193,8 +198,57 @@ def check_extras() -> list[Check]:
                   + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
 
 
+def hub_endpoints() -> dict:
+    """hub -> the URL its client talks to (HF_ENDPOINT for mirrors such as hf-mirror.com, MODELSCOPE_DOMAIN)."""
+    modelscope = os.environ.get("MODELSCOPE_DOMAIN") or "www.modelscope.cn"
+    return {"huggingface": os.environ.get("HF_ENDPOINT") or "https://huggingface.co",
+            "modelscope": modelscope if "://" in modelscope else f"https://{modelscope}"}
+
+
+def probe(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """None when the server answers (any HTTP status), else why not, in a few words."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError:
+        return None  # it answered: reachable
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return str(getattr(err, "reason", err))[:120]
+
+
+def check_hubs() -> list[Check]:
+    """Which model hub this box reaches (never blocking: an offline box runs from its caches)."""
+    from lab_utils.models import ModelNotFound, default_hub, hub_offline
+
+    try:
+        selected = default_hub()
+    except ModelNotFound as err:
+        return [Check(FAIL, "hubs", str(err), "export LAB_MODEL_HUB=huggingface or modelscope")]
+    offline = hub_offline()
+    if offline:
+        return [Check(OK, "hubs", f"{offline}=1: no downloads; models load from $LAB_MODELS_DIR / $HF_HOME caches "
+                                  f"(bare ids from {selected})")]
+    endpoints = hub_endpoints()
+    with ThreadPoolExecutor(len(endpoints)) as pool:  # both probes at once: at most one timeout of waiting
+        failures = dict(zip(endpoints, pool.map(probe, endpoints.values())))
+    checks = []
+    for hub, url in endpoints.items():
+        mark = " (LAB_MODEL_HUB)" if hub == selected else ""
+        if failures[hub] is None:
+            checks.append(Check(OK, "hubs", f"{hub:<12} reachable at {url}{mark}"))
+        else:
+            other = next(h for h in endpoints if h != hub)
+            fix = ""
+            if hub == selected:
+                fix = (f"export LAB_MODEL_HUB={other} (it answers)" if failures[other] is None else
+                       "no hub answers: use models already in $LAB_MODELS_DIR / $HF_HOME (export LAB_OFFLINE=1)")
+            checks.append(Check(WARN, "hubs", f"{hub:<12} NOT reachable at {url}{mark}: {failures[hub]}", fix))
+    return checks
+
+
 def diagnose(requirements: Path) -> list[Check]:
-    return check_paths() + check_disk() + check_backend() + check_gpu() + check_versions(requirements) + check_extras()
+    return (check_paths() + check_disk() + check_backend() + check_gpu() + check_hubs() + check_versions(requirements)
+            + check_extras())
 
 
 def print_report(checks: list[Check], verbose: bool) -> None:

@@ -36,6 +36,7 @@ class Params:
     dtype: str = "float16"  # merged weights: float16 | bfloat16 | float32
     serve_format: str = "gguf-q8_0"  # the GGUF the Modelfile points at
     system_prompt: str = ""  # Modelfile SYSTEM; default: the run's own system_prompt, else the template's
+    template: str = ""  # Modelfile chat template: "" = from the tokenizer (chatml, llama3, gemma, mistral), a family name, or a Go template file
     temperature: float = 0.7
     top_p: float = 0.9
     num_ctx: int = 2048
@@ -110,7 +111,8 @@ def run(p: Params) -> dict:
     ggufs = write_ggufs(p, formats, merged, out, name, report) if merged else {}
     if "modelfile" in formats:
         system = p.system_prompt or trained.system_prompt
-        settings = dict(temperature=p.temperature, top_p=p.top_p, num_ctx=p.num_ctx, overwrite=p.overwrite)
+        settings = dict(temperature=p.temperature, top_p=p.top_p, num_ctx=p.num_ctx, overwrite=p.overwrite,
+                        template=p.template)
         timed(report, "modelfile", export.write_modelfile, ggufs[p.serve_format.removeprefix("gguf-")], merged, system, **settings)
     summary = {"source_run": str(run_path), "base_model": trained.base_model, "artifacts": report, "params": asdict(p)}
     (out / "export.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

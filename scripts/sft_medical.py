@@ -4,7 +4,8 @@
     LAB_DATA_DIR=../shared/data python -m scripts.sft_medical --config configs/sft_medical_gpu.yaml
     papermill notebooks/sft_medical.ipynb out.ipynb -f configs/sft_medical.yaml
 
-The CSV's encoding (UTF-8, UTF-8-BOM, UTF-16, GBK/GB18030, Big5), delimiter and
+The file's encoding (UTF-8, UTF-8-BOM, UTF-16, GBK/GB18030, Big5), its layout (CSV,
+or paired lines: question line, answer line, blank line; `format`), delimiter and
 columns are detected (data_loaders/medical_csv.py); rows are cleaned and every
 dropped row is reported. The data is read *before* the run folder is created,
 so a bad file leaves nothing behind. Each run writes to
@@ -33,6 +34,7 @@ class Params(LoraSFTParams):
     # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
     data_file: str = "medical/dialogues_gbk.csv"  # under LAB_DATA_DIR or data/samples/
     encoding: str = ""  # "" = detect (utf-8, utf-8-sig, utf-16, gb18030, big5); or force one
+    format: str = "auto"  # auto | csv | paired_lines (question line, answer line, blank line between blocks)
     columns: dict = field(default_factory=dict)  # {"ask": "患者提问", "answer": "医生回复"} when headers are unusual
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     min_length: int = 8  # characters of question + answer; shorter rows are dropped and reported
@@ -51,7 +53,7 @@ class Params(LoraSFTParams):
 
 def load_data(p: Params):
     """Read and clean the CSV (no run folder yet: bad input leaves nothing behind)."""
-    data = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None,
+    data = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
                             system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
     print(f"[lab] {data.summary()}")
     return data
@@ -109,7 +111,8 @@ def run(p: Params) -> dict:
 
 
 def encoding_report(data) -> dict:
-    return {"file": data.path.name, "encoding": data.encoding, "delimiter": "tab" if data.delimiter == "\t" else data.delimiter,
+    return {"file": data.path.name, "encoding": data.encoding, "format": data.layout,
+            "delimiter": "tab" if data.delimiter == "\t" else data.delimiter,
             "columns": data.columns, "rows_read": data.rows_read, "rows_kept": data.report.kept,
             "rows_skipped": data.report.counts()}
 

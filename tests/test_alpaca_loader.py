@@ -76,7 +76,7 @@ def test_invalid_json_line_names_file_and_row(tmp_path):
 
 def test_empty_file_and_no_usable_rows(tmp_path):
     (tmp_path / "empty.json").write_text("  \n")
-    with pytest.raises(DataError, match="empty.json: file is empty"):
+    with pytest.raises(DataError, match="empty.json: the file is empty"):
         load_chat_file(str(tmp_path / "empty.json"))
     write_jsonl(tmp_path / "useless.jsonl", [{"instruction": "x"}])
     with pytest.raises(DataError, match="no usable rows"):

@@ -73,3 +73,40 @@ def test_doctor_names_the_gpu_and_its_memory(capsys):
     props = torch.cuda.get_device_properties(0)
     assert f"cuda:0 {props.name}, {props.total_memory / 2**30:.1f} GB" in out
     assert "on cuda" in out
+
+
+@pytest.fixture
+def local_hub():
+    """A real HTTP server on localhost standing in for a reachable hub."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_hubs_report_which_one_answers_and_never_block(local_hub, monkeypatch):
+    import time
+
+    for variable in ("LAB_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port: refused at once
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", local_hub)
+    monkeypatch.setenv("LAB_MODEL_HUB", "huggingface")
+    start = time.perf_counter()
+    checks = {c.message.split()[0]: c for c in doctor.check_hubs()}
+    assert time.perf_counter() - start < doctor.HUB_TIMEOUT_S + 2
+    assert checks["modelscope"].level == doctor.OK and "reachable at " + local_hub in checks["modelscope"].message
+    assert checks["huggingface"].level == doctor.WARN and "NOT reachable" in checks["huggingface"].message
+    assert checks["huggingface"].fix == "export LAB_MODEL_HUB=modelscope (it answers)"
+
+
+def test_hubs_offline_flag_skips_the_probes(monkeypatch):
+    monkeypatch.setenv("LAB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1")  # would hang for the whole timeout if probed
+    (check,) = doctor.check_hubs()
+    assert check.level == doctor.OK and check.message.startswith("LAB_OFFLINE=1: no downloads")

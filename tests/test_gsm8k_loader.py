@@ -161,10 +161,12 @@ def test_unusable_files_raise_one_clear_error(tmp_path, content, message):
     assert str(info.value).startswith("bad.jsonl") and "\n" not in str(info.value)
 
 
-def test_non_utf8_file_raises_data_error(tmp_path):
+def test_gbk_file_is_decoded_and_undecodable_one_raises_data_error(tmp_path):
     path = tmp_path / "gbk.jsonl"
     path.write_bytes(json.dumps({"question": "小明有几个苹果？", "answer": "#### 3"}, ensure_ascii=False).encode("gbk"))
-    with pytest.raises(DataError, match="not UTF-8"):
+    assert load_gsm8k(str(path))["prompt"][0][-1]["content"] == "小明有几个苹果？"
+    path.write_bytes(json.dumps({"question": "りんごはいくつ？", "answer": "#### 3"}, ensure_ascii=False).encode("shift_jis"))
+    with pytest.raises(DataError, match=r"gbk\.jsonl: could not detect the encoding"):
         load_gsm8k(str(path))
 
 
