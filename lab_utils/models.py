@@ -38,7 +38,7 @@ REGISTRY = {
     "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct"),
     "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct"),
     "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision"),
-    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision), CPU tests/demo"),
+    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision_model), CPU tests/demo"),
 }
 
 # Attention projections per architecture family; MLP projections are added with include_mlp.
@@ -131,7 +131,7 @@ def resolve_model(name: str) -> str:
     spec = REGISTRY.get(name)
     if spec is not None:
         if spec.source == "tiny-vision":
-            from lab_utils.vision import ensure_tiny_vision_model  # lazy: vision imports this module
+            from lab_utils.vision_model import ensure_tiny_vision_model  # lazy: vision_model imports this module
 
             return str(ensure_tiny_vision_model())
         return str(ensure_embedded_model()) if spec.source == "embedded" else spec.source

@@ -83,7 +83,7 @@ def write_sheet(path, rows):
 def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
     write_sheet(tmp_path / "broken.xlsx", [["missing_1.png", "Reading?", "00123"], ["", "Reading?", "00456"],
-                                           [str(REPO_ROOT / "data/samples/vision/images/meter_01.png"), "Reading?", None]])
+                                           [str(REPO_ROOT / "data/samples/vision/images/digit_001.png"), "Reading?", None]])
     with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet' has no usable rows \(kept 0 rows, skipped 3"):
         sft_vision.run(sft_vision.Params(**TINY, sheet="broken.xlsx", run_name="broken"))
     assert not (output_dir() / "sft_vision" / "broken").exists()

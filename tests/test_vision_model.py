@@ -7,20 +7,11 @@ from data_loaders.excel_vision import load_excel_vision
 from data_loaders.vision_samples import PATH_SHEET, SAMPLE_DIR
 from lab_utils.backend import Backend
 from lab_utils.models import REGISTRY, resolve_model
-from lab_utils.vision import (
-    IGNORE_INDEX,
-    VisionSFTCollator,
-    add_vision_lora,
-    build_tiny_vision_model,
-    char_accuracy,
-    ensure_tiny_vision_model,
-    generate_answers,
-    load_vision_model,
-    load_vision_model_unsloth,
-    score_answers,
-    vision_lora_target_regex,
-    vision_sft_config,
-)
+from lab_utils.vision_answers import char_accuracy, generate_answers, score_answers
+from lab_utils.vision_collator import IGNORE_INDEX, VisionSFTCollator, make_vision_collator, vision_sft_config
+from lab_utils.vision_lora import add_vision_lora, vision_lora_target_regex
+from lab_utils.vision_model import (build_tiny_vision_model, ensure_tiny_vision_model, load_vision_model,
+                                    load_vision_model_unsloth)
 
 HF_CPU = Backend("hf", "test", "cpu")
 
@@ -48,7 +39,7 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     config = first.config.text_config
     assert sum(config.rope_parameters["mrope_section"]) == config.hidden_size // config.num_attention_heads // 2
-    monkeypatch.setattr("lab_utils.vision.tiny_vision_dir", lambda: tmp_path / "tiny")
+    monkeypatch.setattr("lab_utils.vision_model.tiny_vision_dir", lambda: tmp_path / "tiny")
     folder = ensure_tiny_vision_model()
     assert (folder / "model.safetensors").exists() and not (folder.parent / "tiny.partial").exists()
     loaded, loaded_processor = load_vision_model(str(folder), backend=HF_CPU)
@@ -163,7 +154,6 @@ def test_unsloth_path_says_clearly_it_needs_a_gpu():
 def test_unsloth_vision_sft_on_qwen25_vl(tmp_path, rows):
     """Real Qwen2.5-VL-3B through Unsloth: 4-bit load, LoRA on both towers, 2 SFT steps, an answer."""
     from lab_utils.backend import get_backend, import_unsloth
-    from lab_utils.vision import make_vision_collator
 
     backend = get_backend("unsloth")
     import_unsloth()  # before trl: unsloth patches the trainer classes when it is imported
