@@ -5,8 +5,8 @@
     papermill notebooks/sft_vision.ipynb out.ipynb -f configs/sft_vision.yaml
 
 Defaults are the CPU demo: the tiny random Qwen2.5-VL (`tiny-qwen2.5-vl`, built in code, no
-download) learns to name the large digit in each picture of the bundled sheet, from scratch,
-in a couple of minutes on two cores. The
+download) trains from scratch on the bundled sheet of one large digit per picture: in 150
+steps it learns the answer's form (a digit, then stop), not yet which digit (see the notebook). The
 same Params on configs/sft_vision_gpu.yaml train unsloth/Qwen2.5-VL-3B-Instruct in 4 bit with
 Unsloth. Each run writes to $LAB_OUTPUT_DIR/sft_vision/<run_name>/:
 adapter/ (LoRA + processor), checkpoints/, tensorboard/, params.json, metrics.json,
