@@ -1,15 +1,18 @@
-"""The bundled vision sample: rendered meter readings, as the two kinds of sheet users keep.
+"""The bundled vision sample: one large rendered digit per picture, as the two kinds of sheet users keep.
 
     make_sample_sheets(folder)  writes, deterministically for a given seed,
-        folder/images/meter_NN.png        small (112x48) renders of a 5-digit meter display
-        folder/meter_readings.xlsx        English headers: image (relative path) | question | answer
-        folder/meter_readings_embedded.xlsx
-                                          Chinese headers: 图片 (pictures pasted into the cells) | 读数
+        folder/images/digit_NNN.png     56x56 renders of one dark digit on light paper (tint, size, place vary)
+        folder/digits.xlsx              English headers: image (relative path) | question | answer
+        folder/digits_embedded.xlsx     Chinese headers: 图片 (pictures pasted into the cells) | 答案
+
+Why this toy: the CPU demo trains a *random* tiny Qwen2.5-VL from scratch, so the task has
+to be learnable in a few hundred steps on two cores. A 56x56 picture is 4 vision tokens
+(one 28x28 merged patch each), a single digit has 10 answers (chance = 0.1), and a few
+hundred rows are enough to learn them, with held-out renders the model has never seen.
 
 data/samples/vision/ holds the committed output of `make_sample_sheets()` with the
 defaults; tests and the demo can rebuild it anywhere (e.g. a tmp folder) with the same
-call. The readings are zero-padded strings (odometers show leading zeros), stored as text
-in the sheets so nothing turns "00931" into 931.
+call. Answers are stored as text cells.
 """
 
 import random
@@ -22,87 +25,93 @@ from PIL import Image, ImageDraw, ImageFont
 from lab_utils.paths import SAMPLES_DIR
 
 SAMPLE_DIR = SAMPLES_DIR / "vision"
-PATH_SHEET = "meter_readings.xlsx"
-EMBEDDED_SHEET = "meter_readings_embedded.xlsx"
-IMAGE_SIZE = (112, 48)
+PATH_SHEET = "digits.xlsx"
+EMBEDDED_SHEET = "digits_embedded.xlsx"
+IMAGE_SIDE = 56  # pixels: 2x2 merged patches of 28 px = 4 vision tokens for the tiny model
 QUESTIONS = [
-    "What is the reading shown on this meter?",
-    "Read the meter. Answer with the digits only.",
-    "Which number does the display show?",
+    "Which digit is shown?",
+    "Read the digit. Answer with the digit only.",
+    "What number is in this picture?",
 ]
 
 
-def render_meter_image(reading: str, rng: random.Random, size=IMAGE_SIZE) -> Image.Image:
-    """A dark meter display with light digits; small jitter in colour and position per image."""
-    background = tuple(rng.randint(10, 60) for _ in range(3))
-    ink = (rng.randint(200, 255), rng.randint(180, 255), rng.randint(60, 160))
-    image = Image.new("RGB", size, background)
+def render_digit_image(digit: str, rng: random.Random, side: int = IMAGE_SIDE) -> Image.Image:
+    """One dark digit filling most of a light square; paper and ink tint, size and place vary a little.
+
+    Deliberately easy (one font, upright, nearly centred): a random model has to learn it from
+    a few hundred pictures in minutes. Flipped colours, slants and big shifts made it need
+    thousands of steps.
+    """
+    paper = tuple(rng.randint(200, 255) for _ in range(3))
+    ink = tuple(rng.randint(0, 70) for _ in range(3))
+    image = Image.new("RGB", (side, side), paper)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=28)
-    left, top, right, bottom = draw.textbbox((0, 0), reading, font=font)
-    x = (size[0] - (right - left)) // 2 - left + rng.randint(-3, 3)
-    y = (size[1] - (bottom - top)) // 2 - top + rng.randint(-2, 2)
-    draw.rectangle([2, 2, size[0] - 3, size[1] - 3], outline=(120, 120, 120), width=2)  # the meter's bezel
-    draw.text((x, y), reading, fill=ink, font=font)
+    font = ImageFont.load_default(size=int(side * rng.uniform(0.76, 0.84)))
+    left, top, right, bottom = draw.textbbox((0, 0), digit, font=font)
+    x = (side - (right - left)) // 2 - left + rng.randint(-2, 2)
+    y = (side - (bottom - top)) // 2 - top + rng.randint(-2, 2)
+    draw.text((x, y), digit, fill=ink, font=font)
     return image
 
 
-def sample_readings(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [f"{rng.randint(0, 99999):05d}" for _ in range(count)]
+def sample_digits(count: int, seed: int) -> list[str]:
+    """`count` digits, each of 0-9 equally often (then shuffled): chance stays exactly 0.1."""
+    digits = [str(i % 10) for i in range(count)]
+    random.Random(seed).shuffle(digits)
+    return digits
 
 
-def write_images(folder: Path, readings: list[str], seed: int) -> list[Path]:
+def write_images(folder: Path, digits: list[str], seed: int) -> list[Path]:
     rng = random.Random(seed + 1)
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, reading in enumerate(readings, start=1):
-        path = images_dir / f"meter_{index:02d}.png"
-        render_meter_image(reading, rng).save(path, optimize=True)
+    for index, digit in enumerate(digits, start=1):
+        path = images_dir / f"digit_{index:03d}.png"
+        render_digit_image(digit, rng).save(path, optimize=True)
         paths.append(path)
     return paths
 
 
-def write_path_sheet(path: Path, image_paths: list[Path], readings: list[str]) -> Path:
-    """Sheet 'readings': image (path relative to the sheet) | question | answer (text)."""
+def write_path_sheet(path: Path, image_paths: list[Path], digits: list[str]) -> Path:
+    """Sheet 'digits': image (path relative to the sheet) | question | answer (text)."""
     workbook = Workbook()
     ws = workbook.active
-    ws.title = "readings"
+    ws.title = "digits"
     ws.append(["image", "question", "answer"])
-    for index, (image_path, reading) in enumerate(zip(image_paths, readings)):
-        ws.append([image_path.relative_to(path.parent).as_posix(), QUESTIONS[index % len(QUESTIONS)], reading])
-        ws.cell(ws.max_row, 3).number_format = "@"  # text, so leading zeros stay
+    for index, (image_path, digit) in enumerate(zip(image_paths, digits)):
+        ws.append([image_path.relative_to(path.parent).as_posix(), QUESTIONS[index % len(QUESTIONS)], digit])
+        ws.cell(ws.max_row, 3).number_format = "@"  # text: the answer is what was written, not a number
     ws.column_dimensions["A"].width = 24
     ws.column_dimensions["B"].width = 44
     workbook.save(path)
     return path
 
 
-def write_embedded_sheet(path: Path, image_paths: list[Path], readings: list[str]) -> Path:
-    """Sheet '读数': pictures pasted into column A (one per row) | 读数 (text)."""
+def write_embedded_sheet(path: Path, image_paths: list[Path], digits: list[str]) -> Path:
+    """Sheet '数字': pictures pasted into column A (one per row) | 答案 (text)."""
     workbook = Workbook()
     ws = workbook.active
-    ws.title = "读数"
-    ws.append(["图片", "读数"])
-    ws.column_dimensions["A"].width = 18
-    for row, (image_path, reading) in enumerate(zip(image_paths, readings), start=2):
-        ws.cell(row, 2, reading).number_format = "@"
-        ws.row_dimensions[row].height = 40  # points; the picture's top-left is what ties it to the row
+    ws.title = "数字"
+    ws.append(["图片", "答案"])
+    ws.column_dimensions["A"].width = 10
+    for row, (image_path, digit) in enumerate(zip(image_paths, digits), start=2):
+        ws.cell(row, 2, digit).number_format = "@"
+        ws.row_dimensions[row].height = 44  # points; the picture's top-left is what ties it to the row
         ws.add_image(SheetImage(str(image_path)), f"A{row}")
     workbook.save(path)
     return path
 
 
-def make_sample_sheets(folder=None, count: int = 24, embedded_count: int = 12, seed: int = 0) -> dict:
+def make_sample_sheets(folder=None, count: int = 300, embedded_count: int = 40, seed: int = 0) -> dict:
     """Write the sample images and both sheets into `folder` (default data/samples/vision)."""
     folder = Path(folder) if folder is not None else SAMPLE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    readings = sample_readings(count, seed)
-    image_paths = write_images(folder, readings, seed)
+    digits = sample_digits(count, seed)
+    image_paths = write_images(folder, digits, seed)
     return {
-        "path_sheet": write_path_sheet(folder / PATH_SHEET, image_paths, readings),
-        "embedded_sheet": write_embedded_sheet(folder / EMBEDDED_SHEET, image_paths[:embedded_count], readings[:embedded_count]),
+        "path_sheet": write_path_sheet(folder / PATH_SHEET, image_paths, digits),
+        "embedded_sheet": write_embedded_sheet(folder / EMBEDDED_SHEET, image_paths[:embedded_count], digits[:embedded_count]),
         "images": image_paths,
-        "readings": readings,
+        "digits": digits,
     }

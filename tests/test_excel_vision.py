@@ -37,17 +37,21 @@ def test_bundled_samples_load_and_match_the_generator(tmp_path):
     path_ds, path_report = load_excel_vision(str(SAMPLE_DIR / PATH_SHEET))
     embedded_ds, embedded_report = load_excel_vision(str(SAMPLE_DIR / EMBEDDED_SHEET))
     rebuilt = make_sample_sheets(tmp_path / "rebuilt")
-    assert len(path_ds) == 24 and len(embedded_ds) == 12
+    assert len(path_ds) == 300 and len(embedded_ds) == 40
     assert path_report.skipped == [] and embedded_report.skipped == []
-    assert list(path_ds["answer"]) == rebuilt["readings"]  # committed files == what the generator writes
-    assert list(embedded_ds["answer"]) == rebuilt["readings"][:12]
+    assert list(path_ds["answer"]) == rebuilt["digits"]  # committed files == what the generator writes
+    assert list(embedded_ds["answer"]) == rebuilt["digits"][:40]
+    assert sorted(set(path_ds["answer"])) == list("0123456789")
+    assert all(path_ds["answer"].count(d) == 30 for d in "0123456789")  # balanced: chance is exactly 0.1
     first = path_ds[0]
-    assert first["source"] == "meter_readings.xlsx:readings:row 2"
+    assert first["source"] == "digits.xlsx:digits:row 2"
     assert first["messages"][0]["content"][0]["type"] == "image"
     assert first["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": first["answer"]}]}
-    assert first["images"][0].mode == "RGB" and first["images"][0].size == (112, 48)
+    assert first["images"][0].mode == "RGB" and first["images"][0].size == (56, 56)
+    rebuilt_first = Image.open(rebuilt["images"][0]).convert("RGB")
+    assert list(rebuilt_first.getdata()) == list(first["images"][0].getdata())
     # the embedded picture in row 2 is the same rendered image as the file in row 2
-    assert embedded_ds[0]["image_ref"] == "picture at A2"
+    assert embedded_ds[0]["image_ref"] == "picture at A2" and embedded_ds[0]["source"] == "digits_embedded.xlsx:数字:row 2"
     assert list(embedded_ds[0]["images"][0].getdata()) == list(first["images"][0].getdata())
 
 

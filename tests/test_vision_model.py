@@ -1,5 +1,7 @@
 """The tiny Qwen2.5-VL, its processor, the answer-only collator, LoRA switches, training, scoring."""
 
+import json
+
 import pytest
 import torch
 
@@ -7,20 +9,11 @@ from data_loaders.excel_vision import load_excel_vision
 from data_loaders.vision_samples import PATH_SHEET, SAMPLE_DIR
 from lab_utils.backend import Backend
 from lab_utils.models import REGISTRY, resolve_model
-from lab_utils.vision import (
-    IGNORE_INDEX,
-    VisionSFTCollator,
-    add_vision_lora,
-    build_tiny_vision_model,
-    char_accuracy,
-    ensure_tiny_vision_model,
-    generate_answers,
-    load_vision_model,
-    load_vision_model_unsloth,
-    score_answers,
-    vision_lora_target_regex,
-    vision_sft_config,
-)
+from lab_utils.vision_answers import char_accuracy, generate_answers, score_answers
+from lab_utils.vision_collator import IGNORE_INDEX, VisionSFTCollator, make_vision_collator, vision_sft_config
+from lab_utils.vision_lora import add_vision_lora, vision_lora_target_regex
+from lab_utils.vision_model import (TINY_RECIPE_FILE, build_tiny_vision_model, ensure_tiny_vision_model,
+                                    load_vision_model, load_vision_model_unsloth, tiny_recipe)
 
 HF_CPU = Backend("hf", "test", "cpu")
 
@@ -48,9 +41,14 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     config = first.config.text_config
     assert sum(config.rope_parameters["mrope_section"]) == config.hidden_size // config.num_attention_heads // 2
-    monkeypatch.setattr("lab_utils.vision.tiny_vision_dir", lambda: tmp_path / "tiny")
+    monkeypatch.setattr("lab_utils.vision_model.tiny_vision_dir", lambda: tmp_path / "tiny")
     folder = ensure_tiny_vision_model()
     assert (folder / "model.safetensors").exists() and not (folder.parent / "tiny.partial").exists()
+    built_at = (folder / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_vision_model() == folder and (folder / "model.safetensors").stat().st_mtime_ns == built_at
+    (folder / TINY_RECIPE_FILE).write_text(json.dumps({"seed": 0, "init_std": 0.02}))  # built by an older lab
+    ensure_tiny_vision_model()
+    assert json.loads((folder / TINY_RECIPE_FILE).read_text()) == tiny_recipe(0)
     loaded, loaded_processor = load_vision_model(str(folder), backend=HF_CPU)
     batch = VisionSFTCollator(loaded_processor)(rows[:2])
     first.eval(), loaded.eval()
@@ -104,6 +102,11 @@ def test_lora_switches_choose_vision_or_language_modules():
     assert names and all("visual.blocks" in n and (".attn.qkv." in n or ".attn.proj." in n) for n in names)
     with pytest.raises(ValueError, match="nothing to train"):
         vision_lora_target_regex(finetune_vision_layers=False, finetune_language_layers=False)
+    model, _ = build_tiny_vision_model(seed=0)
+    with_head = add_vision_lora(model, backend=HF_CPU, r=4, finetune_vision_layers=False, modules_to_save=["lm_head"])
+    fully_trained = [n for n in trainable_names(with_head) if "lora_" not in n]
+    assert fully_trained and all("lm_head" in n for n in fully_trained)
+    assert not with_head.get_input_embeddings().weight.requires_grad  # untied: the input embedding stays frozen
 
 
 @pytest.mark.slow
@@ -163,7 +166,6 @@ def test_unsloth_path_says_clearly_it_needs_a_gpu():
 def test_unsloth_vision_sft_on_qwen25_vl(tmp_path, rows):
     """Real Qwen2.5-VL-3B through Unsloth: 4-bit load, LoRA on both towers, 2 SFT steps, an answer."""
     from lab_utils.backend import get_backend, import_unsloth
-    from lab_utils.vision import make_vision_collator
 
     backend = get_backend("unsloth")
     import_unsloth()  # before trl: unsloth patches the trainer classes when it is imported
