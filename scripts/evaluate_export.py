@@ -22,7 +22,7 @@ from lab_utils import plots
 from lab_utils.adapters import finished_sft_runs
 from lab_utils.artifacts import read_json, setup_logging, write_json
 from lab_utils.chat import generate, render
-from lab_utils.config import parse_args
+from lab_utils.config import run_cli
 from lab_utils.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
 from lab_utils.export import ExportError, locate_adapter
 from lab_utils.paths import mark_complete, output_dir, run_dir
@@ -138,10 +138,7 @@ def run(p: Params) -> dict:
 
 def main(argv=None):
     setup_logging()
-    try:
-        result = run(parse_args(Params, argv, description=__doc__))
-    except (ExportError, FileExistsError) as err:
-        raise SystemExit(f"evaluate_export: {err}") from None
+    result = run_cli(run, Params, argv, description=__doc__)
     print(result["table"].to_string(index=False))
     m = result["metrics"]
     print(f"perplexity base {m['perplexity_base']:.2f} -> tuned {m['perplexity_tuned']:.2f}; "
