@@ -382,8 +382,13 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
     assert (expected - base_logits).abs().max() > 1e-3  # the adapter really changes the answer
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
-    half = export.merge_adapter(run, tmp_path / "merged16", dtype="float16")
+    from scripts import export as cli  # the same merge from the command line, 16-bit
+
+    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16", "--out_dir", str(tmp_path / "cli")])
+    half = tmp_path / "cli" / "merged"
+    assert [a["artifact"] for a in result["artifacts"]] == ["merged"] and (tmp_path / "cli" / "run_complete.json").exists()
     assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
     assert AutoModelForImageTextToText.from_pretrained(half).dtype == torch.float16
+    assert load_vision_processor(str(half)).image_processor is not None
     with pytest.raises(export.ExportError, match="already exists"):
         export.merge_adapter(run, half)
