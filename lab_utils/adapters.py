@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.lowrank import lora_scale
-from lab_utils.paths import LabPathError, is_complete, output_dir
+from lab_utils.paths import COMPLETE_MARKER, LabPathError, is_complete, output_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -38,16 +38,28 @@ class LoraAdapter:
         return int(self.config["r"])
 
 
-def is_adapter_folder(path) -> bool:
+def adapter_folder_problem(path) -> str | None:
+    """Why `path` is not a usable LoRA adapter folder (config + safetensors weights), or None when it is.
+
+    The one rule every reader of adapters (export, the LoRA lesson, evaluation) applies.
+    """
     path = Path(path)
-    return (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_WEIGHTS).is_file()
+    if not (path / ADAPTER_CONFIG).is_file():
+        return f"no LoRA adapter in '{path}': expected {path / ADAPTER_CONFIG} (saved by peft save_pretrained)"
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        return f"adapter '{path}' has a config but no weights ({ADAPTER_WEIGHTS})"
+    return None
+
+
+def is_adapter_folder(path) -> bool:
+    return adapter_folder_problem(path) is None
 
 
 def finished_sft_runs(root=None) -> list[Path]:
-    """Finished sft_alpaca runs that saved an adapter, oldest first (by when they finished)."""
+    """Finished sft_alpaca runs that saved an adapter, oldest first (by when they finished: the marker's time)."""
     base = output_dir(root) / SFT_EXPERIMENT
     runs = [r for r in base.glob("*") if is_complete(r) and is_adapter_folder(r / "adapter")] if base.is_dir() else []
-    return sorted(runs, key=lambda r: (r / "run_complete.json").stat().st_mtime)
+    return sorted(runs, key=lambda r: (r / COMPLETE_MARKER).stat().st_mtime)
 
 
 def find_adapter(adapter_run: str = "", root=None) -> Path | None:

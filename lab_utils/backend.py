@@ -8,12 +8,9 @@ modules that use it import it (through `import_unsloth`) before building a model
 """
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-
-log = logging.getLogger("lab")
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,6 @@ def choose_backend(forced: str | None = None) -> Backend:
 
 @lru_cache(maxsize=None)
 def _announce(backend: Backend) -> None:
-    log.warning("backend: %s on %s (%s)", backend.name, backend.device, backend.reason)
     print(f"[lab] backend: {backend.name} on {backend.device} ({backend.reason})", flush=True)
 
 

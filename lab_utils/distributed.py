@@ -38,11 +38,6 @@ def is_main_process() -> bool:
     return _state().is_main_process if launched_distributed() else True
 
 
-def wait_for_everyone() -> None:
-    if launched_distributed():
-        _state().wait_for_everyone()
-
-
 @contextmanager
 def main_process_first():
     """The main process runs the block first; the others run it after the main one is done."""

@@ -1,6 +1,6 @@
 """Export what a run trained: merged 16-bit safetensors, GGUF files, an Ollama Modelfile, a hub upload.
 
-    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload)
+    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload); text or vision-language
     locate_adapter(run_dir)              adapter folder, base model and system prompt of a finished run
     convert_to_gguf(merged, out.gguf)    f32 / f16 / bf16 / q8_0 with llama.cpp's own convert_hf_to_gguf.py
     quantize_gguf(f16.gguf, out.gguf)    k-quants (q4_k_m, ...) with llama.cpp's quantizer
@@ -44,7 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.paths import COMPLETE_MARKER, is_complete, models_dir
+from lab_utils.adapters import ADAPTER_CONFIG, adapter_folder_problem
+from lab_utils.paths import COMPLETE_MARKER, is_complete, models_dir, write_then_rename
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendor/llama.cpp we use (2026-10)
 CONVERT_SCRIPT = "convert_hf_to_gguf.py"
@@ -71,10 +72,6 @@ class TrainedAdapter:
     run_dir: Path | None  # None for a bare adapter folder
 
 
-def _is_adapter_dir(path: Path) -> bool:
-    return (path / "adapter_config.json").exists()
-
-
 def _read_run_params(run: Path) -> dict:
     params_file = run / "params.json"
     if not params_file.exists():
@@ -92,7 +89,7 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
     path = Path(run_dir_or_adapter).expanduser().resolve()
     if not path.exists():
         raise ExportError(f"nothing to export: '{path}' does not exist (pass a finished run dir or an adapter folder)")
-    if _is_adapter_dir(path):  # an adapter folder; inside a run dir, that run must be finished too
+    if (path / ADAPTER_CONFIG).exists():  # the user named the adapter folder; inside a run dir, that run must be finished too
         adapter = path
         looks_like_run = (path.parent / "params.json").exists() or is_complete(path.parent)
         run = path.parent if looks_like_run else None
@@ -103,12 +100,11 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
             f"run '{run}' is not finished (no {COMPLETE_MARKER}): its adapter may be half-written; "
             "let training finish or resume it first"
         )
-    if not _is_adapter_dir(adapter):
-        raise ExportError(f"no LoRA adapter in '{path}': expected {adapter}/adapter_config.json (saved by peft save_pretrained)")
-    if not any(adapter.glob("adapter_model.*")):
-        raise ExportError(f"adapter '{adapter}' has a config but no weights (adapter_model.safetensors)")
+    problem = adapter_folder_problem(adapter)
+    if problem:
+        raise ExportError(problem)
     params = _read_run_params(run) if run else {}
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base = base_model or params.get("model") or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ExportError(f"adapter '{adapter}' does not say which base model it was trained on; pass base_model=")
@@ -116,93 +112,67 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
 
 
 # ---------------------------------------------------------------------------
-# Never overwrite by accident; never leave something half-written that looks finished
-
-
-def _prepare_target(target: Path, overwrite: bool) -> Path:
-    """Check `target` may be written and return the staging path to write into."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ExportError(f"'{target}' already exists; choose another output or pass overwrite=True")
-    staging = target.with_name(target.name + ".partial")
-    _remove(staging)  # left over from a crashed export
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return staging
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def _publish(staging: Path, target: Path) -> Path:
-    _remove(target)  # only reached when overwrite was allowed (or target absent)
-    staging.rename(target)
-    return target
-
-
-# ---------------------------------------------------------------------------
-# Merged 16-bit safetensors
+# Merged 16-bit safetensors (text and vision-language models)
 
 
 def merge_adapter(run_dir_or_adapter, out_dir, dtype: str = "float16", overwrite: bool = False, base_model: str | None = None) -> Path:
-    """Merge the LoRA adapter into its base and save safetensors + tokenizer + chat template.
+    """Merge the LoRA adapter into its base and save safetensors + tokenizer (or processor) + chat template.
 
     The merge itself runs in float32 (W + scale * B @ A without 16-bit rounding of the
     sum) and the result is cast to `dtype` once. That costs 4 bytes per parameter of RAM:
     ~0.5 GB for 135M, ~28 GB for 7B. A QLoRA adapter merges into the 16-bit base this way too
-    (merging into 4-bit weights would round the update away).
+    (merging into 4-bit weights would round the update away). A vision-language base
+    (its config has a vision_config, e.g. Qwen2.5-VL) is loaded as image-text-to-text and
+    saved with its image processor, so the merged folder loads like the base did.
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lab_utils.models import resolve_model
+    from lab_utils.models import repair_byte_level_bpe, resolve_model
 
     if dtype not in MERGE_DTYPES:
         raise ExportError(f"dtype={dtype!r}: expected one of {MERGE_DTYPES}")
     trained = locate_adapter(run_dir_or_adapter, base_model)
-    target = Path(out_dir)
-    staging = _prepare_target(target, overwrite)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(trained.base_model), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
-    merged.config.dtype = getattr(torch, dtype)  # what the saved config.json declares
-    merged.save_pretrained(staging, safe_serialization=True)
-    # The training run saved its tokenizer (pad token, chat template) beside the adapter.
-    tokenizer_source = trained.adapter_dir if (trained.adapter_dir / "tokenizer_config.json").exists() else resolve_model(trained.base_model)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
-    repair_byte_level_bpe(staging / "tokenizer.json")
-    return _publish(staging, target)
+    source = resolve_model(trained.base_model)
+    vision = is_vision_language(source)
+    with write_then_rename(out_dir, overwrite, exists_error=ExportError) as staging:
+        base = _model_class(vision).from_pretrained(source, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
+        merged = merged.to(getattr(torch, dtype))
+        merged.config.dtype = getattr(torch, dtype)  # what the saved config.json declares
+        merged.save_pretrained(staging, safe_serialization=True)
+        # The training run saved its tokenizer/processor (pad token, chat template) beside the adapter.
+        saved_beside = (trained.adapter_dir / "tokenizer_config.json").exists()
+        preprocessor_source = str(trained.adapter_dir) if saved_beside else source
+        _load_preprocessor(preprocessor_source, vision).save_pretrained(staging)
+        # A run trained before the embedded cache's version 2 saved the unrepaired tokenizer beside its adapter.
+        repair_byte_level_bpe(staging / "tokenizer.json")
+    return Path(out_dir)
 
 
-def _has_byte_level(node) -> bool:
-    if not isinstance(node, dict):
-        return False
-    return node.get("type") == "ByteLevel" or any(_has_byte_level(n) for n in node.get("pretokenizers", []))
+def is_vision_language(source: str) -> bool:
+    """A model folder or hub id whose config has a vision tower (Qwen2-VL, Qwen2.5-VL, ...)."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(source), "vision_config", None) is not None
 
 
-def repair_byte_level_bpe(tokenizer_json: Path) -> bool:
-    """Undo SentencePiece leftovers in a GPT-2-style byte-level BPE tokenizer.json.
+def _model_class(vision: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    A tokenizer that transformers rebuilt from a GGUF (the embedded SmolLM2 is one) comes
-    back with byte_fallback=True and a SentencePiece decoder chain. In a byte-level BPE
-    every byte already is a token, so neither changes what it encodes or decodes, but
-    llama.cpp's converter sees them and writes a Llama SentencePiece vocab without merges,
-    which llama.cpp and Ollama then tokenize wrongly. Returns whether the file changed.
-    """
-    if not Path(tokenizer_json).exists():
-        return False
-    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback") or not _has_byte_level(data.get("pre_tokenizer")):
-        return False
-    model["byte_fallback"] = False
-    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-    Path(tokenizer_json).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    return True
+    return AutoModelForImageTextToText if vision else AutoModelForCausalLM
+
+
+def _load_preprocessor(source: str, vision: bool):
+    """The tokenizer, or for a vision-language model the processor (tokenizer + image processor)."""
+    if vision:
+        # the lab's one way to load a vision processor (the image-only one where torchvision is missing)
+        from lab_utils.vision_processor import load_vision_processor
+
+        return load_vision_processor(source)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 # ---------------------------------------------------------------------------
@@ -244,10 +214,9 @@ def ensure_llama_cpp(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     if (target / CONVERT_SCRIPT).exists() and (target / "gguf-py" / "gguf").is_dir():
         return target
     print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}", flush=True)
-    staging = _prepare_target(target, overwrite=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with write_then_rename(target, overwrite=True) as staging, tempfile.TemporaryDirectory() as tmp:
         _extract_converter(_download_sdist(version, Path(tmp)), staging)
-    return _publish(staging, target)
+    return target
 
 
 def _check_converter_deps() -> None:
@@ -278,14 +247,13 @@ def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = Fa
         raise ExportError(f"'{hf_dir}' is not a model folder (no config.json); merge the adapter first")
     _check_converter_deps()
     script = Path(llama_cpp or ensure_llama_cpp()) / CONVERT_SCRIPT
-    target = Path(out_path)
-    staging = _prepare_target(target, overwrite)
     # Offline: the converter must read only the folder, never ask the hub for a config or tokenizer.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # keep the vendored gguf-py, which matches this converter
-    cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(staging)]
-    _run_tool(cmd, f"convert_hf_to_gguf ({hf_dir.name} -> {outtype})", env)
-    return _publish(staging, target)
+    with write_then_rename(out_path, overwrite, exists_error=ExportError) as staging:
+        cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(staging)]
+        _run_tool(cmd, f"convert_hf_to_gguf ({hf_dir.name} -> {outtype})", env)
+    return Path(out_path)
 
 
 # ---------------------------------------------------------------------------
@@ -331,13 +299,12 @@ def quantize_gguf(src_gguf, out_path, qtype: str = "q4_k_m", overwrite: bool = F
             f"or `pip install llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}` (compiles llama.cpp, several minutes). "
             "f16, bf16 and q8_0 need neither."
         )
-    target = Path(out_path)
-    staging = _prepare_target(target, overwrite)
-    if quantizer == "llama_cpp":
-        _quantize_with_binding(src, staging, qtype)
-    else:
-        _run_tool([quantizer, str(src), str(staging), qtype.upper()], f"llama-quantize ({src.name} -> {qtype})")
-    return _publish(staging, target)
+    with write_then_rename(out_path, overwrite, exists_error=ExportError) as staging:
+        if quantizer == "llama_cpp":
+            _quantize_with_binding(src, staging, qtype)
+        else:
+            _run_tool([quantizer, str(src), str(staging), qtype.upper()], f"llama-quantize ({src.name} -> {qtype})")
+    return Path(out_path)
 
 
 # ---------------------------------------------------------------------------
@@ -397,10 +364,9 @@ def write_modelfile(
     lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_p {top_p}", f"PARAMETER num_ctx {num_ctx}"]
     if system:
         lines += ["", f'SYSTEM """{_modelfile_text(system, "system prompt")}"""']
-    target = gguf_path.parent / "Modelfile"
-    staging = _prepare_target(target, overwrite)
-    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return _publish(staging, target)
+    with write_then_rename(gguf_path.parent / "Modelfile", overwrite, exists_error=ExportError) as staging:
+        staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return gguf_path.parent / "Modelfile"
 
 
 # ---------------------------------------------------------------------------

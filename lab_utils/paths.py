@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +107,33 @@ def mark_complete(run: Path, summary: dict | None = None) -> Path:
     return marker
 
 
-def relative_to_home(path) -> str:
-    """Show a path relative to LAB_HOME where possible (for logs and reports)."""
-    path = Path(path).resolve()
+@contextmanager
+def write_then_rename(target, overwrite: bool = False, exists_error: type[Exception] = FileExistsError):
+    """Yield `<target>.partial` to write a file or folder into; rename it to `target` when the block ends well.
+
+    A crash never leaves something half-written that looks finished: the staging path is
+    removed when the block raises, and a stale one from a killed process is cleared first.
+    An existing `target` is an `exists_error` unless `overwrite=True`; a file is replaced
+    atomically (os.replace), a folder is removed just before the rename.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise exists_error(f"'{target}' already exists; choose another output or pass overwrite=True")
+    staging = target.with_name(target.name + ".partial")
+    _remove(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return str(path.relative_to(lab_home()))
-    except ValueError:
-        return str(path)
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    if target.is_dir():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

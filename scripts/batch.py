@@ -53,7 +53,7 @@ import yaml
 from lab_utils import plots
 from lab_utils.config import ConfigError, load_yaml
 from lab_utils.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
-from lab_utils.paths import REPO_ROOT, output_dir, slug
+from lab_utils.paths import REPO_ROOT, output_dir, slug, write_then_rename
 
 STATE_FILE = "batch_state.json"
 BATCH_KEYS = {"name", "defaults", "runs"}
@@ -288,10 +288,9 @@ def read_state(batch_dir: Path) -> dict:
 
 
 def write_state(batch_dir: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash never leaves half a state file."""
-    tmp = batch_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, batch_dir / STATE_FILE)
+    """Write, then rename: a crash never leaves half a state file."""
+    with write_then_rename(batch_dir / STATE_FILE, overwrite=True) as staging:
+        staging.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
 def prepare_batch_dir(batch_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -14,8 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.config import parse_args
-from lab_utils.export import ExportError
+from lab_utils.config import run_cli
 from lab_utils.paths import output_dir
 
 
@@ -137,27 +136,27 @@ def _echo(pieces, write):
         yield piece
 
 
-def main(argv=None):
-    p = parse_args(Params, argv, description=__doc__)
-    try:
-        chat = open_chat(p)
-    except (ChatError, ExportError) as err:
-        raise SystemExit(f"chat: {err}") from None
+def stdin_lines():
+    """The user's lines from the terminal (with a prompt) or a pipe (one answer per line)."""
     interactive = sys.stdin.isatty()
     if interactive:
         print("chat ready: /reset forgets, /exit quits")
+    while True:
+        if interactive:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line
 
-    def prompts():
-        while True:
-            if interactive:
-                sys.stdout.write("you> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line:
-                return
-            yield line
 
-    chat_loop(chat, p, prompts())
+def run(p: Params) -> list[dict]:
+    return chat_loop(open_chat(p), p, stdin_lines())
+
+
+def main(argv=None):
+    return run_cli(run, Params, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from data_loaders.alpaca import load_chat_file
 from lab_utils import plots
+from lab_utils.adapters import finished_sft_runs
 from lab_utils.artifacts import read_json, setup_logging, write_json
 from lab_utils.chat import generate, render
-from lab_utils.config import parse_args
+from lab_utils.config import run_cli
 from lab_utils.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
 from lab_utils.export import ExportError, locate_adapter
-from lab_utils.paths import is_complete, mark_complete, output_dir, run_dir
+from lab_utils.paths import mark_complete, output_dir, run_dir
 from scripts import export as export_script
 
 EXPERIMENT = "evaluate_export"
@@ -48,7 +49,7 @@ def find_run(p: Params) -> Path:
     if p.run_dir:
         given = Path(p.run_dir).expanduser()
         return given if given.is_absolute() or given.exists() else output_dir() / given
-    finished = sorted((r for r in (output_dir() / "sft_alpaca").glob("*") if is_complete(r)), key=lambda r: r.stat().st_mtime)
+    finished = finished_sft_runs()
     if not finished:
         raise ExportError(f"no finished sft_alpaca run under {output_dir()}: run `make demo` first or set run_dir")
     return finished[-1]
@@ -137,10 +138,7 @@ def run(p: Params) -> dict:
 
 def main(argv=None):
     setup_logging()
-    try:
-        result = run(parse_args(Params, argv, description=__doc__))
-    except (ExportError, FileExistsError) as err:
-        raise SystemExit(f"evaluate_export: {err}") from None
+    result = run_cli(run, Params, argv, description=__doc__)
     print(result["table"].to_string(index=False))
     m = result["metrics"]
     print(f"perplexity base {m['perplexity_base']:.2f} -> tuned {m['perplexity_tuned']:.2f}; "

@@ -16,13 +16,13 @@ Output: $LAB_OUTPUT_DIR/export/<run name>/ (or out_dir), with export.json listin
 every file, its size and how long it took.
 """
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab_utils import export
-from lab_utils.config import parse_args
+from lab_utils.artifacts import write_json
+from lab_utils.config import run_cli
 from lab_utils.paths import is_complete, mark_complete, output_dir, run_dir, slug
 
 SIMPLE_FORMATS = ("merged", "modelfile")
@@ -115,7 +115,7 @@ def run(p: Params) -> dict:
                         template=p.template)
         timed(report, "modelfile", export.write_modelfile, ggufs[p.serve_format.removeprefix("gguf-")], merged, system, **settings)
     summary = {"source_run": str(run_path), "base_model": trained.base_model, "artifacts": report, "params": asdict(p)}
-    (out / "export.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(summary, out / "export.json")
     if p.hub_repo:
         pushed = export.push_to_hub(out, p.hub_repo, dry_run=p.hub_dry_run)
         verb = "would push" if p.hub_dry_run else "pushed"
@@ -127,11 +127,7 @@ def run(p: Params) -> dict:
 
 
 def main(argv=None):
-    p = parse_args(Params, argv, description=__doc__.splitlines()[0])
-    try:
-        return run(p)
-    except (export.ExportError, FileExistsError) as err:
-        raise SystemExit(f"export: {err}") from None
+    return run_cli(run, Params, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

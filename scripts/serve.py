@@ -15,10 +15,10 @@ import shlex
 from dataclasses import dataclass
 
 from lab_utils.backend import vllm_available
-from lab_utils.config import parse_args
-from lab_utils.export import ExportError, locate_adapter
+from lab_utils.config import run_cli
+from lab_utils.export import locate_adapter
 from lab_utils.models import resolve_model
-from scripts.chat import ChatError, resolve_target
+from scripts.chat import resolve_target
 
 
 @dataclass(kw_only=True)
@@ -54,21 +54,21 @@ reply = client.chat.completions.create(model="{name}", messages=[{{"role": "user
 print(reply.choices[0].message.content)'''
 
 
-def main(argv=None):
-    p = parse_args(Params, argv, description=__doc__)
-    try:
-        command, name = serve_command(p)
-    except (ChatError, ExportError) as err:
-        raise SystemExit(f"serve: {err}") from None
+def run(p: Params) -> list[str]:
+    command, name = serve_command(p)
     print("# start the server (GPU box, `pip install -r requirements-gpu.txt`):")
     print(shlex.join(command))
     print("\n# then, from Python:")
     print(client_snippet(p, name))
     if p.start:
         if not vllm_available():
-            raise SystemExit("serve: --start needs a CUDA GPU and vllm installed; run the command above on a GPU box")
+            raise RuntimeError("--start needs a CUDA GPU and vllm installed; run the command above on a GPU box")
         os.execvp(command[0], command)  # replace this process: Ctrl-C stops the server
     return command
+
+
+def main(argv=None):
+    return run_cli(run, Params, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ adapter_ranks.csv, metrics.json, params.json.
 """
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import pandas as pd
 
 from lab_utils import lowrank, plots
 from lab_utils.adapters import base_model_name, find_adapter, layer_index, module_kind, read_lora_adapter
+from lab_utils.artifacts import write_json
 from lab_utils.config import run_cli, save_params
 from lab_utils.models import lora_target_modules, resolve_model
 from lab_utils.paths import default_run_name, mark_complete, run_dir
@@ -219,12 +219,21 @@ def merge_check(p: Params, adapter, module: str) -> dict:
 # ---------------------------------------------------------------- the whole lesson
 
 
-def save_figures(run, counts, spectra, ranks_table, dense, adapter) -> None:
-    plots.plot_lora_parameter_counts(counts["ranks"], counts["per_module"], counts["total"], run / "parameter_counts.png")
-    plots.plot_lora_spectra(spectra, adapter.rank, run / "adapter_spectra.png")
-    plots.plot_effective_rank(ranks_table.to_dict("records"), adapter.rank, run / "effective_rank.png")
-    plots.plot_singular_values(dense["singular_values"][: 4 * adapter.rank], run / "dense_spectrum.png",
-                               title=f"dW of {dense['module']} (first {4 * adapter.rank})")
+def plot_parameter_counts(run: Path, counts: dict):
+    return plots.plot_lora_parameter_counts(counts["ranks"], counts["per_module"], counts["total"], run / "parameter_counts.png")
+
+
+def plot_adapter_spectra(run: Path, spectra: dict, adapter):
+    return plots.plot_lora_spectra(spectra, adapter.rank, run / "adapter_spectra.png")
+
+
+def plot_effective_ranks(run: Path, ranks_table: pd.DataFrame, adapter):
+    return plots.plot_effective_rank(ranks_table.to_dict("records"), adapter.rank, run / "effective_rank.png")
+
+
+def plot_dense_spectrum(run: Path, dense: dict, adapter):
+    return plots.plot_singular_values(dense["singular_values"][: 4 * adapter.rank], run / "dense_spectrum.png",
+                                      title=f"dW of {dense['module']} (first {4 * adapter.rank})")
 
 
 def summarise(adapter, ranks_table: pd.DataFrame, dense: dict, merge: dict, energy_fraction: float) -> dict:
@@ -253,7 +262,7 @@ def save_results(p: Params, run, table, adapter, ranks_table, dense, merge) -> d
     table.to_csv(run / "parameter_counts.csv", index=False)
     ranks_table.to_csv(run / "adapter_ranks.csv", index=False)
     metrics = summarise(adapter, ranks_table, dense, merge, p.energy_fraction)
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(metrics, run / "metrics.json")
     mark_complete(run, {"max_rank_seen": metrics["max_rank_seen"], "r": adapter.rank})
     print(f"teach_lora_rank: r={adapter.rank}, rank(dW) <= {metrics['max_rank_seen']} over {metrics['modules']} modules, "
           f"effective rank ({p.energy_fraction:.0%} energy) {metrics['effective_rank']['min']}.."
@@ -266,13 +275,15 @@ def run(p: Params) -> dict:
     run = start_run(p)
     shapes = layer_shapes(p.model)
     table = parameter_table(shapes, p.table_ranks)
-    counts = counts_by_rank(shapes, p.max_rank)
+    plot_parameter_counts(run, counts_by_rank(shapes, p.max_rank))
     adapter = get_adapter(p)
     ranks_table, spectra = adapter_ranks(adapter, p.energy_fraction)
+    plot_adapter_spectra(run, spectra, adapter)
+    plot_effective_ranks(run, ranks_table, adapter)
     module = pick_module(p, adapter)
     dense = dense_spectrum(adapter, module)
+    plot_dense_spectrum(run, dense, adapter)
     merge = merge_check(p, adapter, module)
-    save_figures(run, counts, spectra, ranks_table, dense, adapter)
     plt.close("all")
     metrics = save_results(p, run, table, adapter, ranks_table, dense, merge)
     return {"run_dir": str(run), "parameter_table": table, "adapter_ranks": ranks_table, **metrics}

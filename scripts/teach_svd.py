@@ -13,7 +13,6 @@ Writes to $LAB_OUTPUT_DIR/teach_svd/<run_name>/: reconstructions.png,
 spectrum.png, error_vs_rank.png, storage_vs_rank.png, metrics.json, params.json.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lab_utils import lowrank, plots
+from lab_utils.artifacts import write_json
 from lab_utils.config import run_cli, save_params
 from lab_utils.paths import default_run_name, find_data_file, mark_complete, run_dir
 
@@ -110,31 +110,53 @@ def summarise(p: Params, image, svds, ranks, errors, bounds) -> dict:
     }
 
 
-def save_figures(p: Params, run, image, svds, ranks, errors, bounds) -> None:
+def start_run(p: Params) -> Path:
+    run = run_dir("teach_svd", p.run_name or default_run_name("teach_svd"), overwrite=p.overwrite)
+    save_params(p, run / "params.json")
+    return run
+
+
+def plot_spectrum(run: Path, svds):
+    return plots.plot_singular_values(svds[0][1], run / "spectrum.png")
+
+
+def plot_reconstructions(p: Params, run: Path, image, svds):
     grid_ranks = [k for k in p.grid_ranks if k <= len(svds[0][1])]
     images = [image] + [lowrank.reconstruct_channels(svds, k) for k in grid_ranks]
     titles = ["original"] + [f"rank {k} ({lowrank.compression_ratio(image.shape[:2], k):.1f}x smaller)" for k in grid_ranks]
-    plots.plot_image_grid(images, titles, run / "reconstructions.png")
-    plots.plot_singular_values(svds[0][1], run / "spectrum.png")
-    plots.plot_error_vs_rank(ranks, errors, bounds, run / "error_vs_rank.png")
+    return plots.plot_image_grid(images, titles, run / "reconstructions.png")
+
+
+def plot_error(run: Path, ranks, errors, bounds):
+    return plots.plot_error_vs_rank(ranks, errors, bounds, run / "error_vs_rank.png")
+
+
+def plot_storage(run: Path, image, ranks):
     storage, full_numbers = storage_by_rank(image, ranks)
-    plots.plot_storage_vs_rank(ranks, storage, full_numbers, run / "storage_vs_rank.png")
+    return plots.plot_storage_vs_rank(ranks, storage, full_numbers, run / "storage_vs_rank.png")
 
 
-def run(p: Params) -> dict:
-    run = run_dir("teach_svd", p.run_name or default_run_name("teach_svd"), overwrite=p.overwrite)
-    save_params(p, run / "params.json")
-    image = load_image(p)
-    svds = lowrank.channel_svds(image)
-    ranks, errors, bounds = error_by_rank(image, svds)
-    metrics = summarise(p, image, svds, ranks, errors, bounds)
-    save_figures(p, run, image, svds, ranks, errors, bounds)
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+def save_results(run: Path, metrics: dict) -> None:
+    """metrics.json, then the completion marker (figures are saved where drawn)."""
+    write_json(metrics, run / "metrics.json")
     plt.close("all")
     mark_complete(run, {"full_rank": metrics["full_rank"]})
     print(f"teach_svd: {metrics['shape']} image, full rank {metrics['full_rank']}, "
           f"99% energy at rank {metrics['rank_for_99pct_energy']}, "
           f"max |error - Eckart-Young| = {metrics['max_gap_error_vs_eckart_young']:.2e}; wrote {run}")
+
+
+def run(p: Params) -> dict:
+    run = start_run(p)
+    image = load_image(p)
+    svds = lowrank.channel_svds(image)
+    ranks, errors, bounds = error_by_rank(image, svds)
+    plot_reconstructions(p, run, image, svds)
+    plot_spectrum(run, svds)
+    plot_error(run, ranks, errors, bounds)
+    plot_storage(run, image, ranks)
+    metrics = summarise(p, image, svds, ranks, errors, bounds)
+    save_results(run, metrics)
     return {"run_dir": str(run), **metrics}
 
 

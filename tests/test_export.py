@@ -301,7 +301,7 @@ def test_cli_refuses_an_unfinished_run_before_writing(finished_run, tmp_path, mo
     half = tmp_path / "half"
     shutil.copytree(finished_run, half)
     (half / "run_complete.json").unlink()
-    with pytest.raises(SystemExit, match="export: run .* is not finished"):
+    with pytest.raises(SystemExit, match="^error: run .* is not finished"):
         cli.main(["--run_dir", str(half)])
     assert not (tmp_path / "outputs").exists()
 
@@ -331,3 +331,64 @@ def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
     assert json.loads((out / "export.json").read_text())["base_model"] == "smollm2-135m"
     with pytest.raises(SystemExit, match="already finished"):
         cli.main(["--run_dir", str(finished_run), "--formats", "gguf-q8_0,modelfile"])
+
+
+# --- a vision-language run ---------------------------------------------------------------------------
+
+
+def _vision_inputs(processor):
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is written here?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return processor(text=[text], images=[[image]], return_tensors="pt")
+
+
+def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
+    """A LoRA on the tiny Qwen2.5-VL (language and vision blocks), saved the way sft_vision saves it,
+    merges into a folder that loads as image-text-to-text with its processor and answers as base + adapter did."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from lab_utils.models import resolve_model
+    from lab_utils.vision import load_vision_processor
+
+    source = resolve_model("tiny-qwen2.5-vl")
+    processor = load_vision_processor(source)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
+    targets = r".*(language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)|visual\.blocks\.\d+\.attn\.qkv)"
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    run = tmp_path / "sft_vision-demo"
+    peft_model.save_pretrained(run / "adapter")
+    processor.save_pretrained(run / "adapter")
+    (run / "params.json").write_text(json.dumps({"model": "tiny-qwen2.5-vl", "system_prompt": ""}))
+    mark_complete(run)
+
+    merged_dir = export.merge_adapter(run, tmp_path / "merged", dtype="float32")
+    assert not list(tmp_path.glob("*.partial"))
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged_processor = load_vision_processor(str(merged_dir))
+    inputs = _vision_inputs(merged_processor)
+    assert torch.equal(inputs["input_ids"], _vision_inputs(processor)["input_ids"])  # same tokens and image grid
+    base = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+        expected = PeftModel.from_pretrained(base, str(run / "adapter")).eval()(**inputs).logits
+        actual = merged(**inputs).logits
+    assert not any("lora" in name for name in merged.state_dict())
+    assert (expected - base_logits).abs().max() > 1e-3  # the adapter really changes the answer
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+    from scripts import export as cli  # the same merge from the command line, 16-bit
+
+    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16", "--out_dir", str(tmp_path / "cli")])
+    half = tmp_path / "cli" / "merged"
+    assert [a["artifact"] for a in result["artifacts"]] == ["merged"] and (tmp_path / "cli" / "run_complete.json").exists()
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
+    assert AutoModelForImageTextToText.from_pretrained(half).dtype == torch.float16
+    assert load_vision_processor(str(half)).image_processor is not None
+    with pytest.raises(export.ExportError, match="already exists"):
+        export.merge_adapter(run, half)

@@ -133,3 +133,16 @@ def test_notebook_executes_in_seconds_given_an_adapter(tiny_adapter, tmp_path, m
     metrics = json.loads((tmp_path / "out" / "teach_lora_rank" / "nb" / "metrics.json").read_text())
     assert metrics["r"] == TINY_R and metrics["max_rank_seen"] <= TINY_R
     assert metrics["dense_check"]["matrix_rank"] <= TINY_R
+
+
+@pytest.mark.slow
+def test_script_run_writes_every_figure_and_table(tiny_adapter, tmp_path, monkeypatch):
+    _, folder = tiny_adapter
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
+    result = teach_lora_rank.main(["--adapter_run", str(folder.parent), "--run_name", "cli"])
+    run = tmp_path / "teach_lora_rank" / "cli"
+    assert result["run_dir"] == str(run) and (run / "run_complete.json").exists()
+    for name in ("parameter_counts.png", "adapter_spectra.png", "effective_rank.png", "dense_spectrum.png",
+                 "parameter_counts.csv", "adapter_ranks.csv"):
+        assert (run / name).stat().st_size > 0, name
+    assert json.loads((run / "metrics.json").read_text())["r"] == TINY_R

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,44 @@ def test_embedded_model_resolves_offline(embedded_model_dir, tokenizer):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token != tokenizer.eos_token
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+
+
+def test_a_cache_made_by_older_code_is_upgraded_in_place(embedded_model_dir, tmp_path, monkeypatch, capsys):
+    """A version-1 cache (tokenizer.json as the GGUF loader wrote it, no version marker) is
+    repaired on first use, without converting the GGUF again; afterwards it is left alone."""
+    import json
+
+    from lab_utils import models
+    from lab_utils.models import EMBEDDED_CACHE_MARKER, EMBEDDED_CACHE_VERSION, embedded_cache_version, load_tokenizer
+
+    source = Path(embedded_model_dir)
+    old = tmp_path / "models" / models.EMBEDDED_CACHE_NAME
+    old.mkdir(parents=True)
+    for item in source.iterdir():  # the weights are linked, not copied: 540 MB
+        if item.name not in ("tokenizer.json", EMBEDDED_CACHE_MARKER):
+            (old / item.name).symlink_to(item)
+    tokenizer_json = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_json["model"]["byte_fallback"] = True  # what the GGUF loader leaves, and version 1 kept
+    tokenizer_json["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
+    (old / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+    weights_before = (old / "model.safetensors").lstat().st_mtime_ns
+    monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
+    assert embedded_cache_version(old) == 1
+
+    assert resolve_model("smollm2-135m") == str(old)
+    repaired = json.loads((old / "tokenizer.json").read_text(encoding="utf-8"))
+    assert repaired["model"]["byte_fallback"] is False and repaired["decoder"]["type"] == "ByteLevel"
+    assert embedded_cache_version(old) == EMBEDDED_CACHE_VERSION
+    assert (old / "model.safetensors").lstat().st_mtime_ns == weights_before  # not converted again
+    assert "converting" not in capsys.readouterr().out
+    text = "Hello wörld 123 <|im_end|> ✓\n  x"
+    upgraded, original = load_tokenizer(str(old)), load_tokenizer(str(source))
+    assert upgraded(text)["input_ids"] == original(text)["input_ids"]
+    assert upgraded.decode(original(text)["input_ids"]) == text
+    (old / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+    resolve_model("smollm2-135m")  # the marker says version 2: nothing is read or rewritten
+    assert json.loads((old / "tokenizer.json").read_text())["model"]["byte_fallback"] is True
+    assert not list(old.parent.glob("*.partial")) and not list(old.glob("*.partial"))
 
 
 def test_model_names(tmp_path):

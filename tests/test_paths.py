@@ -52,3 +52,33 @@ def test_run_dir_refuses_to_overwrite_a_finished_run(tmp_path):
 
 def test_slug_makes_folder_safe_names():
     assert paths.slug("Qwen/Qwen2.5 1.5B: r=16") == "Qwen-Qwen2.5-1.5B-r=16"
+
+
+def test_write_then_rename_publishes_only_what_finished(tmp_path):
+    target = tmp_path / "out" / "model"
+    with paths.write_then_rename(target) as staging:
+        staging.mkdir()
+        (staging / "weights").write_text("v1")
+        assert not target.exists()  # nothing looks finished while it is being written
+    assert (target / "weights").read_text() == "v1" and not staging.exists()
+    with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
+        with paths.write_then_rename(target):
+            pass
+    with pytest.raises(ValueError, match="already exists"):  # the caller chooses the error type
+        with paths.write_then_rename(target, exists_error=ValueError):
+            pass
+    with pytest.raises(RuntimeError, match="crashed"):
+        with paths.write_then_rename(target, overwrite=True) as staging:
+            staging.mkdir()
+            raise RuntimeError("crashed half way")
+    assert (target / "weights").read_text() == "v1" and not staging.exists()  # the old one stays, no leftovers
+    (tmp_path / "out" / "model.partial").mkdir()  # left by a killed process
+    with paths.write_then_rename(target, overwrite=True) as staging:
+        staging.mkdir()
+        (staging / "weights").write_text("v2")
+    assert [p.name for p in target.iterdir()] == ["weights"] and (target / "weights").read_text() == "v2"
+    state = tmp_path / "state.json"
+    for text in ("1", "2"):  # a file is replaced atomically
+        with paths.write_then_rename(state, overwrite=True) as staging:
+            staging.write_text(text)
+    assert state.read_text() == "2" and not list(tmp_path.glob("*.partial"))
