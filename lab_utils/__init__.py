@@ -9,11 +9,20 @@ Where things are (flat; imports flow from scripts/ into here, never back):
     backend       Unsloth or transformers + peft, chosen once per process with the reason; import_unsloth
     distributed   torchrun / accelerate launch: which rank writes files, who waits for whom
     models        the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
-                  tokenizer loading, LoRA target modules per architecture
-    training      the shared SFT loop: model + LoRA, tokenised batches, TrainingArguments, the trainer, resume
+                  Hugging Face / ModelScope hubs, tokenizer loading, LoRA target modules per architecture
+    training      the training core: the shared Params groups (RunParams, LoraParams, OptimParams, EvalParams)
+                  every experiment's knobs come from, model + LoRA, tokenised batches, the one TrainingArguments
+                  builder, the trainer, resume-and-time, artifacts every run writes
     rollouts      GRPO completions: vLLM when possible, else HF generate
-    vision        vision-language glue: the tiny CPU Qwen2.5-VL, its image-only processor, collator, LoRA, scoring
+    vision_processor  the Qwen2.5-VL chat template, vision special tokens, an image-only processor (no torchvision)
+    vision_model  the tiny random CPU Qwen2.5-VL built from a config; loading on either backend
+    vision_collator   image rows -> tensors with only the answer labelled; TRL settings for image rows
+    vision_lora   LoRA on the language and/or vision tower (Unsloth's switches), fully trained modules
+    vision_answers    greedy answers to images, exact match and character accuracy
     chat          chat templates in one place: render conversations, assistant-only labels, batched generation
+    chat_templates    Ollama Modelfile templates per model family (ChatML, Llama 3, Gemma, Mistral), checked
+                  against the tokenizer's own template
+    go_template   the small Go text/template renderer chat_templates checks with
     evaluate      base vs tuned answers, text metrics, perplexity, the A/B report; several adapters on one base
     metrics       BLEU-4 and ROUGE-1/2/L (0..100), per sample and overall
     adapters      a saved LoRA adapter as plain (A, B) matrices; the one "is this an adapter folder" rule;
