@@ -14,6 +14,7 @@ is the classic alternative (right padding, attention mask, batches grouped by
 length); the unsloth backend uses it with its own fused loss.
 """
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from lab_utils.backend import Backend, import_unsloth
 from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
 from lab_utils.distributed import is_main_process, launched_distributed, local_rank, main_process_first
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
+from lab_utils.progress import show_progress
 
 
 @dataclass(kw_only=True)
@@ -338,7 +340,22 @@ def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, back
         data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
         optimizers=optimizers, processing_class=tokenizer,
     )
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     return trainer, history
+
+
+def tokens_seen_at(checkpoint: str | None) -> int:
+    """Real (non-padding) input tokens a checkpoint had trained on; 0 for a fresh run."""
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("num_input_tokens_seen", 0))
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float | None:
+    """This session's real tokens per second of trainer.train(). transformers puts
+    train_tokens_per_second only in each step's log record, not in train()'s final metrics."""
+    return round(tokens / seconds, 1) if tokens > 0 and seconds > 0 else None
 
 
 def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend) -> dict:
@@ -357,7 +374,7 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     return {
         "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
         "global_step": trainer.state.global_step, "resumed_from": resume, "train_seconds": round(seconds, 2),
-        "train_tokens_per_second": result.metrics.get("train_tokens_per_second"),
+        "train_tokens_per_second": tokens_per_second(trainer.state.num_input_tokens_seen - tokens_seen_at(resume), seconds),
         "tokens_seen": trainer.state.num_input_tokens_seen, "history": history.records,
     }
 

@@ -32,6 +32,7 @@ from lab_utils.chat import generate
 from lab_utils.config import run_cli, save_params
 from lab_utils.models import resolve_model
 from lab_utils.paths import mark_complete, run_dir
+from lab_utils.progress import show_progress
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
 from lab_utils.training import (LossHistory, last_checkpoint, load_model as load_lora_model, resolve_precision,
                                 trainable_parameters)
@@ -209,6 +210,7 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p),
                           args=grpo_arguments(p, run, backend, rollouts), train_dataset=train_prompts,
                           callbacks=[history])
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     resume = last_checkpoint(run / "checkpoints")
     if resume:
         print(f"[lab] resuming from {resume}")

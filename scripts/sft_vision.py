@@ -29,6 +29,7 @@ from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
 from lab_utils.config import run_cli, save_params
 from lab_utils.paths import find_data_file, mark_complete, run_dir
+from lab_utils.progress import show_progress
 from lab_utils.training import LossHistory, last_checkpoint, resolve_precision, trainable_parameters
 from lab_utils.vision import (add_vision_lora, char_accuracy, generate_answers, load_vision_model,
                               make_vision_collator, score_answers, vision_sft_config)
@@ -177,6 +178,7 @@ def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dic
                          eval_dataset=heldout if len(heldout) else None, processing_class=processor,
                          data_collator=make_vision_collator(model, processor, backend, max_length=p.max_seq_length),
                          callbacks=[history])
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     eval_before = eval_loss(trainer)
     resume = last_checkpoint(run / "checkpoints")
     if resume:
