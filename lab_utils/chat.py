@@ -11,7 +11,10 @@ template that renders a conversation as the concatenation of its prefixes
 
 import torch
 
+from lab_utils.progress import progress_bar
+
 IGNORE_INDEX = -100
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that are not a whole UTF-8 character
 
 
 class ChatTemplateError(ValueError):
@@ -59,24 +62,55 @@ def count_trainable_tokens(labels) -> int:
     return sum(1 for t in labels if t != IGNORE_INDEX)
 
 
+def decode_whole_characters(tokenizer, token_ids) -> str:
+    """Decode new tokens, dropping a character cut in half at the end.
+
+    An answer stopped by max_new_tokens can end inside a multi-byte UTF-8 character (one
+    Chinese character is often two byte-level BPE tokens); its first bytes alone decode to
+    U+FFFD (`翻译: �`). Only whole characters are kept.
+    """
+    return tokenizer.decode(token_ids, skip_special_tokens=True).rstrip(REPLACEMENT_CHARACTER)
+
+
+class TokenTicker:
+    """A generate() stopping criterion that never stops: it advances a progress bar once per new token."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 8,
              temperature: float = 0.0) -> list[str]:
-    """Answers for each conversation's prompt, greedy by default (fixed decoding = comparable runs)."""
+    """Answers for each conversation's prompt, greedy by default (fixed decoding = comparable runs).
+
+    One progress bar counts decoding steps over all batches (a batch that stops early at
+    end-of-turn moves the bar to its full share).
+    """
+    from transformers import StoppingCriteriaList
+
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
     answers = []
+    n_batches = -(-len(conversations) // batch_size)
     try:
-        for i in range(0, len(conversations), batch_size):
-            prompts = [render(tokenizer, prompt_of(c), add_generation_prompt=True) for c in conversations[i : i + batch_size]]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **sampling)
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        with progress_bar(total=n_batches * max_new_tokens, desc="generate", unit="tok") as bar:
+            for i in range(0, len(conversations), batch_size):
+                prompts = [render(tokenizer, prompt_of(c), add_generation_prompt=True) for c in conversations[i : i + batch_size]]
+                batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id,
+                                     stopping_criteria=StoppingCriteriaList([TokenTicker(bar)]), **sampling)
+                new_tokens = out[:, batch["input_ids"].shape[1] :]
+                answers += [decode_whole_characters(tokenizer, row).strip() for row in new_tokens]
+                bar.update((i // batch_size + 1) * max_new_tokens - bar.n)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

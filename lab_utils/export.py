@@ -34,6 +34,7 @@ crashed export never looks finished, and nothing that exists is replaced unless
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from lab_utils.adapters import ADAPTER_CONFIG, adapter_folder_problem
 from lab_utils.paths import COMPLETE_MARKER, is_complete, models_dir, write_then_rename
+from lab_utils.progress import follow_output_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the sdist whose vendor/llama.cpp we use (2026-10)
 CONVERT_SCRIPT = "convert_hf_to_gguf.py"
@@ -227,14 +229,35 @@ def _check_converter_deps() -> None:
         raise ExportError(f"llama.cpp's converter needs {missing}: pip install -r requirements.txt")
 
 
-def _run_tool(cmd: list[str], what: str, env: dict | None = None) -> float:
-    """Run a converter/quantizer subprocess; one clear error with its last lines if it fails."""
+def _run_tool(cmd: list[str], what: str, env: dict | None = None, writes: Path | None = None, expected_bytes: int = 0) -> float:
+    """Run a converter/quantizer subprocess; one clear error with its last lines if it fails.
+
+    With `writes`, one progress bar follows that output file's size up to `expected_bytes`.
+    """
     start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-        raise ExportError(f"{what} failed (exit {result.returncode}):\n{tail}")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if writes is not None:
+        stdout, stderr = follow_output_file(process, writes, expected_bytes, desc=what)
+    else:
+        stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-8:])
+        raise ExportError(f"{what} failed (exit {process.returncode}):\n{tail}")
     return time.perf_counter() - start
+
+
+GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 + one f16 scale
+
+
+def expected_gguf_bytes(hf_dir: Path, outtype: str) -> int:
+    """About how big the converter's GGUF will be: every weight in the folder's safetensors at
+    `outtype` (for the progress bar; 1-D norms stay f32 and the vocabulary adds a little)."""
+    weights = 0
+    for shard in Path(hf_dir).glob("*.safetensors"):
+        with open(shard, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        weights += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return int(weights * GGUF_BYTES_PER_WEIGHT[outtype])
 
 
 def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = False, llama_cpp: Path | None = None) -> Path:
@@ -252,7 +275,8 @@ def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = Fa
     env.pop("NO_LOCAL_GGUF", None)  # keep the vendored gguf-py, which matches this converter
     with write_then_rename(out_path, overwrite, exists_error=ExportError) as staging:
         cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(staging)]
-        _run_tool(cmd, f"convert_hf_to_gguf ({hf_dir.name} -> {outtype})", env)
+        _run_tool(cmd, f"convert_hf_to_gguf ({hf_dir.name} -> {outtype})", env, writes=staging,
+                  expected_bytes=expected_gguf_bytes(hf_dir, outtype))
     return Path(out_path)
 
 

@@ -9,12 +9,19 @@ batch runner use, so the rule is checked in one place.
 import ast
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from lab_utils.paths import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-KERNEL_NAME = "python3"  # ipykernel's own spec: the interpreter papermill itself runs on
+# Headless runs use ipykernel's own spec, "python3": the interpreter papermill itself runs on, present
+# in every Jupyter install, so a fresh clone (CI) needs no registered kernel. The notebooks name it
+# in their metadata too, so `papermill in.ipynb out.ipynb` works anywhere without `-k`; in `make lab`
+# it is this virtualenv. `make setup` also registers the virtualenv as the kernel "finetune-lab",
+# for choosing it by name from a Jupyter installed elsewhere (AutoDL's, a system-wide one).
+KERNEL_NAME = "python3"
+JUPYTER_KERNEL_NAME = "finetune-lab"
 
 
 def read_notebook(path) -> dict:
@@ -47,13 +54,28 @@ def execute(notebook, output, parameters: dict | None = None, timeout: int | Non
     if env_path not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (env_path, os.environ.get("PYTHONPATH")) if p)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    return pm.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=parameters or {},
-        cwd=str(REPO_ROOT),
-        kernel_name=KERNEL_NAME,
-        execution_timeout=timeout,
-        log_output=log_output,
-        progress_bar=False,
-    )
+    with headless_progress():
+        return pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters or {},
+            cwd=str(REPO_ROOT),
+            kernel_name=KERNEL_NAME,
+            execution_timeout=timeout,
+            log_output=log_output,
+            progress_bar=False,
+        )
+
+
+@contextmanager
+def headless_progress():
+    """Kernels started meanwhile draw progress as plain log lines (lab_utils/progress.py): under
+    papermill no frontend renders widgets, and the output is read as a log. LAB_PROGRESS, if
+    set, wins."""
+    saved = os.environ.get("LAB_PROGRESS")
+    os.environ["LAB_PROGRESS"] = saved or "log"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LAB_PROGRESS"]

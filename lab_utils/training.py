@@ -14,6 +14,7 @@ is the classic alternative (right padding, attention mask, batches grouped by
 length); the unsloth backend uses it with its own fused loss.
 """
 
+import json
 import math
 import os
 import time
@@ -28,6 +29,7 @@ from lab_utils.backend import Backend, import_unsloth
 from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
 from lab_utils.distributed import is_main_process, launched_distributed, local_rank, main_process_first
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
+from lab_utils.progress import show_progress
 
 
 # ---------------------------------------------------------------- the shared Params field groups
@@ -419,7 +421,22 @@ def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, back
         data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
         optimizers=lora_plus_optimizers(p, model), processing_class=tokenizer,
     )
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     return trainer, history
+
+
+def tokens_seen_at(checkpoint: str | None) -> int:
+    """Real (non-padding) input tokens a checkpoint had trained on; 0 for a fresh run."""
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("num_input_tokens_seen", 0))
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float | None:
+    """This session's real tokens per second of trainer.train(). transformers puts
+    train_tokens_per_second only in each step's log record, not in train()'s final metrics."""
+    return round(tokens / seconds, 1) if tokens > 0 and seconds > 0 else None
 
 
 def train_from_last_checkpoint(trainer, run: Path) -> dict:
@@ -436,8 +453,8 @@ def train_from_last_checkpoint(trainer, run: Path) -> dict:
     return {
         "train_loss": result.training_loss, "global_step": trainer.state.global_step, "steps_trained": steps,
         "resumed_from": resume, "train_seconds": round(seconds, 2),
-        "seconds_per_step": round(seconds / steps, 2) if steps else None,
-        "tokens_seen": tokens, "train_tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
+        "seconds_per_step": round(seconds / steps, 2) if steps else None, "tokens_seen": tokens,
+        "train_tokens_per_second": tokens_per_second(tokens - tokens_seen_at(resume), seconds),
         "best_checkpoint": trainer.state.best_model_checkpoint,  # with load_best (else None)
     }
 

@@ -54,6 +54,7 @@ from lab_utils import plots
 from lab_utils.config import ConfigError, load_yaml
 from lab_utils.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 from lab_utils.paths import REPO_ROOT, output_dir, slug, write_then_rename
+from lab_utils.progress import progress_bar
 
 STATE_FILE = "batch_state.json"
 BATCH_KEYS = {"name", "defaults", "runs"}
@@ -303,18 +304,17 @@ def prepare_batch_dir(batch_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run_batch(batch_file, runs: list[Run], name: str, batch_dir: Path, resume: bool) -> dict:
-    from tqdm import tqdm
-
     state = read_state(batch_dir)
     state.update(batch=name, batch_file=str(batch_file), order=[r.name for r in runs])
     todo = [r for r in runs if not (resume and state["runs"].get(r.name, {}).get("status") == "finished")]
     for skipped in sorted(set(r.name for r in runs) - set(r.name for r in todo)):
         print(f"[batch] {skipped}: finished before, skipped (--resume)")
     durations = []
-    with tqdm(todo, desc=f"batch {name}", unit="run", file=sys.stdout) as bar:
-        for run in bar:
+    with progress_bar(total=len(todo), desc=f"batch {name}", unit="run") as bar:
+        for run in todo:
             bar.set_postfix_str(run.name)
             record = execute_run(run, batch_dir)
+            bar.update(1)
             state["runs"][run.name] = record
             write_state(batch_dir, state)
             durations.append(record["duration_s"])

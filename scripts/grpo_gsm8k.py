@@ -31,6 +31,7 @@ from lab_utils.chat import generate
 from lab_utils.config import run_cli
 from lab_utils.distributed import is_main_process
 from lab_utils.models import load_tokenizer, resolve_model
+from lab_utils.progress import show_progress
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
 from lab_utils.training import (LoraParams, LossHistory, OptimParams, RunParams, finish_run, load_model as load_lora,
                                 lora_plus_optimizers, open_run, save_training_artifacts, train_from_last_checkpoint,
@@ -181,6 +182,7 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
     history = LossHistory()
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p), args=args,
                           train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     outcome = train_from_last_checkpoint(trainer, run)
     if "ref" in getattr(model, "peft_config", {}):
         # TRL keeps a frozen copy of the starting adapter as the KL reference; only the trained one is the result

@@ -31,6 +31,7 @@ from lab_utils.backend import get_backend
 from lab_utils.config import run_cli
 from lab_utils.distributed import is_main_process
 from lab_utils.paths import find_data_file
+from lab_utils.progress import show_progress
 from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, evaluate_before_training,
                                 finish_run, lora_plus_optimizers, open_run, sample_answers_during_training,
                                 save_training_artifacts, train_from_last_checkpoint, trainable_parameters, training_arguments)
@@ -148,6 +149,7 @@ def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dic
                          eval_dataset=heldout if len(heldout) else None, processing_class=processor,
                          data_collator=make_vision_collator(model, processor, backend, max_length=p.max_seq_length),
                          callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
     samples = sample_answers_during_training(trainer, p, lambda: answer_between_steps(p, model, processor, heldout, backend))
     eval_before = evaluate_before_training(trainer) if trainer.eval_dataset is not None else None
     outcome = train_from_last_checkpoint(trainer, run)

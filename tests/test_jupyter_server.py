@@ -1,0 +1,182 @@
+"""The interactive path, exercised: JupyterLab started headless, a notebook run through its kernel API.
+
+Not papermill: the test starts `jupyter lab` the way `make lab` does (loopback, a random
+port, a token, no browser), asks its REST API for a kernel, sends a real notebook's code
+cells over the kernel's websocket channel one by one, as the JupyterLab frontend does, and
+checks what came back: printed text, figures, the cell's result, the files the run wrote.
+Then it asks the same kernel how it draws progress (widgets: a Jupyter frontend is there).
+"""
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from lab_utils.notebooks import KERNEL_NAME, NOTEBOOKS_DIR, code_cells, read_notebook
+from lab_utils.paths import REPO_ROOT
+
+STARTUP_TIMEOUT_S = 180  # JupyterLab starts in a few seconds on a quiet machine; this one is shared
+CELL_TIMEOUT_S = 120
+# Small parameters, injected after the parameters cell as papermill would (a synthetic 96x96 image)
+SMALL_SVD = 'image = "synthetic"\nmax_side = 96\ngrid_ranks = [1, 4]\nrun_name = "server"\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """`jupyter lab` on 127.0.0.1 with a token; REST calls and websocket URLs against it."""
+
+    def __init__(self, root, env, runtime_dir):
+        self.port, self.token = free_port(), uuid.uuid4().hex
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+               "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+               f"--ServerApp.root_dir={root}", "--LabApp.default_url=/lab/tree/notebooks"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")  # as `make lab` does (AutoDL, Colab and containers run as root)
+        self.log = open(runtime_dir / "server.log", "w")
+        self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
+                                         headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+            return response.status, (json.loads(text) if text and "json" in response.headers.get("Content-Type", "") else text)
+
+    def wait_until_ready(self):
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                if self.request("GET", "/api/status")[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"jupyter lab not ready after {STARTUP_TIMEOUT_S} s; see {self.log.name}")
+
+    def channels_url(self, kernel_id: str, session: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?session_id={session}&token={self.token}"
+
+    def stop(self):
+        self.process.terminate()  # the server shuts its kernels down on SIGTERM
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def execute_request(code: str, session: str) -> dict:
+    return {"header": {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "test",
+                       "session": session, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}
+
+
+async def run_cells(url: str, cells: list[str], session: str) -> list[list[dict]]:
+    """Execute each cell in turn over the kernel's websocket; the iopub outputs of each."""
+    from tornado.websocket import websocket_connect
+
+    connection = await websocket_connect(url)
+    results = []
+    try:
+        for code in cells:
+            request = execute_request(code, session)
+            connection.write_message(json.dumps(request))
+            outputs, idle, replied = [], False, False
+            while not (idle and replied):
+                text = await asyncio.wait_for(connection.read_message(), CELL_TIMEOUT_S)
+                assert text is not None, "the kernel's websocket closed"
+                message = json.loads(text)
+                if message["parent_header"].get("msg_id") != request["header"]["msg_id"]:
+                    continue  # a message about something else (e.g. the kernel starting)
+                kind = message["msg_type"]
+                if kind in ("stream", "display_data", "execute_result", "error"):
+                    outputs.append({"type": kind, **message["content"]})
+                idle = idle or (kind == "status" and message["content"]["execution_state"] == "idle")
+                replied = replied or kind == "execute_reply"
+            results.append(outputs)
+    finally:
+        connection.close()
+    return results
+
+
+def text_of(outputs: list[dict]) -> str:
+    return "".join(o.get("text", "") for o in outputs if o["type"] == "stream")
+
+
+def errors_in(results) -> list[str]:
+    return [f"{o['ename']}: {o['evalue']}" for outputs in results for o in outputs if o["type"] == "error"]
+
+
+@pytest.fixture
+def lab_server(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "LAB_OUTPUT_DIR": str(tmp_path / "outputs"),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env.pop("LAB_PROGRESS", None)  # decided by where the kernel runs, as for a user
+    server = LabServer(REPO_ROOT, env, tmp_path)
+    try:
+        server.wait_until_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_notebook_runs_through_jupyterlabs_kernel_api(lab_server, tmp_path):
+    # JupyterLab itself is served (what `make lab` opens), at the notebooks folder
+    status, page = lab_server.request("GET", "/lab/tree/notebooks")
+    assert status == 200 and "jupyterlab" in page.lower()
+    notebook = NOTEBOOKS_DIR / "teach_svd.ipynb"
+    kernel_name = read_notebook(notebook)["metadata"]["kernelspec"]["name"]
+    assert kernel_name == KERNEL_NAME  # the kernel papermill uses is the one JupyterLab opens the notebook with
+    assert kernel_name in lab_server.request("GET", "/api/kernelspecs")[1]["kernelspecs"]
+
+    status, kernel = lab_server.request("POST", "/api/kernels", {"name": kernel_name, "path": "notebooks"})
+    assert status == 201
+    cells = code_cells(notebook)
+    cells.insert(1, SMALL_SVD)  # right after the parameters cell, as papermill injects
+    cells.append("from lab_utils.progress import progress_bar, progress_mode\n"
+                 "with progress_bar(total=3, desc='check') as bar:\n    bar.update(3)\nprint(progress_mode())")
+    session = uuid.uuid4().hex
+    started = time.monotonic()
+    results = asyncio.run(run_cells(lab_server.channels_url(kernel["id"], session), cells, session))
+    elapsed = time.monotonic() - started
+
+    assert not errors_in(results), errors_in(results)
+    printed = "".join(text_of(outputs) for outputs in results)
+    assert "image shape: (96, 96)" in printed
+    # ranks 0..96 of the 96x96 image, measured error == Eckart-Young up to rounding
+    assert re.search(r"largest \|measured - Eckart-Young\| over all 97 ranks: \d\.\d+e-1\d", printed)
+    figures = [o for outputs in results for o in outputs if o["type"] == "display_data" and "image/png" in o["data"]]
+    assert len(figures) >= 4, "the spectrum, reconstructions, error and storage plots are shown inline"
+    summary = next(o for o in results[-2] if o["type"] == "execute_result")["data"]["text/plain"]
+    assert "'full_rank': 96" in summary and "'break_even_rank'" in summary
+    metrics = json.loads((tmp_path / "outputs" / "teach_svd" / "server" / "metrics.json").read_text())
+    assert metrics["max_gap_error_vs_eckart_young"] < 1e-9
+    # progress in a kernel that JupyterLab started: a widget bar (ipywidgets installed), not text
+    assert text_of(results[-1]).strip().splitlines()[-1] == "widgets"
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in results[-1])
+    print(f"[test] {len(cells)} cells through the kernel API in {elapsed:.1f} s")
+
+    assert lab_server.request("DELETE", f"/api/kernels/{kernel['id']}")[0] == 204
