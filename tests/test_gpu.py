@@ -3,6 +3,9 @@
 Nothing here downloads: models are the real Qwen2.5-0.5B shape with random weights,
 saved to tmp_path (benchmarks/common.py), with the embedded SmolLM2 tokenizer.
 Needs requirements-gpu.txt (unsloth, bitsandbytes; vllm for the vLLM rollout case).
+Each test runs in a fresh Python process of its own (tests/gpu_isolation.py): Unsloth's
+patching of transformers from one test can never reach another (an hf-backend test after
+an Unsloth one used to fail with a logits batch-size mismatch).
 """
 
 import json
