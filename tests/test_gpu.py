@@ -55,6 +55,10 @@ def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
                           gradient_checkpointing=True)
     model, tokenizer, backend = sft_alpaca.load_model(p)
     assert backend.name == "hf" and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    # no fp32 upcast of the frozen non-quantised weights (peft's prepare_model_for_kbit_training did that)
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert all(w.dtype == torch.float32 for n, w in model.named_parameters() if w.requires_grad)
     lora_b = {n: w.detach().clone() for n, w in model.named_parameters() if "lora_B" in n}
     rows = Dataset.from_list(fixed_length_rows(tokenizer, 12, 128))
     trainer, _ = make_trainer(p, model, tokenizer, rows, None, tmp_path, backend)
