@@ -43,6 +43,16 @@ def test_lab_unsloth_sft_trains_and_saves_an_adapter(random_small_model):
     assert read_json(f"{run}/adapter/adapter_config.json")["r"] == 8
 
 
+def test_hf_backend_is_refused_once_unsloth_patched_the_process():
+    # this test has its own process (tests/gpu_isolation.py), so importing unsloth here harms no other test
+    from lab_utils.backend import UnslothAlreadyImported, get_backend, import_unsloth
+
+    import_unsloth()
+    with pytest.raises(UnslothAlreadyImported, match="restart the kernel/process to use backend=hf"):
+        get_backend("hf")
+    assert get_backend("unsloth").is_unsloth
+
+
 def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
     import bitsandbytes as bnb
     from datasets import Dataset
