@@ -50,7 +50,7 @@ def test_length_search_stops_at_the_cap_and_at_a_failing_start():
 def run_smoke(module: str, tmp_path) -> tuple[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
     assert len(written) == 1

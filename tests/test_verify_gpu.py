@@ -39,7 +39,9 @@ def test_gpu_settings_are_valid_params_of_their_experiments():
 
     experiments = {"case_sft_alpaca": sft_alpaca, "case_sft_medical": sft_medical, "case_vision": sft_vision}
     for case in verify_gpu.CASES:
-        for settings in (case.gpu, case.smoke or {}):
+        for settings in (case.gpu, case.smoke):
+            if not settings:
+                continue
             if case.function in experiments:
                 p = verify_gpu.shrink(experiments[case.function].Params, settings["config"], settings["overrides"],
                                       "some/model")
