@@ -249,6 +249,8 @@ def natural_length_rows(tokenizer, n_rows: int, max_len: int, data_file: str = "
 
     encoded = [tokenize_conversation(tokenizer, m, max_length=max_len) for m in conversations(data_file)]
     encoded = [e for e in encoded if any(t != IGNORE_INDEX for t in e["labels"][1:])]
+    if not encoded:
+        raise ValueError(f"{data_file}: no conversation keeps any answer token within {max_len} tokens; raise --seq_len")
     order = list(range(len(encoded)))
     random.Random(seed).shuffle(order)
     return [encoded[order[i % len(order)]] for i in range(n_rows)]

@@ -135,8 +135,9 @@ def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
         row = rows[backend]
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and math.isfinite(row["final_loss"])
         assert row["mfu_pct"] is None  # no peak FLOPs known for a CPU
-    # same rows for both: conversations at their own lengths, shorter than the 64-token cap on average
-    assert rows["trl"]["mean_row_tokens"] == rows["lab-hf"]["mean_row_tokens"] < 64
+    # same rows for both: whole conversations at their own lengths, below the 512-token cap
+    assert rows["trl"]["mean_row_tokens"] == rows["lab-hf"]["mean_row_tokens"] < 512
+    assert result["settings"]["seq_len"] == 512
 
 
 def test_natural_rows_keep_each_conversation_whole_and_mfu_uses_the_stated_formula(tokenizer, tmp_path):
