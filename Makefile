@@ -13,7 +13,7 @@ SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | c
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark demo lab test test-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark demo lab test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -61,8 +61,14 @@ lab: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Each GPU test runs in its own Python process (tests/gpu_isolation.py): Unsloth's patching never leaks.
 test-gpu: setup
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# Every CUDA path, each case in its own process, offline, on random-weight real-shape models (~10 min on an H200):
+# a table + $$LAB_OUTPUT_DIR/verify_gpu/report.{json,md}. VERIFY_ARGS=--smoke proves the harness on CPU.
+verify-gpu: setup
+	$(PY) -m scripts.verify_gpu $(VERIFY_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.sft_throughput

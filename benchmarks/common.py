@@ -51,6 +51,17 @@ MODEL_CONFIGS = {
                         tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5),
 }
 GPU_MODELS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "llama3.2-1b"]
+# Vision-language shapes (config.json of unsloth/Qwen2.5-VL-3B-Instruct, 2025-01): text tower + vision tower.
+VISION_CONFIGS = {
+    "qwen2.5-vl-3b": dict(
+        text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu", in_channels=3),
+        tie_word_embeddings=True),
+}
 SMOKE_MODEL = "smoke-llama"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -114,6 +125,69 @@ def build_random_model(name: str, tokenizer_source: str | None = None, seed: int
     return str(save_model_folder(model, tokenizer, target))
 
 
+def vision_model_config(name: str, tokenizer):
+    """A Qwen2.5-VL config with `name`'s published shape and `tokenizer`'s vision token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    from lab_utils.vision import VISION_SPECIAL_TOKENS
+
+    shape = VISION_CONFIGS[name]
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_SPECIAL_TOKENS}
+    text = dict(shape["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=dict(shape["vision"]),
+                            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                            tie_word_embeddings=shape["tie_word_embeddings"])
+
+
+def vision_processor(tokenizer):
+    """The stock Qwen2.5-VL processor where torchvision imports (Unsloth's FastVisionModel loads it with
+    AutoProcessor), else the lab's image-only one (lab_utils.vision.ImageTextProcessor)."""
+    from lab_utils.vision import QWEN_VL_CHAT_TEMPLATE, TINY_IMAGE_PIXELS, ImageTextProcessor
+
+    if has_package("torchvision"):
+        from transformers import Qwen2_5_VLProcessor
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**TINY_IMAGE_PIXELS), tokenizer=tokenizer,
+                                   video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_VL_CHAT_TEMPLATE)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return ImageTextProcessor(Qwen2VLImageProcessorPil(**TINY_IMAGE_PIXELS), tokenizer, QWEN_VL_CHAT_TEMPLATE)
+
+
+def build_random_vision_model(name: str, seed: int = 0) -> str:
+    """Save `name`'s Qwen2.5-VL shape with random bf16 weights once (the embedded tokenizer + vision tokens)."""
+    target = random_model_dir(name)
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return str(target)
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from lab_utils.vision import tiny_vision_tokenizer
+
+    tokenizer = tiny_vision_tokenizer()
+    config = vision_model_config(name, tokenizer)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return str(save_model_folder(model, vision_processor(tokenizer), target))
+
+
+def ensure_random_vision_model(name: str) -> str:
+    target = random_model_dir(name)
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return str(target)
+    result = run_isolated("benchmarks.common", "build_random_vision_model", {"name": name})
+    if result["status"] != "ok":
+        raise RuntimeError(f"building the random {name} failed: {result['status']}")
+    return result["value"]
+
+
 def ensure_random_model(name: str, tokenizer_source: str | None = None) -> str:
     """The model folder, built in a child process (keeps this process free of a CUDA context)."""
     target = random_model_dir(name)
@@ -134,14 +208,12 @@ def fixed_length_rows(tokenizer, n_rows: int, seq_len: int, data_file: str = "al
     (no padding to disagree about), so tokens/s compare like for like. Labels are
     the assistant tokens, as in real SFT.
     """
-    from data_loaders.alpaca import load_chat_file
     from lab_utils.chat import tokenize_conversation
 
-    dataset, _ = load_chat_file(data_file)
-    conversations = [tokenize_conversation(tokenizer, m, max_length=seq_len) for m in dataset["messages"]]
+    encoded = [tokenize_conversation(tokenizer, m, max_length=seq_len) for m in conversations(data_file)]
     stream_ids, stream_labels, rows, i = [], [], [], 0
     while len(rows) < n_rows:
-        conversation = conversations[i % len(conversations)]
+        conversation = encoded[i % len(encoded)]
         stream_ids += conversation["input_ids"]
         stream_labels += conversation["labels"]
         i += 1
@@ -149,6 +221,78 @@ def fixed_length_rows(tokenizer, n_rows: int, seq_len: int, data_file: str = "al
             rows.append({"input_ids": stream_ids[:seq_len], "labels": stream_labels[:seq_len]})
             stream_ids, stream_labels = stream_ids[seq_len:], stream_labels[seq_len:]
     return rows
+
+
+def conversations(data_file: str) -> list:
+    """The chat conversations of a bundled/LAB_DATA_DIR file: alpaca/messages/ShareGPT, or a medical CSV."""
+    if data_file.lower().endswith((".csv", ".tsv")):
+        from data_loaders.medical_csv import load_medical_csv
+
+        return list(load_medical_csv(data_file).dataset["messages"])
+    from data_loaders.alpaca import load_chat_file
+
+    dataset, _ = load_chat_file(data_file)
+    return list(dataset["messages"])
+
+
+def natural_length_rows(tokenizer, n_rows: int, max_len: int, data_file: str = "alpaca_sample.jsonl",
+                        seed: int = 0) -> list[dict]:
+    """n_rows conversations at their own lengths (truncated at max_len), in a seeded order, repeated as needed.
+
+    Real SFT data: short and long rows mixed, so a trainer that pads each batch to its
+    longest row computes on padding, and one that packs (the lab's padding-free batches)
+    does not. Every backend gets the same rows; throughput counts real (non-padding) tokens.
+    """
+    import random
+
+    from lab_utils.chat import IGNORE_INDEX, tokenize_conversation
+
+    encoded = [tokenize_conversation(tokenizer, m, max_length=max_len) for m in conversations(data_file)]
+    encoded = [e for e in encoded if any(t != IGNORE_INDEX for t in e["labels"][1:])]
+    if not encoded:
+        raise ValueError(f"{data_file}: no conversation keeps any answer token within {max_len} tokens; raise --seq_len")
+    order = list(range(len(encoded)))
+    random.Random(seed).shuffle(order)
+    return [encoded[order[i % len(order)]] for i in range(n_rows)]
+
+
+# ---------------------------------------------------------------- model FLOPs utilisation
+
+# Dense bf16 tensor-core peak (no sparsity), FLOP/s, from the vendors' data sheets (SXM parts).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12,
+                   "RTX 4090": 165e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+
+
+def lora_flops_per_token(model_dir: str, context: float) -> float:
+    """Model FLOPs to train one token with LoRA (frozen base): 4 * N_linear + 4 * layers * hidden * context.
+
+    Forward: 2 FLOPs per weight of every matmul (N_linear: all nn.Linear weights, lm_head
+    included, the embedding lookup excluded) plus causal attention, 2 * layers * hidden *
+    context (QK^T and AV over an average of context/2 earlier tokens). LoRA's backward pass
+    needs the activation gradients (as much again) but no gradients for the frozen weights,
+    so training is 2x the forward, where full fine-tuning is 3x (the usual 6 * N). The
+    LoRA matrices themselves (<1%) and recomputation by checkpointing are not counted:
+    MFU is useful work per second over the GPU's peak, whatever the implementation spends.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 4 * n_linear + 4 * config.num_hidden_layers * config.hidden_size * context
+
+
+def mfu_percent(tokens_per_s: float | None, flops_per_token: float | None, device_name: str) -> float | None:
+    peak = peak_flops(device_name)
+    if not (tokens_per_s and flops_per_token and peak):
+        return None
+    return round(100 * tokens_per_s * flops_per_token / peak, 1)
 
 
 # ---------------------------------------------------------------- timing + memory

@@ -2,6 +2,8 @@
 
     python -m benchmarks.gpu_sft                      # GPU: 4 models x {16-bit LoRA, 4-bit QLoRA} x 3 backends
     python -m benchmarks.gpu_sft --models qwen2.5-1.5b --quants qlora4 --out
+    python -m benchmarks.gpu_sft --lengths natural --models qwen2.5-1.5b qwen2.5-7b --quants qlora4
+    python -m benchmarks.gpu_sft --lengths natural --data_file medical/dialogues_gbk.csv
     python -m benchmarks.gpu_sft --smoke              # CPU, seconds: proves the harness
 
 Backends, each given the same rows, sequence length, batch, steps and LoRA settings:
@@ -10,9 +12,23 @@ Backends, each given the same rows, sequence length, batch, steps and LoRA setti
                  loss only at label positions), exactly as the SFT experiments build them (lab_utils.training)
     lab-unsloth  the lab's Unsloth backend: FastLanguageModel + the same script's Trainer
 
-Every row is exactly seq_len tokens (conversations from the bundled sample laid end
-to end, assistant tokens labelled), so each step trains batch x seq_len tokens on
-every backend. tokens/s counts the steps after --warmup_steps; peak memory is
+--lengths fixed (default): every row is exactly seq_len tokens (conversations from the
+bundled sample laid end to end, assistant tokens labelled), so each step trains
+batch x seq_len tokens on every backend: a like-for-like kernel comparison.
+--lengths natural: each row is one conversation at its own length (--data_file: the
+bundled alpaca sample, a medical CSV, or any chat file; truncated at seq_len), the
+same rows for every backend. That is real SFT data: TRL's defaults pad each batch to
+its longest row; the lab's padding-free batches compute no padding. tokens_per_s then
+counts real (non-padding) tokens only (Trainer's include_num_input_tokens_seen="non_padding").
+
+mfu_pct (model FLOPs utilisation) = tokens_per_s * FLOPs per token / the GPU's dense bf16
+peak (989 TFLOP/s for H100/H200 SXM), with FLOPs per token for LoRA = 4 * N_linear +
+4 * layers * hidden * context: 2 FLOPs per weight forward and as much again for the
+activation gradients (frozen weights need no weight gradients; full fine-tuning would
+be 6 * N), N_linear = every nn.Linear weight incl. lm_head, context = the token-weighted
+mean row length. Recomputation (checkpointing) is not counted (benchmarks/common.py).
+
+tokens/s counts the steps after --warmup_steps; peak memory is
 torch.cuda.max_memory_allocated for the whole case (weights + training), each case
 in its own process. Ratios are against `trl` in the same run. Models are the real
 shapes with random weights (benchmarks/common.py): speed and memory, not quality.
@@ -23,13 +39,15 @@ import tempfile
 import time
 
 from benchmarks.common import (GPU_MODELS, SMOKE_MODEL, ensure_random_model, environment, fixed_length_rows,
-                               peak_memory_gib, print_table, ratio, reset_peak_memory, run_isolated, skip_reasons,
-                               steady_rate, synchronize, write_results)
+                               gpu_name, lora_flops_per_token, mfu_percent, natural_length_rows, peak_memory_gib,
+                               print_table, ratio, reset_peak_memory, run_isolated, skip_reasons, steady_rate,
+                               synchronize, write_results)
 
 BACKENDS = ["trl", "lab-hf", "lab-unsloth"]
 QUANTS = ["lora16", "qlora4"]  # 16-bit LoRA (fp32 on CPU) | 4-bit NF4 QLoRA (bitsandbytes, CUDA only)
-COLUMNS = ["model", "quant", "backend", "precision", "tokens_per_s", "peak_gib", "speed_vs_trl", "memory_vs_trl",
-           "final_loss", "status"]
+COLUMNS = ["model", "quant", "backend", "precision", "tokens_per_s", "mfu_pct", "peak_gib", "speed_vs_trl",
+           "memory_vs_trl", "final_loss", "status"]
+LENGTHS = ["fixed", "natural"]
 
 
 def needs(backend: str, quant: str) -> list[str]:
@@ -47,14 +65,15 @@ def step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall time at the end of every optimizer step (after the GPU has finished it)."""
+        """Wall time and real tokens seen so far at the end of every optimizer step (after the GPU finished it)."""
 
         def __init__(self):
-            self.times = []
+            self.times, self.tokens = [], []
 
         def on_step_end(self, args, state, control, **kwargs):
             synchronize()
             self.times.append(time.perf_counter())
+            self.tokens.append(state.num_input_tokens_seen)
 
     return StepTimer()
 
@@ -81,7 +100,8 @@ def trl_trainer(model_dir, quant, rows, c, out_dir):
     args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=c["batch_size"], max_steps=c["steps"],
                      learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda,
                      max_length=c["seq_len"], packing=False, completion_only_loss=True, seed=0, disable_tqdm=True,
-                     gradient_checkpointing=c["gradient_checkpointing"], dataloader_num_workers=0)
+                     gradient_checkpointing=c["gradient_checkpointing"], dataloader_num_workers=0,
+                     include_num_input_tokens_seen="non_padding")
     lora = LoraConfig(task_type="CAUSAL_LM", r=c["lora_r"], lora_alpha=2 * c["lora_r"], lora_dropout=0.0,
                       target_modules=lora_target_modules(model.config))
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
@@ -102,8 +122,17 @@ def lab_trainer(model_dir, quant, rows, c, out_dir, backend_name):
     return trainer
 
 
+def real_token_rate(timer, warmup_steps: int) -> float | None:
+    """Real (non-padding) tokens per second over the steps after the warm-up ones."""
+    times, tokens = timer.times[warmup_steps:], timer.tokens[warmup_steps:]
+    if len(times) < 2:
+        return None
+    return round((tokens[-1] - tokens[0]) / (times[-1] - times[0]), 1)
+
+
 def train_case(model_dir: str, backend: str, quant: str, seq_len: int, batch_size: int, steps: int,
-               warmup_steps: int, lora_r: int, gradient_checkpointing: bool) -> dict:
+               warmup_steps: int, lora_r: int, gradient_checkpointing: bool, lengths: str = "fixed",
+               data_file: str = "alpaca_sample.jsonl") -> dict:
     """Train one (model, backend, quant) case; tokens/s, peak memory, final loss."""
     if backend == "lab-unsloth":
         from lab_utils.backend import import_unsloth
@@ -116,7 +145,13 @@ def train_case(model_dir: str, backend: str, quant: str, seq_len: int, batch_siz
     reset_peak_memory()
     c = dict(seq_len=seq_len, batch_size=batch_size, steps=steps, lora_r=lora_r,
              gradient_checkpointing=gradient_checkpointing)
-    rows = fixed_length_rows(load_tokenizer(model_dir), batch_size * steps, seq_len)
+    tokenizer = load_tokenizer(model_dir)
+    if lengths == "natural":
+        rows = natural_length_rows(tokenizer, batch_size * steps, seq_len, data_file)
+    else:
+        rows = fixed_length_rows(tokenizer, batch_size * steps, seq_len, data_file)
+    row_lengths = [len(r["input_ids"]) for r in rows]
+    context = sum(n * n for n in row_lengths) / sum(row_lengths)  # token-weighted mean row length
     with tempfile.TemporaryDirectory() as out_dir:
         if backend == "trl":
             trainer = trl_trainer(model_dir, quant, rows, c, out_dir)
@@ -128,8 +163,13 @@ def train_case(model_dir: str, backend: str, quant: str, seq_len: int, batch_siz
         trainer.add_callback(timer)
         result = trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    if lengths == "natural":
+        tokens_per_s = real_token_rate(timer, warmup_steps)
+    else:
+        tokens_per_s = steady_rate(timer.times, batch_size * seq_len, warmup_steps)
     return {
-        "tokens_per_s": steady_rate(timer.times, batch_size * seq_len, warmup_steps),
+        "tokens_per_s": tokens_per_s, "mean_row_tokens": round(sum(row_lengths) / len(row_lengths), 1),
+        "mfu_pct": mfu_percent(tokens_per_s, lora_flops_per_token(model_dir, context), gpu_name()),
         "peak_gib": peak_memory_gib(), "steps": result.global_step, "final_loss": round(losses[-1], 4) if losses else None,
         "precision": "bf16" if torch.cuda.is_available() else "fp32",
     }
@@ -152,7 +192,8 @@ def run_cases(a) -> list[dict]:
                 model_dir = model_dir or ensure_random_model(model, a.tokenizer)
                 payload = dict(model_dir=model_dir, backend=backend, quant=quant, seq_len=a.seq_len,
                                batch_size=a.batch_size, steps=a.steps, warmup_steps=a.warmup_steps, lora_r=a.lora_r,
-                               gradient_checkpointing=a.gradient_checkpointing)
+                               gradient_checkpointing=a.gradient_checkpointing, lengths=a.lengths,
+                               data_file=a.data_file)
                 print(f"[bench] {model} {quant} {backend}: training {a.steps} steps ...", flush=True)
                 outcome = run_isolated("benchmarks.gpu_sft", "train_case", payload)
                 rows.append({**row, **outcome.get("value", {}), "status": outcome["status"]})
@@ -175,7 +216,11 @@ def parse(argv=None):
     parser.add_argument("--models", nargs="+", default=GPU_MODELS)
     parser.add_argument("--quants", nargs="+", default=QUANTS, choices=QUANTS)
     parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
-    parser.add_argument("--seq_len", type=int, default=1024)
+    parser.add_argument("--lengths", choices=LENGTHS, default="fixed",
+                        help="fixed: every row seq_len tokens; natural: conversations at their own lengths")
+    parser.add_argument("--data_file", default="alpaca_sample.jsonl",
+                        help="chat file or medical CSV (bundled or under LAB_DATA_DIR), e.g. medical/dialogues_gbk.csv")
+    parser.add_argument("--seq_len", type=int, default=1024, help="row length (fixed) or truncation length (natural)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup_steps", type=int, default=2, help="steps left out of tokens/s")
@@ -185,15 +230,18 @@ def parse(argv=None):
     parser.add_argument("--out", nargs="?", const="", default=None, help="write JSON (default folder: benchmarks/results/)")
     a = parser.parse_args(argv)
     if a.smoke:
-        a.models, a.seq_len, a.batch_size, a.steps, a.warmup_steps, a.lora_r = [SMOKE_MODEL], 64, 2, 4, 1, 4
+        a.models, a.batch_size, a.steps, a.warmup_steps, a.lora_r = [SMOKE_MODEL], 2, 4, 1, 4
+        # natural rows keep their own length (a medical row is ~400 tokens): the 2-layer model copes on CPU
+        a.seq_len = 64 if a.lengths == "fixed" else 512
     return a
 
 
 def main(argv=None) -> dict:
     a = parse(argv)
     rows = run_cases(a)
-    print_table(f"LoRA SFT: seq_len {a.seq_len}, batch {a.batch_size}, {a.steps} steps (first {a.warmup_steps} untimed)",
-                rows, COLUMNS)
+    shape = f"{a.lengths} lengths from {a.data_file}, max {a.seq_len}" if a.lengths == "natural" else f"seq_len {a.seq_len}"
+    print_table(f"LoRA SFT: {shape}, batch {a.batch_size}, {a.steps} steps (first {a.warmup_steps} untimed); "
+                "tokens_per_s = real tokens", rows, COLUMNS)
     result = {"benchmark": "gpu_sft", "settings": {k: v for k, v in vars(a).items() if k != "out"},
               "environment": environment(), "rows": rows}
     write_results("gpu_sft", result, a.out)

@@ -5,10 +5,17 @@
 Choosing never imports unsloth or vllm on a CPU machine: `importlib.util.find_spec`
 only looks for the package. Unsloth patches transformers when imported, so the
 modules that use it import it (through `import_unsloth`) before building a model.
+
+One backend per process. `import unsloth` patches transformers, TRL and peft for the
+whole process and cannot be undone; an hf model built afterwards runs Unsloth's
+patched forward (seen on an H200: the hf backend's label-only loss then fails with a
+batch-size mismatch). So asking for the hf backend once unsloth is imported stops
+with one line saying to restart the kernel/process (`UnslothAlreadyImported`).
 """
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,8 +41,27 @@ def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+class UnslothAlreadyImported(RuntimeError):
+    """The hf backend was asked for in a process where unsloth has already patched transformers."""
+
+
+UNSLOTH_MIX_MESSAGE = ("Unsloth already patched transformers in this process; restart the kernel/process "
+                       "to use backend=hf (or keep backend=unsloth here)")
+
+
+def refuse_hf_after_unsloth(backend: Backend) -> Backend:
+    """The hf backend is only sound in a process that never imported unsloth (see the module docstring)."""
+    if backend.name == "hf" and "unsloth" in sys.modules:
+        raise UnslothAlreadyImported(UNSLOTH_MIX_MESSAGE)
+    return backend
+
+
 def choose_backend(forced: str | None = None) -> Backend:
     """forced: hf | unsloth; None or "auto" defers to LAB_BACKEND, then to what the machine has."""
+    return refuse_hf_after_unsloth(_choose_backend(forced))
+
+
+def _choose_backend(forced: str | None) -> Backend:
     if forced in (None, "", "auto"):
         forced = os.environ.get("LAB_BACKEND")
     forced = (forced or "").strip().lower() or None

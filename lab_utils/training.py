@@ -155,7 +155,7 @@ def load_model(p, backend: Backend):
     source = resolve_model(p.model)
     if backend.is_unsloth:
         return load_unsloth_model(p, source)
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(source)
@@ -166,9 +166,12 @@ def load_model(p, backend: Backend):
         device_map={"": local_rank()} if backend.device == "cuda" else None, attn_implementation="sdpa",
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
-    if quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.gradient_checkpointing)
-    elif p.gradient_checkpointing:
+    # QLoRA without peft's prepare_model_for_kbit_training: it casts every weight that is not quantised
+    # (embeddings, lm_head, norms) to fp32. With Qwen2.5's 152k vocabulary that is +0.47 GB (1.5B, tied)
+    # to +2.2 GB (7B) of frozen weights, and under bf16 autocast the fp32 head is cast back to a bf16 copy
+    # on every forward. Frozen weights stay in the compute dtype; the LoRA weights are fp32 anyway
+    # (get_peft_model's autocast_adapter_dtype); checkpointing needs only what follows.
+    if p.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(task_type="CAUSAL_LM", target_modules=lora_target_modules(model, p.lora_mlp),
@@ -267,22 +270,53 @@ def label_positions(labels: torch.Tensor):
     return rows, cols, next_labels[rows, cols]
 
 
-def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-label-token cross-entropy, computing logits only where a label follows.
+# Logits per loss chunk: 2**26 of them is 256 MiB in fp32 (~440 label positions of a 152k vocabulary).
+LOSS_CHUNK_LOGITS = 2**26
 
-    Returns (losses, row_index_of_each_loss). With a single packed row the kept
-    positions are passed as `logits_to_keep`, so the vocabulary projection runs
-    only on assistant tokens.
+
+def token_losses(model, batch: dict, chunk_logits: int = LOSS_CHUNK_LOGITS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-label-token cross-entropy; full-vocabulary logits exist only for a chunk of label positions at a time.
+
+    Returns (losses, row_index_of_each_loss). The model runs to its last hidden state
+    (`logits_to_keep=1`: no logits for the sequence), the hidden states at positions whose
+    next token is a label are gathered, and the output head + cross-entropy run on those
+    in chunks, each recomputed in the backward pass instead of kept (head_losses). Packed
+    or padded, prompts and padding never reach the vocabulary projection, and the fp32
+    logits of a whole batch (4 x 1024 x 152k = 2.3 GiB for Qwen2.5) are never materialised.
     """
     labels = batch["labels"]
     rows, cols, targets = label_positions(labels)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if labels.shape[0] == 1:
-        logits = model(**inputs, use_cache=False, logits_to_keep=cols).logits[0]
-    else:
-        logits = model(**inputs, use_cache=False).logits[rows, cols]
-    losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-    return losses, rows
+    # The call goes through the (DDP/peft) wrapper's forward, so gradient synchronisation sees it.
+    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    hidden = outputs.hidden_states[-1][rows, cols]  # the final-norm output (transformers ties it to last_hidden_state)
+    unwrapped = getattr(model, "module", model)
+    softcap = getattr(unwrapped.config, "final_logit_softcapping", None)  # Gemma 2/3 cap their logits
+    return head_losses(unwrapped.get_output_embeddings(), hidden, targets, softcap, chunk_logits), rows
+
+
+def head_losses(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None,
+                chunk_logits: int = LOSS_CHUNK_LOGITS) -> torch.Tensor:
+    """cross_entropy(head(hidden), targets) per row, chunk by chunk; each chunk's logits are recomputed
+    in the backward pass (activation checkpointing) rather than stored. Costs one extra head matmul on
+    the label positions; saves all but one chunk of the [labels, vocabulary] fp32 logits."""
+    from torch.utils.checkpoint import checkpoint
+
+    rows_per_chunk = max(1, chunk_logits // head.weight.shape[0])
+    pieces = []
+    for h, t in zip(hidden.split(rows_per_chunk), targets.split(rows_per_chunk)):
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(chunk_losses, head, h, t, softcap, use_reentrant=False))
+        else:
+            pieces.append(chunk_losses(head, h, t, softcap))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def chunk_losses(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
 class LabTrainer(Trainer):

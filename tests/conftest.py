@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpu_isolation import pytest_runtest_protocol  # noqa: F401  (each GPU test in its own process)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -50,7 +50,7 @@ def test_length_search_stops_at_the_cap_and_at_a_failing_start():
 def run_smoke(module: str, tmp_path) -> tuple[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
     assert len(written) == 1
@@ -103,3 +103,61 @@ def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path):
         assert [n for n, _ in row["try_log"]] == [32, 64, 128, 256]
     (unsloth,) = by(result["rows"], backend="lab-unsloth")
     assert unsloth["status"].startswith("skipped:")
+
+
+def test_vision_shape_gives_the_published_parameter_count():
+    # unsloth/Qwen2.5-VL-3B-Instruct: 3,754,622,976 parameters (tied embeddings counted once)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from benchmarks.common import vision_model_config
+    from lab_utils.vision import tiny_vision_tokenizer
+
+    config = vision_model_config("qwen2.5-vl-3b", tiny_vision_tokenizer())
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 3_754_622_976
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
+def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_sft", "--smoke", "--lengths", "natural",
+                           "--data_file", "medical/dialogues_gbk.csv", "--backends", "trl", "lab-hf", "--quants",
+                           "lora16", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "natural lengths from medical/dialogues_gbk.csv" in done.stdout and "mfu_pct" in done.stdout
+    result = json.loads(next(tmp_path.glob("gpu_sft-*.json")).read_text())
+    assert result["settings"]["lengths"] == "natural"
+    rows = {r["backend"]: r for r in result["rows"]}
+    for backend in ("trl", "lab-hf"):
+        row = rows[backend]
+        assert row["status"] == "ok" and row["tokens_per_s"] > 0 and math.isfinite(row["final_loss"])
+        assert row["mfu_pct"] is None  # no peak FLOPs known for a CPU
+    # same rows for both: whole conversations at their own lengths, below the 512-token cap
+    assert rows["trl"]["mean_row_tokens"] == rows["lab-hf"]["mean_row_tokens"] < 512
+    assert result["settings"]["seq_len"] == 512
+
+
+def test_natural_rows_keep_each_conversation_whole_and_mfu_uses_the_stated_formula(tokenizer, tmp_path):
+    from benchmarks.common import lora_flops_per_token, mfu_percent, natural_length_rows
+
+    rows = natural_length_rows(tokenizer, 10, 4096, "alpaca_sample.jsonl")
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert len(rows) == 10 and len(set(lengths)) > 3  # natural: unequal lengths
+    assert all(r["labels"][0] == -100 and any(t != -100 for t in r["labels"]) for r in rows)  # a prompt, then an answer
+    assert rows == natural_length_rows(tokenizer, 10, 4096, "alpaca_sample.jsonl")  # seeded: same rows every backend
+    # Qwen2.5-0.5B: 24 layers x (q,k,v,o + gate,up,down) + the 151,936 x 896 head
+    from transformers import AutoConfig
+
+    from benchmarks.common import model_config
+
+    folder = tmp_path / "qwen2.5-0.5b-config"
+    model_config("qwen2.5-0.5b").save_pretrained(folder)
+    d, kv, ff, layers, vocab = 896, 128, 4864, 24, 151936
+    n_linear = layers * (d * d + 2 * d * kv + d * d + 3 * d * ff) + vocab * d
+    assert AutoConfig.from_pretrained(folder).hidden_size == d
+    assert lora_flops_per_token(str(folder), 1000) == 4 * n_linear + 4 * layers * d * 1000
+    assert mfu_percent(10_000, 4e9, "NVIDIA H200") == round(100 * 10_000 * 4e9 / 989e12, 1)
+    assert mfu_percent(10_000, 4e9, "cpu") is None

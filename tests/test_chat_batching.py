@@ -69,3 +69,55 @@ def test_each_sample_loss_in_a_batch_equals_its_loss_alone(embedded_model, token
         together, _ = token_losses(embedded_model, collate(rows))
     assert together.shape[0] == sum(a.shape[0] for a in alone)
     assert torch.allclose(together, torch.cat(alone), atol=2e-4), (together - torch.cat(alone)).abs().max()
+
+
+def tiny_lora_model(vocab: int = 1000):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=True, use_cache=False)
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], task_type="CAUSAL_LM",
+                      init_lora_weights=False)  # B != 0: gradients reach A as well
+    return get_peft_model(model, lora)
+
+
+def reference_losses(model, batch):
+    """The textbook way: full-vocabulary logits for every position, then cross-entropy at the label positions."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    shifted = batch["labels"][:, 1:]
+    keep = shifted != IGNORE_INDEX
+    return torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), shifted[keep], reduction="none")
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_chunked_label_only_loss_equals_full_logits_loss_in_value_and_gradient(padding_free):
+    model = tiny_lora_model()
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for length in (23, 9, 31):  # unequal lengths: the padded batch has padding
+        ids = torch.randint(0, 1000, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2:]})
+    batch = ChatCollator(pad_token_id=0, padding_free=padding_free)(rows)
+    head_inputs = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_inputs.append(tuple(i[0].shape)))
+    # 5 label rows per chunk (5 x 1000 logits): several chunks, the last one partial
+    losses, _ = token_losses(model, batch, chunk_logits=5 * 1000)
+    n_labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    n_chunks = (n_labels + 4) // 5
+    assert losses.shape == (n_labels,)
+    # inside the model the head saw one position per row (logits_to_keep=1), never the sequence;
+    # then label positions only, at most 5 at a time
+    inside, chunks = head_inputs[0], head_inputs[1:]
+    assert inside == (batch["input_ids"].shape[0], 1, 64)
+    assert len(chunks) == n_chunks and max(c[0] for c in chunks) <= 5 and sum(c[0] for c in chunks) == n_labels
+    grads = torch.autograd.grad(losses.mean(), [w for w in model.parameters() if w.requires_grad])
+    handle.remove()
+    assert len(head_inputs) == 1 + 2 * n_chunks, "each chunk's logits were recomputed in the backward, not stored"
+    expected = reference_losses(model, batch)
+    expected_grads = torch.autograd.grad(expected.mean(), [w for w in model.parameters() if w.requires_grad])
+    assert torch.allclose(losses, expected, atol=1e-5)
+    assert all(torch.allclose(g, e, atol=1e-6, rtol=1e-4) for g, e in zip(grads, expected_grads))

@@ -3,6 +3,9 @@
 Nothing here downloads: models are the real Qwen2.5-0.5B shape with random weights,
 saved to tmp_path (benchmarks/common.py), with the embedded SmolLM2 tokenizer.
 Needs requirements-gpu.txt (unsloth, bitsandbytes; vllm for the vLLM rollout case).
+Each test runs in a fresh Python process of its own (tests/gpu_isolation.py): Unsloth's
+patching of transformers from one test can never reach another (an hf-backend test after
+an Unsloth one used to fail with a logits batch-size mismatch).
 """
 
 import json
@@ -40,6 +43,16 @@ def test_lab_unsloth_sft_trains_and_saves_an_adapter(random_small_model):
     assert read_json(f"{run}/adapter/adapter_config.json")["r"] == 8
 
 
+def test_hf_backend_is_refused_once_unsloth_patched_the_process():
+    # this test has its own process (tests/gpu_isolation.py), so importing unsloth here harms no other test
+    from lab_utils.backend import UnslothAlreadyImported, get_backend, import_unsloth
+
+    import_unsloth()
+    with pytest.raises(UnslothAlreadyImported, match="restart the kernel/process to use backend=hf"):
+        get_backend("hf")
+    assert get_backend("unsloth").is_unsloth
+
+
 def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
     import bitsandbytes as bnb
     from datasets import Dataset
@@ -52,6 +65,10 @@ def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
                           gradient_checkpointing=True)
     model, tokenizer, backend = sft_alpaca.load_model(p)
     assert backend.name == "hf" and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    # no fp32 upcast of the frozen non-quantised weights (peft's prepare_model_for_kbit_training did that)
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert all(w.dtype == torch.float32 for n, w in model.named_parameters() if w.requires_grad)
     lora_b = {n: w.detach().clone() for n, w in model.named_parameters() if "lora_B" in n}
     rows = Dataset.from_list(fixed_length_rows(tokenizer, 12, 128))
     trainer, _ = make_trainer(p, model, tokenizer, rows, None, tmp_path, backend)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,26 @@ def test_choosing_a_backend_on_cpu_imports_neither_unsloth_nor_vllm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "backend: hf on cpu" in out.stdout
+
+
+def test_hf_backend_after_unsloth_was_imported_stops_with_one_line_saying_restart(tmp_path):
+    # unsloth cannot be installed without CUDA, so the child process puts a stand-in module object under
+    # sys.modules["unsloth"]: the guard only reads sys.modules, and that entry is what `import unsloth`
+    # leaves behind. Then the real CLI is asked for backend=hf, as a notebook user switching backends would.
+    code = ("import sys, types; sys.modules['unsloth'] = types.ModuleType('unsloth'); "
+            "from scripts import sft_alpaca; "
+            "sft_alpaca.main(['--backend', 'hf', '--max_steps', '1', '--run_name', 'mixed'])")
+    env = {**os.environ, "LAB_OUTPUT_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and "Unsloth already patched transformers in this process" in error[0]
+    assert "restart the kernel/process to use backend=hf" in error[0] and "Traceback" not in done.stderr
+    # auto resolves to hf here (no CUDA): refused as well; in a fresh process the same call is fine
+    with pytest.raises(backend_mod.UnslothAlreadyImported):
+        sys.modules["unsloth"] = object()
+        try:
+            backend_mod.choose_backend()
+        finally:
+            del sys.modules["unsloth"]
+    assert backend_mod.choose_backend("hf").name == "hf"
