@@ -129,7 +129,7 @@ def vision_model_config(name: str, tokenizer):
     """A Qwen2.5-VL config with `name`'s published shape and `tokenizer`'s vision token ids."""
     from transformers import Qwen2_5_VLConfig
 
-    from lab_utils.vision import VISION_SPECIAL_TOKENS
+    from lab_utils.vision_processor import VISION_SPECIAL_TOKENS
 
     shape = VISION_CONFIGS[name]
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_SPECIAL_TOKENS}
@@ -143,8 +143,9 @@ def vision_model_config(name: str, tokenizer):
 
 def vision_processor(tokenizer):
     """The stock Qwen2.5-VL processor where torchvision imports (Unsloth's FastVisionModel loads it with
-    AutoProcessor), else the lab's image-only one (lab_utils.vision.ImageTextProcessor)."""
-    from lab_utils.vision import QWEN_VL_CHAT_TEMPLATE, TINY_IMAGE_PIXELS, ImageTextProcessor
+    AutoProcessor), else the lab's image-only one (lab_utils.vision_processor.ImageTextProcessor)."""
+    from lab_utils.vision_model import TINY_IMAGE_PIXELS
+    from lab_utils.vision_processor import QWEN_VL_CHAT_TEMPLATE, ImageTextProcessor
 
     if has_package("torchvision"):
         from transformers import Qwen2_5_VLProcessor

@@ -125,7 +125,7 @@ def load_model(p: Params):
 
 def build_dataset(p: Params, data, processor):
     """(train rows, held-out rows, skip report): image rows stay rows; the collator
-    (lab_utils.vision) turns each batch into tensors with the processor, answer tokens labelled."""
+    (lab_utils.vision_collator) turns each batch into tensors with the processor, answer tokens labelled."""
     return data
 
 

@@ -353,7 +353,7 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from lab_utils.models import resolve_model
-    from lab_utils.vision import load_vision_processor
+    from lab_utils.vision_processor import load_vision_processor
 
     source = resolve_model("tiny-qwen2.5-vl")
     processor = load_vision_processor(source)
