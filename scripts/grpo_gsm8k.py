@@ -10,21 +10,27 @@ toward the completions that beat their group's mean (GRPO: the group is the
 baseline, no value model). `beta` > 0 keeps it near the base model (KL term).
 
 Defaults are the CPU demo: the embedded SmolLM2-135M, the bundled 41-problem
-sample, rollouts by HF generate, ~10 steps. On a CUDA box with vllm (and
-unsloth) installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real
-GSM8K with vLLM rollouts (lab_utils/rollouts.py). Each run writes to
-$LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, tensorboard/,
-params.json, metrics.json (accuracy before/after, step time), history.json,
-rewards.png, dynamics.png, samples.md/.csv, skipped_prompts.csv, run_complete.json.
+sample (16 held out), rollouts by HF generate. A 135M model never writes the
+<reasoning>/<answer> layout by itself, so every completion of a group would score
+the same and GRPO would learn nothing; the demo first runs a short SFT warm-up
+(`sft_warmup_steps`) on the training problems' worked solutions in that layout,
+by the shared SFT loop, then GRPO. On a CUDA box with vllm (and unsloth)
+installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real GSM8K with
+vLLM rollouts (lab_utils/rollouts.py), without a warm-up. Each run writes to
+$LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, sft_warmup/,
+tensorboard/, params.json, metrics.json (format rate and accuracy before, after
+the warm-up and after GRPO; mean reward of the first and last quarter of the
+steps; step time), history.json, rewards.png, dynamics.png, samples.md/.csv,
+skipped_prompts.csv, run_complete.json.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 
 from data_loaders.common import SkipReport
-from data_loaders.gsm8k import load_gsm8k
+from data_loaders.gsm8k import load_gsm8k, worked_solution_conversations
 from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_json, write_table
 from lab_utils.backend import get_backend
@@ -33,8 +39,8 @@ from lab_utils.config import run_cli, save_params
 from lab_utils.models import resolve_model
 from lab_utils.paths import mark_complete, run_dir
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training import (LossHistory, last_checkpoint, load_model as load_lora_model, resolve_precision,
-                                trainable_parameters)
+from lab_utils.training import (LoraSFTParams, LossHistory, last_checkpoint, load_model as load_lora_model,
+                                make_trainer, resolve_precision, tokenize_dataset, trainable_parameters)
 from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
@@ -48,7 +54,7 @@ class Params:
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
     eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
-    eval_rows: int = 8  # problems graded before and after training
+    eval_rows: int = 16  # problems graded before and after training
     prompt_language: str = "en"  # en | zh: which format instruction (rewards.SYSTEM_PROMPT*) the prompts carry
     max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_prompts.csv
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
@@ -71,10 +77,10 @@ class Params:
     reward_names: list[str] = field(default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
     reward_weights: list[float] = field(default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # optimisation
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4  # high for RL: the CPU demo has a few dozen steps to show movement
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
     gradient_accumulation_steps: int = 1
-    max_steps: int = 10
+    max_steps: int = 12
     warmup_ratio: float = 0.1
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
@@ -88,12 +94,20 @@ class Params:
     # bookkeeping
     eval_max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
     logging_steps: int = 1
-    save_steps: int = 5
+    save_steps: int = 6
     save_total_limit: int = 2
     run_name: str = "demo"
     overwrite: bool = False
     report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
     backend: str = "auto"  # auto | hf | unsloth
+    # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
+    # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
+    # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
+    # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
+    # format the same way). The warm-up reuses the SFT loop of lab_utils/training.py.
+    sft_warmup_steps: int = 24  # ~4 passes over the demo's 25 training solutions
+    sft_warmup_learning_rate: float = 5e-4
+    sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
 
 
 def check_params(p: Params) -> None:
@@ -144,6 +158,40 @@ def build_dataset(p: Params, tokenizer):
     return train, evaluation, report
 
 
+def warmup_params(p: Params) -> LoraSFTParams:
+    """The shared SFT loop's knobs for the warm-up: this run's LoRA/precision/bookkeeping, the warm-up's own
+    steps, rate and batch (no LR ramp), and one checkpoint at its end (a resumed run need not repeat it)."""
+    shared = {f.name: getattr(p, f.name) for f in fields(LoraSFTParams) if hasattr(p, f.name)}
+    return LoraSFTParams(**{**shared, "max_steps": p.sft_warmup_steps, "learning_rate": p.sft_warmup_learning_rate,
+                            "batch_size": p.sft_warmup_batch_size, "gradient_accumulation_steps": 1,
+                            "warmup_ratio": 0.0,  # no LR ramp: in a dozen steps it would waste the first ones
+                            "save_steps": max(p.sft_warmup_steps, 1), "save_total_limit": 1})
+
+
+def warm_up(p: Params, model, tokenizer, train_prompts, run, backend) -> tuple[dict, list[dict]]:
+    """(summary, loss history) of supervised steps on the training prompts' worked solutions in the target
+    format (see Params), by the SFT loop of lab_utils/training.py.
+
+    Skipped when sft_warmup_steps is 0, and when GRPO has already saved a checkpoint (resuming loads the
+    warmed-up-and-trained adapter from it). Its own checkpoints and logs go to <run>/sft_warmup/.
+    """
+    if p.sft_warmup_steps <= 0 or last_checkpoint(run / "checkpoints"):
+        return {"sft_warmup_steps": 0}, []
+    folder = run / "sft_warmup"
+    tokens = tokenize_dataset(worked_solution_conversations(train_prompts), tokenizer, p.max_seq_length)
+    trainer, history = make_trainer(warmup_params(p), model, tokenizer, tokens, None, folder, backend)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=last_checkpoint(folder / "checkpoints"))
+    losses = [r["loss"] for r in history.records if "loss" in r]
+    print(f"[lab] SFT warm-up: {trainer.state.global_step} steps on {len(tokens)} worked solutions, "
+          f"loss {losses[0] if losses else None} -> {losses[-1] if losses else None}")
+    summary = {"sft_warmup_steps": trainer.state.global_step, "sft_warmup_rows": len(tokens),
+               "sft_warmup_seconds": round(time.time() - started, 2),
+               "sft_warmup_loss_first": losses[0] if losses else None,
+               "sft_warmup_loss_last": losses[-1] if losses else None}
+    return summary, history.records
+
+
 def reward_functions(p: Params) -> list:
     """The named rewards; the overlong penalty is sized to this run's completion length."""
     sized = {"overlong_penalty": {"max_length": p.max_completion_length}}
@@ -170,6 +218,11 @@ def grade(completions: list[str], problems) -> dict:
     }
 
 
+def grade_after_warm_up(p: Params, model, tokenizer, problems, warmup: dict) -> dict | None:
+    """The evaluation problems graded between warm-up and GRPO (None without a warm-up): what GRPO adds."""
+    return grade(answer(p, model, tokenizer, problems), problems) if warmup["sft_warmup_steps"] else None
+
+
 def share(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -178,6 +231,19 @@ def accuracy(grades: dict, when: str) -> dict:
     """accuracy_<when>, tagged_accuracy_<when>, format_rate_<when>: shares of the graded problems."""
     return {f"accuracy_{when}": share(grades["correct"]), f"tagged_accuracy_{when}": share(grades["tagged"]),
             f"format_rate_{when}": share(grades["formatted"])}
+
+
+def all_scores(graded_before: dict, graded_warm: dict | None, graded_after: dict) -> dict:
+    """accuracy/tagged_accuracy/format_rate before, after the warm-up (if any) and after GRPO."""
+    warm = accuracy(graded_warm, "after_warmup") if graded_warm else {}
+    return {**accuracy(graded_before, "before"), **warm, **accuracy(graded_after, "after")}
+
+
+def progress_table(scores: dict) -> pd.DataFrame:
+    """The scores as a table: one row per measure, one column per moment (before, after warm-up, after GRPO)."""
+    moments = [m for m in ("before", "after_warmup", "after") if f"accuracy_{m}" in scores]
+    return pd.DataFrame({m: [scores[f"{k}_{m}"] for k in ("format_rate", "accuracy", "tagged_accuracy")]
+                         for m in moments}, index=["format_rate", "accuracy", "tagged_accuracy"])
 
 
 def grpo_arguments(p: Params, run, backend, rollouts):
@@ -225,6 +291,14 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
             "rollouts": rollouts.engine, "history": history.records}
 
 
+def quarter_means(history: list[dict]) -> dict:
+    """Mean total reward over the first and the last quarter of the GRPO steps: is the policy learning?"""
+    rewards = [r["reward"] for r in history if "reward" in r]
+    quarter = max(len(rewards) // 4, 1)
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {"reward_first_quarter": mean(rewards[:quarter]), "reward_last_quarter": mean(rewards[-quarter:])}
+
+
 def samples_table(problems, before: list[str], after: list[str], graded_before: dict, graded_after: dict):
     return pd.DataFrame({
         "question": [prompt[-1]["content"] for prompt in problems["prompt"]],
@@ -246,6 +320,7 @@ def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict
     rewards = [r["reward"] for r in history if "reward" in r]
     metrics = {**{k: v for k, v in outcome.items() if k != "history"}, **scores,
                "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+               **quarter_means(history),
                "backend": backend.name, "device": backend.device, "prompts_kept": report.kept,
                "prompts_skipped": len(report.skipped),
                **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
@@ -261,10 +336,12 @@ def run(p: Params) -> dict:
     train_prompts, problems, report = build_dataset(p, tokenizer)
     before = answer(p, model, tokenizer, problems)
     graded_before = grade(before, problems)
-    outcome = train(p, model, tokenizer, train_prompts, run_path, backend, rollouts)
+    warmup, _ = warm_up(p, model, tokenizer, train_prompts, run_path, backend)
+    graded_warm = grade_after_warm_up(p, model, tokenizer, problems, warmup)
+    outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts), **warmup}
     after = answer(p, model, tokenizer, problems)
     graded_after = grade(after, problems)
-    scores = {**accuracy(graded_before, "before"), **accuracy(graded_after, "after")}
+    scores = all_scores(graded_before, graded_warm, graded_after)
     table = samples_table(problems, before, after, graded_before, graded_after)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)
     print(f"[lab] done: {run_path}")
@@ -275,8 +352,9 @@ def main(argv=None):
     setup_logging()
     result = run_cli(run, Params, argv, description=__doc__)
     m = result["metrics"]
-    print(f"accuracy {m['accuracy_before']} -> {m['accuracy_after']}; {m['seconds_per_step']} s/step "
-          f"({m['rollouts']} rollouts, {m['steps_trained']} steps)")
+    print(progress_table(m).to_string())
+    print(f"reward {m['reward_first_quarter']} (first quarter of the steps) -> {m['reward_last_quarter']} (last); "
+          f"{m['seconds_per_step']} s/step ({m['rollouts']} rollouts, {m['steps_trained']} steps)")
 
 
 if __name__ == "__main__":
