@@ -30,6 +30,11 @@ usable row raises DataError.
 
     load_gsm8k("gsm8k_sample.jsonl")                      the bundled sample
     load_gsm8k("gsm8k", split_file="test.jsonl")          $LAB_DATA_DIR/gsm8k/test.jsonl
+
+For a supervised warm-up before GRPO, `worked_solution_conversations(prompts)`
+turns the same rows into SFT conversations (schema `messages`, `source`, as the
+SFT loaders return) whose assistant turn is the gold solution written in the
+target format (`target_format_answer`).
 """
 
 import json
@@ -116,6 +121,25 @@ def gsm8k_prompt(question: str, system_prompt: str | None = SYSTEM_PROMPT) -> li
     """The chat prompt for one question: the format instruction, then the question."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return system + [{"role": "user", "content": question}]
+
+
+def target_format_answer(solution: str, answer: str) -> str:
+    """A worked solution in the layout rewards.SYSTEM_PROMPT asks for (strict_format_reward scores it 1.0)."""
+    return f"<reasoning>\n{solution.strip()}\n</reasoning>\n<answer>\n{answer.strip()}\n</answer>"
+
+
+def worked_solution_conversations(prompts: Dataset) -> Dataset:
+    """SFT rows from load_gsm8k's rows: the same prompt, answered by the gold solution in the target format.
+
+    A row without a worked solution (only "#### n") would teach an empty <reasoning>: it raises instead.
+    """
+    rows = []
+    for row in prompts:
+        if not row["solution"].strip():
+            raise ValueError(f"{row['source']}: no worked solution before '####' to write into <reasoning>")
+        reply = {"role": "assistant", "content": target_format_answer(row["solution"], row["answer"])}
+        rows.append({"messages": [*row["prompt"], reply], "source": row["source"]})
+    return Dataset.from_list(rows)
 
 
 def prompt_token_count(tokenizer, prompt: list[dict]) -> int:

@@ -10,20 +10,26 @@ toward the completions that beat their group's mean (GRPO: the group is the
 baseline, no value model). `beta` > 0 keeps it near the base model (KL term).
 
 Defaults are the CPU demo: the embedded SmolLM2-135M, the bundled 41-problem
-sample, rollouts by HF generate, ~10 steps. On a CUDA box with vllm (and
-unsloth) installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real
-GSM8K with vLLM rollouts (lab_utils/rollouts.py). Each run writes to
-$LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, tensorboard/,
-params.json, metrics.json (accuracy before/after, step time), history.json,
-rewards.png, dynamics.png, samples.md/.csv, skipped_rows.csv, training.png, run_complete.json.
+sample (16 held out), rollouts by HF generate. A 135M model never writes the
+<reasoning>/<answer> layout by itself, so every completion of a group would score
+the same and GRPO would learn nothing; the demo first runs a short SFT warm-up
+(`sft_warmup_steps`) on the training problems' worked solutions in that layout,
+by the shared SFT loop, then GRPO. On a CUDA box with vllm (and unsloth)
+installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real GSM8K with
+vLLM rollouts (lab_utils/rollouts.py), without a warm-up. Each run writes to
+$LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, sft_warmup/,
+tensorboard/, params.json, metrics.json (format rate and accuracy before, after
+the warm-up and after GRPO; mean reward of the first and last quarter of the
+steps; step time), history.json, rewards.png, dynamics.png, training.png,
+samples.md/.csv, skipped_rows.csv, run_complete.json.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 
 from data_loaders.common import SkipReport, split_heldout
-from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file
+from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file, worked_solution_conversations
 from lab_utils import plots
 from lab_utils.artifacts import setup_logging, write_table
 from lab_utils.backend import get_backend
@@ -33,8 +39,9 @@ from lab_utils.distributed import is_main_process
 from lab_utils.models import load_tokenizer, resolve_model
 from lab_utils.progress import show_progress
 from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training import (LoraParams, LossHistory, OptimParams, RunParams, finish_run, load_model as load_lora,
-                                lora_plus_optimizers, open_run, save_training_artifacts, train_from_last_checkpoint,
+from lab_utils.training import (LoraParams, LoraSFTParams, LossHistory, OptimParams, RunParams, finish_run,
+                                last_checkpoint, load_model as load_lora, lora_plus_optimizers, make_trainer, open_run,
+                                save_training_artifacts, tokenize_dataset, train_from_last_checkpoint,
                                 trainable_parameters, training_arguments)
 from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
@@ -48,7 +55,7 @@ class Params(RunParams, LoraParams, OptimParams):
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
     eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
-    eval_rows: int = 8  # problems graded before and after training
+    eval_rows: int = 16  # problems graded before and after training
     prompt_language: str = "en"  # en | zh: which format instruction (rewards.SYSTEM_PROMPT*) the prompts carry
     max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_rows.csv
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
@@ -66,12 +73,21 @@ class Params(RunParams, LoraParams, OptimParams):
     rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
     eval_max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
-    # GRPO's defaults differ from SFT's: small steps, hard clipping (RL gradients are noisy)
-    learning_rate: float = 5e-5
+    # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
+    # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
+    # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
+    # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
+    # format the same way). The warm-up reuses the SFT loop of lab_utils/training.py.
+    sft_warmup_steps: int = 24  # ~4 passes over the demo's 25 training solutions
+    sft_warmup_learning_rate: float = 5e-4
+    sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
+    # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
+    # the CPU demo's dozen steps to show movement
+    learning_rate: float = 1e-4
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
-    max_steps: int = 10
+    max_steps: int = 12
     max_grad_norm: float = 0.1
-    save_steps: int = 5
+    save_steps: int = 6
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
@@ -128,9 +144,14 @@ def load_model(p: Params):
 
 
 def build_dataset(p: Params, data, tokenizer):
-    """(training prompts, evaluation problems, skip report): GRPO trains on the prompts as they are
-    (TRL applies the chat template); the rewards read each row's `answer`."""
-    return data
+    """(training prompts, evaluation problems, skip report, warm-up tokens). GRPO trains on the prompts as
+    they are (TRL applies the chat template; the rewards read each row's `answer`); the SFT warm-up trains
+    on the same problems' worked solutions in the target layout, tokenised here."""
+    train_prompts, problems, report = data
+    warmup_tokens = None
+    if p.sft_warmup_steps > 0:
+        warmup_tokens = tokenize_dataset(worked_solution_conversations(train_prompts), tokenizer, p.max_seq_length)
+    return train_prompts, problems, report, warmup_tokens
 
 
 def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
@@ -170,6 +191,35 @@ def accuracy(grades: dict, when: str) -> dict:
             f"format_rate_{when}": share(grades["formatted"])}
 
 
+def warm_up(p: Params, model, tokenizer, warmup_tokens, run, backend) -> dict:
+    """Supervised steps on worked solutions in the target format (see Params), by the shared SFT loop;
+    its checkpoints and logs go to <run>/sft_warmup/.
+
+    Skipped when sft_warmup_steps is 0, and when GRPO has already saved a checkpoint (resuming loads the
+    warmed-up-and-trained adapter from it).
+    """
+    if warmup_tokens is None or last_checkpoint(run / "checkpoints"):
+        return {"sft_warmup_steps": 0, "sft_warmup_history": []}
+    trainer, history = make_trainer(warmup_params(p), model, tokenizer, warmup_tokens, None, run / "sft_warmup", backend)
+    outcome = train_from_last_checkpoint(trainer, run / "sft_warmup")
+    losses = [r["loss"] for r in history.records if "loss" in r]
+    print(f"[lab] SFT warm-up: {outcome['global_step']} steps on {len(warmup_tokens)} worked solutions, "
+          f"loss {losses[0] if losses else None} -> {losses[-1] if losses else None}")
+    return {"sft_warmup_steps": outcome["global_step"], "sft_warmup_rows": len(warmup_tokens),
+            "sft_warmup_seconds": outcome["train_seconds"], "sft_warmup_loss_first": losses[0] if losses else None,
+            "sft_warmup_loss_last": losses[-1] if losses else None, "sft_warmup_history": history.records}
+
+
+def warmup_params(p: Params) -> LoraSFTParams:
+    """The shared SFT loop's knobs for the warm-up: this run's LoRA/precision/bookkeeping, the warm-up's own
+    steps, rate and batch (no LR ramp), and one checkpoint at its end (a resumed run need not repeat it)."""
+    shared = {f.name: getattr(p, f.name) for f in fields(LoraSFTParams) if hasattr(p, f.name)}
+    return LoraSFTParams(**{**shared, "max_steps": p.sft_warmup_steps, "learning_rate": p.sft_warmup_learning_rate,
+                            "batch_size": p.sft_warmup_batch_size, "gradient_accumulation_steps": 1,
+                            "warmup_ratio": 0.0,  # no LR ramp: in a dozen steps it would waste the first ones
+                            "save_steps": max(p.sft_warmup_steps, 1), "save_total_limit": 1})
+
+
 def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) -> dict:
     """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
     from trl import GRPOConfig, GRPOTrainer
@@ -190,6 +240,26 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
     return {**outcome, "rollouts": rollouts.engine, "history": history.records}
 
 
+def all_scores(graded_before: dict, graded_warm: dict | None, graded_after: dict) -> dict:
+    """accuracy/tagged_accuracy/format_rate before, after the warm-up (if any) and after GRPO."""
+    warm = accuracy(graded_warm, "after_warmup") if graded_warm else {}
+    return {**accuracy(graded_before, "before"), **warm, **accuracy(graded_after, "after")}
+
+
+def progress_table(scores: dict) -> pd.DataFrame:
+    """The scores as a table: one row per measure, one column per moment (before, after warm-up, after GRPO)."""
+    moments = [m for m in ("before", "after_warmup", "after") if f"accuracy_{m}" in scores]
+    return pd.DataFrame({m: [scores[f"{k}_{m}"] for k in ("format_rate", "accuracy", "tagged_accuracy")]
+                         for m in moments}, index=["format_rate", "accuracy", "tagged_accuracy"])
+
+
+def quarter_means(history: list[dict]) -> dict:
+    """Mean total reward over the first and the last quarter of the GRPO steps: is the policy learning?"""
+    rewards = [r["reward"] for r in history if "reward" in r]
+    quarter = max(len(rewards) // 4, 1)
+    return {"reward_first_quarter": share(rewards[:quarter]), "reward_last_quarter": share(rewards[-quarter:])}
+
+
 def samples_table(problems, before: list[str], after: list[str], graded_before: dict, graded_after: dict):
     return pd.DataFrame({
         "question": [prompt[-1]["content"] for prompt in problems["prompt"]],
@@ -204,7 +274,7 @@ def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict
     history = outcome["history"]
     rewards = [r["reward"] for r in history if "reward" in r]
     metrics.update({**scores, "reward_first": rewards[0] if rewards else None,
-                    "reward_last": rewards[-1] if rewards else None})
+                    "reward_last": rewards[-1] if rewards else None, **quarter_means(history)})
     if is_main_process():  # one rank writes (DDP)
         write_table(table, run, "samples")
         plots.plot_reward_curves(history, run / "rewards.png", title=f"{p.model} GRPO")
@@ -217,11 +287,13 @@ def run(p: Params) -> dict:
     data = load_data(p)
     run_path = setup_run(p)
     model, tokenizer, backend, rollouts = load_model(p)
-    train_prompts, problems, report = build_dataset(p, data, tokenizer)
+    train_prompts, problems, report, warmup_tokens = build_dataset(p, data, tokenizer)
     before, graded_before = evaluate(p, model, tokenizer, problems)
-    outcome = train(p, model, tokenizer, train_prompts, run_path, backend, rollouts)
+    warmup = warm_up(p, model, tokenizer, warmup_tokens, run_path, backend)
+    graded_warm = evaluate(p, model, tokenizer, problems)[1] if warmup["sft_warmup_steps"] else None
+    outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts), **warmup}
     after, graded_after = evaluate(p, model, tokenizer, problems)
-    scores = {**accuracy(graded_before, "before"), **accuracy(graded_after, "after")}
+    scores = all_scores(graded_before, graded_warm, graded_after)
     table = samples_table(problems, before, after, graded_before, graded_after)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)
     print(f"[lab] done: {run_path}")

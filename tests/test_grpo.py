@@ -13,9 +13,15 @@ from lab_utils.paths import output_dir
 from lab_utils.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
-# 2 steps of 1 prompt x 2 completions x 16 tokens; 2 problems graded before and after
+# 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after
 TINY = dict(max_rows=12, eval_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
-            eval_max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none")
+            eval_max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none",
+            sft_warmup_steps=1, sft_warmup_batch_size=2)
+# The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
+# where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
+# Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.
+LEARNING = dict(eval_rows=8, sft_warmup_steps=16, sft_warmup_learning_rate=8e-4, max_steps=8, save_steps=8,
+                report_to="none", precision="fp32", run_name="learns")
 REWARDS = ["correctness", "soft_format", "xml_count", "overlong_penalty"]
 
 
@@ -65,12 +71,27 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
     assert not (run / "adapter" / "ref").exists()  # TRL's KL-reference copy is not part of the result
     metrics = result["metrics"]
     assert metrics["global_step"] == 2 and metrics["rollouts"] == "hf" and metrics["seconds_per_step"] > 0
-    for key in ("accuracy_before", "accuracy_after", "tagged_accuracy_after", "format_rate_after"):
+    for key in ("accuracy_before", "accuracy_after", "tagged_accuracy_after", "format_rate_after",
+                "format_rate_after_warmup"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["sft_warmup_steps"] == 1 and (run / "sft_warmup" / "checkpoints" / "checkpoint-1").exists()
     skipped = (run / "skipped_rows.csv").read_text().splitlines()
     assert metrics["rows_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
     assert len(result["samples"]) == 2 and set(result["samples"]["before_correct"]) <= {0.0, 1.0}
     assert "vllm" not in sys.modules and "unsloth" not in sys.modules  # a CPU run never imports them
+
+
+@pytest.mark.slow
+def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
+    metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**LEARNING))["metrics"]
+    # the base model never writes the layout; after warm-up + GRPO most greedy answers do (margins leave
+    # room for another CPU's rounding: each is several problems away from the value measured)
+    assert metrics["format_rate_before"] <= 0.125
+    assert metrics["format_rate_after"] >= 0.5
+    assert metrics["sft_warmup_steps"] == 16 and metrics["steps_trained"] == 8
+    assert metrics["sft_warmup_loss_last"] < metrics["sft_warmup_loss_first"]
+    # and GRPO itself learns: its sampled completions earn more at the end than at the start
+    assert metrics["reward_last_quarter"] > metrics["reward_first_quarter"]
 
 
 @pytest.mark.slow
@@ -89,6 +110,7 @@ def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
     metrics = read_json(run / "metrics.json")
     assert metrics["resumed_from"].endswith("checkpoint-1") and metrics["global_step"] == 2
     assert metrics["steps_trained"] == 1
+    assert metrics["sft_warmup_steps"] == 0  # the GRPO checkpoint already holds the warmed-up adapter
 
 
 @pytest.mark.slow

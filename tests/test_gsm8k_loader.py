@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_loaders.common import DataError, SkipReport
-from data_loaders.gsm8k import load_gsm8k, prompt_token_count
+from data_loaders.gsm8k import load_gsm8k, prompt_token_count, target_format_answer, worked_solution_conversations
 from lab_utils.paths import LabPathError
 from rewards import SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 from rewards.numeric import parse_number
@@ -45,10 +45,6 @@ def write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
-def gold_completion(solution: str, answer: str) -> str:
-    return f"<reasoning>\n{solution}\n</reasoning>\n<answer>\n{answer}\n</answer>"
-
-
 # ---------------------------------------------------------------- the bundled sample
 
 def test_sample_loads_with_the_documented_schema():
@@ -83,7 +79,7 @@ def test_sample_calculator_annotations_are_right():
 
 def test_gold_solutions_score_full_marks_with_the_rewards():
     ds = load_gsm8k("gsm8k_sample.jsonl")
-    completions = [gold_completion(s, a) for s, a in zip(ds["solution"], ds["answer"])]
+    completions = [target_format_answer(s, a) for s, a in zip(ds["solution"], ds["answer"])]
     for name in ("correctness", "strict_format", "is_integer"):
         scores = get(name)(ds["prompt"], completions, answer=ds["answer"])
         expected = [1.0 if name != "is_integer" or float(a).is_integer() else 0.0 for a in ds["answer"]]
@@ -91,6 +87,30 @@ def test_gold_solutions_score_full_marks_with_the_rewards():
     # the gold worked text itself ("... #### 72") is graded right by the any-format correctness
     raw = [json.loads(l)["answer"] for l in SAMPLE.read_text(encoding="utf-8").splitlines()]
     assert get("correctness_any")(ds["prompt"], raw, answer=ds["answer"]) == [1.0] * len(ds)
+
+
+def test_worked_solutions_become_sft_conversations_in_the_target_format(tokenizer):
+    from lab_utils.chat import IGNORE_INDEX
+    from lab_utils.training import tokenize_dataset
+
+    prompts = load_gsm8k("gsm8k_sample.jsonl", limit=6)
+    conversations = worked_solution_conversations(prompts)
+    assert conversations.column_names == ["messages", "source"] and conversations["source"] == prompts["source"]
+    for row, prompt in zip(conversations, prompts):
+        assert row["messages"][:-1] == prompt["prompt"] and row["messages"][-1]["role"] == "assistant"
+    replies = [m[-1]["content"] for m in conversations["messages"]]
+    assert get("strict_format")(None, replies) == [1.0] * 6
+    assert get("correctness")(None, replies, answer=prompts["answer"]) == [1.0] * 6
+    # the loss falls on the reply only: the labelled tokens decode to the formatted solution
+    tokens = tokenize_dataset(conversations, tokenizer, max_length=512)
+    labelled = tokenizer.decode([t for t in tokens[0]["labels"] if t != IGNORE_INDEX])
+    assert labelled.startswith("<reasoning>\n") and replies[0] in labelled and "Respond in" not in labelled
+
+
+def test_a_row_without_worked_solution_cannot_be_a_warm_up_row(tmp_path):
+    path = write_jsonl(tmp_path / "bare.jsonl", [{"question": "What is 6 times 7?", "answer": "#### 42"}])
+    with pytest.raises(ValueError, match="bare.jsonl:1: no worked solution"):
+        worked_solution_conversations(load_gsm8k(path))
 
 
 def test_limit_and_system_prompt_options():
