@@ -126,3 +126,30 @@ def layer_index(module: str) -> int:
     match = re.search(r"\.layers\.(\d+)\.", f".{module}.")
     return int(match.group(1)) if match else -1
 
+
+
+def check_adapter_base(folder, model: str) -> None:
+    """A clear error when the adapter was trained on another base model than `model`."""
+    from lab_utils.models import resolve_model
+
+    trained_on = base_model_name(folder, default="")
+    if not trained_on:  # a bare adapter folder: its config names the base (a hub id or a local path)
+        trained_on = json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    if trained_on and trained_on != model and str(trained_on) != str(resolve_model(model)):
+        raise ValueError(f"adapter {folder} was trained on {trained_on!r}, but this run's model is {model!r}; "
+                         f"set model: {trained_on} (or start from an adapter of {model})")
+
+
+def start_from_adapter(model, init_from: str, model_name: str):
+    """Swap the fresh LoRA of `model` (a peft model) for the saved adapter of a finished run, trainable.
+
+    `init_from` is a run name under $LAB_OUTPUT_DIR/sft_alpaca/, a run folder or an adapter folder.
+    The adapter's own r/alpha/targets replace the run's LoRA fields.
+    """
+    from peft import PeftModel
+
+    folder = find_adapter(init_from)
+    check_adapter_base(folder, model_name)
+    base = model.unload()  # drops the fresh LoRA layers without merging them: the plain base model
+    print(f"[lab] starting from the adapter in {folder}")
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=True)

@@ -342,3 +342,52 @@ def plot_grpo_dynamics(history: list[dict], path=None):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)
+
+
+# --- preference tuning (DPO / ORPO) ---
+
+
+def plot_preference_rewards(history: list[dict], path=None, title: str = "preference rewards"):
+    """The trainer's rewards of the chosen and the rejected answers per step (left), and the share
+    of training pairs it ranks right with the mean margin (right)."""
+    fig, (ax_rewards, ax_accuracy) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, colour in (("rewards/chosen", "tab:green"), ("rewards/rejected", "tab:red")):
+        points = _series(history, key)
+        if points:
+            ax_rewards.plot(*zip(*points), marker=".", color=colour, label=key.split("/")[1])
+    ax_rewards.axhline(0, color="grey", lw=0.8)
+    ax_rewards.set(xlabel="step", ylabel="reward (training batch)", title=title)
+    ax_rewards.legend(fontsize=8)
+    accuracy = _series(history, "rewards/accuracies")
+    if accuracy:
+        ax_accuracy.plot(*zip(*accuracy), marker=".", color="tab:blue", label="accuracy")
+    ax_accuracy.set(xlabel="step", ylabel="share of pairs ranked right", ylim=(-0.05, 1.05), title="batch accuracy, margin")
+    margins = _series(history, "rewards/margins")
+    if margins:
+        twin = ax_accuracy.twinx()
+        twin.plot(*zip(*margins), color="tab:orange", alpha=0.7, label="margin")
+        twin.set(ylabel="mean margin (chosen - rejected)")
+        twin.legend(loc="lower right", fontsize=8)
+    ax_accuracy.legend(loc="upper left", fontsize=8)
+    for ax in (ax_rewards, ax_accuracy):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_preference_margins(before: list[float], after: list[float], path=None, measure: str = "margin",
+                            accuracy: tuple = (None, None)):
+    """Held-out pairs: the distribution of (chosen - rejected) before and after training; right of 0 = preferred."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    values = list(before) + list(after)
+    low, high = min(values + [0.0]), max(values + [0.0])
+    bins = [low + (high - low) * i / 30 for i in range(31)] if high > low else 10
+    for label, data, colour, share in (("before", before, "tab:grey", accuracy[0]), ("after", after, "tab:blue", accuracy[1])):
+        name = f"{label} (accuracy {share:.2f})" if share is not None else label
+        ax.hist(data, bins=bins, alpha=0.6, color=colour, label=name)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel=f"{measure}: chosen - rejected", ylabel="held-out pairs", title="held-out preference margins")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)

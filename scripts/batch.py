@@ -63,7 +63,7 @@ RUN_KEYS = {"notebook", "config", "params", "grid", "name", "timeout"}
 # The metric a run is judged by: the first of these present in metrics.json (top-level
 # numbers), else in run_complete.json's summary; none if no key matches.
 KEY_METRICS = ("accuracy_after", "accuracy", "bleu4", "rougeL", "rouge1", "reward_mean",
-               "rmse", "mean_rmse")
+               "rmse", "mean_rmse", "preference_accuracy_after")
 # Peak GPU memory a run may record itself in metrics.json (torch.cuda.max_memory_allocated), in GB.
 CUDA_PEAK_KEYS = ("cuda_peak_memory_gb", "peak_cuda_memory_gb", "gpu_peak_memory_gb")
 MEMORY_POLL_SECONDS = 0.5

@@ -9,7 +9,7 @@ import pytest
 from lab_utils.training import EvalParams, LoraParams, OptimParams, RunParams, training_arguments
 from lab_utils.backend import Backend
 
-TRAINING_EXPERIMENTS = ["sft_alpaca", "sft_medical", "grpo_gsm8k", "sft_vision"]
+TRAINING_EXPERIMENTS = ["sft_alpaca", "sft_medical", "grpo_gsm8k", "sft_vision", "preference"]
 STEPS = ["load_data", "setup_run", "load_model", "build_dataset", "evaluate", "train", "save_artifacts", "run", "main"]
 CPU = Backend("hf", "test", "cpu")
 

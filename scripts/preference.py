@@ -1,0 +1,231 @@
+"""Preference tuning with LoRA: DPO or ORPO on (prompt, chosen, rejected) pairs.
+
+    python -m scripts.preference --config configs/preference.yaml
+    python -m scripts.preference --config configs/preference.yaml --method orpo --max_steps 10
+    papermill notebooks/preference.ipynb out.ipynb -f configs/preference_gpu.yaml
+
+After SFT has taught a model to answer, preference tuning teaches it which of two answers
+to give. DPO (TRL's DPOTrainer; Unsloth's patched one on a CUDA box with unsloth) raises the
+log-probability of the chosen answer relative to a frozen reference (the model as training
+started) and lowers the rejected one's; `beta` sets how far it may move. ORPO (TRL's
+experimental ORPOTrainer) needs no reference: an SFT loss on the chosen answer plus an
+odds-ratio term (weight `beta`) against the rejected one. `init_from` starts from a finished
+SFT run's adapter (the usual SFT -> DPO pipeline) instead of a fresh LoRA.
+
+Measured on held-out pairs before and after training (lab_utils/preference.py): preference
+accuracy (DPO: implicit reward of chosen > rejected; ORPO: log odds of chosen > rejected) and
+the mean margin, plus greedy answers to held-out prompts. Defaults are the CPU demo: the
+embedded SmolLM2-135M and the bundled 200-pair zh/en sample (concise and correct vs rambling
+or wrong). Each run writes to $LAB_OUTPUT_DIR/preference/<run_name>/: adapter/, checkpoints/,
+tensorboard/, params.json, metrics.json, history.json, training.png, rewards.png, margins.png,
+pairs.md/.csv, answers.md/.csv, skipped_rows.csv, run_complete.json.
+"""
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from data_loaders.common import split_heldout
+from data_loaders.preference import load_preference_file
+from lab_utils import plots
+from lab_utils.adapters import check_adapter_base, find_adapter, start_from_adapter
+from lab_utils.artifacts import setup_logging, write_table
+from lab_utils.chat import generate, render
+from lab_utils.config import run_cli
+from lab_utils.distributed import is_main_process
+from lab_utils.paths import find_data_file
+from lab_utils.preference import preference_summary, score_pairs
+from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, finish_run,
+                                load_lora_model, lora_plus_optimizers, open_run, save_training_artifacts,
+                                train_from_last_checkpoint, training_arguments)
+
+EXPERIMENT = "preference"
+METHODS = ("dpo", "orpo")
+
+
+@dataclass(kw_only=True)
+class Params(RunParams, LoraParams, OptimParams, EvalParams):
+    # data and method (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
+    data_file: str = "preference_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
+    system_prompt: str = ""  # added to every prompt that has none ("" = the model's default)
+    max_rows: int = 0  # 0 = every pair
+    heldout_rows: int = 24  # pairs kept out of training: preference accuracy and margin before/after
+    answer_rows: int = 6  # held-out prompts answered (greedy) before and after training
+    method: str = "dpo"  # dpo | orpo
+    beta: float = 0.1  # DPO: how far from the reference (higher = closer); ORPO: weight of the odds-ratio term
+    init_from: str = ""  # "" = a fresh LoRA; else a finished SFT run (name under sft_alpaca/, run or adapter folder)
+    max_seq_length: int = 256  # prompt + answer, in tokens; longer answers are cut, longer prompts skipped
+    lora_mlp: bool = True  # also adapt gate/up/down projections
+    # preference tuning's own defaults: each pair is two sequences (plus DPO's reference pass), so a CPU step
+    # holds 4 pairs; 20 steps (~half the sample) fit the 3-minute demo; a learning rate DPO tolerates on a LoRA
+    learning_rate: float = 1e-4
+    batch_size: int = 4
+    max_steps: int = 20
+
+
+# Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
+# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+
+def check_params(p: Params) -> None:
+    """Mistakes that would otherwise surface deep inside TRL, or after the model has loaded."""
+    if p.method not in METHODS:
+        raise ValueError(f"method={p.method!r}: expected one of {', '.join(METHODS)}")
+    if p.beta <= 0:
+        raise ValueError(f"beta={p.beta}: expected a positive number (DPO's KL strength, ORPO's odds-ratio weight)")
+    if p.init_from:
+        check_adapter_base(find_adapter(p.init_from), p.model)
+
+
+def load_data(p: Params):
+    """(train pairs, held-out pairs, skip report): read, checked and split before any run folder exists."""
+    check_params(p)
+    pairs, report = load_preference_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
+    train_pairs, heldout = split_heldout(pairs, p.heldout_rows, p.seed, find_data_file(p.data_file))
+    return train_pairs, heldout, report
+
+
+def setup_run(p: Params):
+    return open_run(EXPERIMENT, p)
+
+
+def load_model(p: Params):
+    """(LoRA model, tokenizer, backend): a fresh LoRA, or the adapter of the SFT run named by init_from."""
+    model, tokenizer, backend = load_lora_model(p)
+    if p.init_from:
+        model = start_from_adapter(model, p.init_from, p.model)
+    return model, tokenizer, backend
+
+
+def prompt_tokens(tokenizer, prompt: list[dict]) -> int:
+    return len(tokenizer(render(tokenizer, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+
+
+def build_dataset(p: Params, data, tokenizer):
+    """(train pairs, held-out pairs, skip report). A pair whose prompt alone fills max_seq_length has no
+    answer token left to compare: it is skipped and reported (TRL would drop it silently)."""
+    train_pairs, heldout, report = data
+    fits = [prompt_tokens(tokenizer, prompt) < p.max_seq_length for prompt in train_pairs["prompt"]]
+    for source, ok in zip(train_pairs["source"], fits):
+        if not ok:
+            report.skip(source, None, "prompt beyond max_seq_length", f"max_seq_length={p.max_seq_length}")
+    report.kept -= fits.count(False)
+    train_pairs = train_pairs.select([i for i, ok in enumerate(fits) if ok])
+    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_pairs)} train pairs, {len(heldout)} held out")
+    return train_pairs, heldout, report
+
+
+def evaluate(p: Params, model, tokenizer, heldout) -> dict:
+    """Log-probs of every held-out pair's two answers, and greedy answers to the first answer_rows prompts."""
+    scores = score_pairs(model, tokenizer, heldout, max_length=p.max_seq_length, batch_size=p.batch_size)
+    answers = generate(model, tokenizer, heldout["prompt"][: p.answer_rows], max_new_tokens=p.max_new_tokens)
+    return {"scores": scores, "answers": answers}
+
+
+def preference_trainer(method: str, backend):
+    """(config class, trainer class) of TRL for the method; Unsloth's DPO patch first on its backend."""
+    if method == "dpo":
+        if backend.is_unsloth:  # only ever chosen on a CUDA box that has unsloth (lab_utils.backend)
+            from unsloth import PatchDPOTrainer
+
+            PatchDPOTrainer()
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental (TRL 1.14)
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    return ORPOConfig, ORPOTrainer
+
+
+def train(p: Params, model, tokenizer, train_pairs, heldout, run, backend) -> dict:
+    """DPO or ORPO steps (resuming from the run's last checkpoint); every logged record kept.
+
+    With eval_steps > 0 the trainer also logs its loss and rewards on the held-out pairs."""
+    config_class, trainer_class = preference_trainer(p.method, backend)
+    args = training_arguments(p, run, backend, config_class, beta=p.beta, max_length=p.max_seq_length,
+                              # ORPO's batches hold chosen_/rejected_input_ids, no input_ids to count
+                              include_num_input_tokens_seen="non_padding" if p.method == "dpo" else "no")
+    columns = ["prompt", "chosen", "rejected"]
+    history = LossHistory()
+    trainer = trainer_class(model=model, args=args, processing_class=tokenizer, callbacks=[history],
+                            train_dataset=train_pairs.select_columns(columns),
+                            eval_dataset=heldout.select_columns(columns) if p.eval_steps > 0 else None,
+                            optimizers=lora_plus_optimizers(p, model))
+    outcome = train_from_last_checkpoint(trainer, run)
+    if "ref" in getattr(model, "peft_config", {}):
+        # DPO keeps a frozen copy of the starting adapter as its reference; only the trained one is the result
+        model.delete_adapter("ref")
+    return {**outcome, "method": p.method, "history": history.records}
+
+
+def compare(p: Params, heldout, before: dict, after: dict) -> tuple[dict, pd.DataFrame]:
+    """(metrics, per-pair table): accuracy and margin before and after; the reference is the model before training."""
+    start = before["scores"]
+    first = preference_summary(start, start, p.method, p.beta)
+    last = preference_summary(after["scores"], start, p.method, p.beta)
+    metrics = {"preference_measure": "implicit reward" if p.method == "dpo" else "log odds ratio"}
+    for when, summary in (("before", first), ("after", last)):
+        metrics.update({f"preference_accuracy_{when}": summary["accuracy"], f"preference_margin_{when}": summary["margin"],
+                        f"likelihood_accuracy_{when}": summary["likelihood_accuracy"]})
+    table = pd.DataFrame({
+        "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"]],
+        "chosen": [a[0]["content"] for a in heldout["chosen"]], "rejected": [a[0]["content"] for a in heldout["rejected"]],
+        "margin_before": [round(m, 4) for m in first["margins"]], "margin_after": [round(m, 4) for m in last["margins"]],
+    })
+    return metrics, table
+
+
+def answers_table(heldout, before: dict, after: dict) -> pd.DataFrame:
+    n = len(before["answers"])
+    return pd.DataFrame({
+        "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"][:n]],
+        "chosen": [a[0]["content"] for a in heldout["chosen"][:n]],
+        "before": before["answers"], "after": after["answers"],
+    })
+
+
+def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, pairs: pd.DataFrame,
+                   answers: pd.DataFrame, report, backend) -> dict:
+    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+    metrics.update(scores)
+    if is_main_process():  # one rank writes (DDP)
+        import matplotlib.pyplot as plt
+
+        write_table(pairs, run, "pairs")
+        write_table(answers, run, "answers")
+        plt.close(plots.plot_preference_rewards(outcome["history"], run / "rewards.png", title=f"{p.model} {p.method}"))
+        plt.close(plots.plot_preference_margins(
+            pairs["margin_before"], pairs["margin_after"], run / "margins.png", measure=scores["preference_measure"],
+            accuracy=(scores["preference_accuracy_before"], scores["preference_accuracy_after"])))
+    finish_run(run, EXPERIMENT, metrics, headline=("method", "preference_accuracy_before", "preference_accuracy_after"))
+    return metrics
+
+
+def run(p: Params) -> dict:
+    data = load_data(p)
+    run_path = setup_run(p)
+    model, tokenizer, backend = load_model(p)
+    train_pairs, heldout, report = build_dataset(p, data, tokenizer)
+    before = evaluate(p, model, tokenizer, heldout)
+    outcome = train(p, model, tokenizer, train_pairs, heldout, run_path, backend)
+    after = evaluate(p, model, tokenizer, heldout)
+    scores, pairs = compare(p, heldout, before, after)
+    answers = answers_table(heldout, before, after)
+    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, pairs, answers, report, backend)
+    print(f"[lab] done: {run_path}")
+    return {"run_dir": str(run_path), "metrics": metrics, "pairs": pairs, "answers": answers}
+
+
+def main(argv=None):
+    setup_logging()
+    result = run_cli(run, Params, argv, description=__doc__)
+    m = result["metrics"]
+    print(f"{m['method']}: held-out preference accuracy {m['preference_accuracy_before']} -> "
+          f"{m['preference_accuracy_after']}, margin {m['preference_margin_before']} -> {m['preference_margin_after']} "
+          f"({m['preference_measure']}); {m['steps_trained']} steps in {m['train_seconds']} s")
+    print(result["answers"].head(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Preference tuning on the embedded model: the scoring, a short DPO run that learns, ORPO, init_from, papermill."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from data_loaders.preference import load_preference_file
+from lab_utils.artifacts import read_json
+from lab_utils.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.paths import REPO_ROOT, LabPathError, output_dir
+from lab_utils.preference import answer_logps, encode_pair_side, preference_summary, score_pairs
+from scripts import preference
+
+TINY = dict(heldout_rows=4, answer_rows=1, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8, max_new_tokens=4,
+            max_seq_length=128, save_steps=1, report_to="none")
+
+
+# ---------------------------------------------------------------- scoring (lab_utils/preference.py)
+
+def test_answer_logps_equal_the_models_own_loss(embedded_model, tokenizer):
+    """The summed log-prob of an answer is minus the model's cross-entropy over exactly the answer's tokens."""
+    pairs, _ = load_preference_file("preference_ultrafeedback.jsonl")
+    prompt, answer = pairs[0]["prompt"], pairs[0]["rejected"]
+    sums, counts = answer_logps(embedded_model, tokenizer, [prompt, pairs[1]["prompt"]], [answer, pairs[1]["chosen"]])
+    ids, n_prompt = encode_pair_side(tokenizer, prompt, answer, max_length=512)
+    labels = torch.tensor([[-100] * n_prompt + ids[n_prompt:]])
+    with torch.no_grad():
+        loss = embedded_model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+    assert counts[0] == len(ids) - n_prompt
+    assert sums[0] == pytest.approx(-loss * counts[0], rel=1e-4)  # row 0 is unaffected by row 1's padding
+
+
+def test_summaries_dpo_starts_at_chance_orpo_has_an_opinion(embedded_model, tokenizer):
+    pairs, _ = load_preference_file("preference_ultrafeedback.jsonl")
+    scores = score_pairs(embedded_model, tokenizer, pairs)
+    dpo = preference_summary(scores, scores, "dpo", beta=0.1)
+    assert dpo["accuracy"] == 0.5 and dpo["margin"] == 0  # the policy is its own reference: every pair a tie
+    orpo = preference_summary(scores, None, "orpo", beta=0.1)
+    assert orpo["accuracy"] == orpo["likelihood_accuracy"]  # the log odds are monotone in the mean log-prob
+    moved = {**scores, "chosen_logp": [c + 1.0 for c in scores["chosen_logp"]]}  # every chosen answer 1 nat likelier
+    trained = preference_summary(moved, scores, "dpo", beta=0.1)
+    assert trained["accuracy"] == 1.0 and trained["margin"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="method='kto'"):
+        preference_summary(scores, scores, "kto", beta=0.1)
+
+
+# ---------------------------------------------------------------- the experiment
+
+pytestmark = pytest.mark.slow
+
+
+def test_bad_method_and_missing_init_adapter_fail_before_the_run_folder():
+    with pytest.raises(ValueError, match="method='kto'"):
+        preference.run(preference.Params(**TINY, method="kto"))
+    with pytest.raises(LabPathError, match="no LoRA adapter at 'nope'"):
+        preference.run(preference.Params(**TINY, init_from="nope"))
+    assert not (output_dir() / "preference").exists()
+
+
+def test_cli_bad_data_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"^error: bad.jsonl: no usable preference pairs"):
+        preference.main(["--data_file", str(bad)])
+
+
+def test_short_dpo_run_learns_the_preference_and_writes_every_artifact():
+    """Seeded: 8 DPO steps of 4 pairs lift held-out preference accuracy well above its 0.5 start.
+    (The 0.7 bar is not calibrated yet: no run finished on the loaded development machine.)"""
+    p = preference.Params(heldout_rows=12, answer_rows=2, max_steps=8, batch_size=4, max_new_tokens=8,
+                          save_steps=4, report_to="none", run_name="short")
+    metrics = preference.run(p)["metrics"]
+    assert metrics["preference_accuracy_before"] == 0.5 and metrics["preference_margin_before"] == 0
+    assert metrics["preference_accuracy_after"] >= 0.7, metrics
+    assert metrics["preference_margin_after"] > 0 and metrics["global_step"] == 8
+    run = output_dir() / "preference" / "short"
+    for name in ("adapter/adapter_config.json", "metrics.json", "history.json", "training.png", "rewards.png",
+                 "margins.png", "pairs.csv", "answers.md", "skipped_rows.csv", "run_complete.json"):
+        assert (run / name).exists(), name
+    adapter = json.loads((run / "adapter/adapter_config.json").read_text())
+    assert adapter["r"] == 16 and not (run / "adapter" / "ref").exists()  # DPO's reference copy is not saved
+    assert any("rewards/accuracies" in r for r in read_json(run / "history.json"))
+
+
+def test_orpo_runs_and_measures_log_odds():
+    metrics = preference.run(preference.Params(**TINY, method="orpo", beta=0.2, run_name="orpo"))["metrics"]
+    assert metrics["method"] == "orpo" and metrics["preference_measure"] == "log odds ratio"
+    assert metrics["global_step"] == 2 and 0 <= metrics["preference_accuracy_after"] <= 1
+
+
+def test_init_from_an_sft_run_continues_its_adapter():
+    from scripts import sft_alpaca
+
+    sft_alpaca.run(sft_alpaca.Params(max_rows=16, heldout_rows=2, max_steps=1, batch_size=4, lora_r=4, lora_alpha=8,
+                                     max_new_tokens=2, max_seq_length=128, save_steps=1, report_to="none",
+                                     run_name="sft"))
+    result = preference.run(preference.Params(**{**TINY, "max_steps": 1}, init_from="sft", run_name="from-sft"))
+    adapter = json.loads((output_dir() / "preference" / "from-sft" / "adapter/adapter_config.json").read_text())
+    assert adapter["r"] == 4 and result["metrics"]["global_step"] == 1  # the SFT adapter's shape, trained on
+
+    other = output_dir() / "elsewhere"
+    shutil.copytree(output_dir() / "sft_alpaca" / "sft", other)
+    params = json.loads((other / "params.json").read_text())
+    (other / "params.json").write_text(json.dumps({**params, "model": "Qwen/Qwen2.5-0.5B-Instruct"}))
+    with pytest.raises(ValueError, match="trained on 'Qwen/Qwen2.5-0.5B-Instruct'"):
+        preference.load_data(preference.Params(**TINY, init_from=str(other)))
+
+
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "executed.ipynb"
+    execute(NOTEBOOKS_DIR / "preference.ipynb", out, {**TINY, "run_name": "nb"})
+    run = output_dir() / "preference" / "nb"
+    assert (run / "run_complete.json").exists()
+    executed = json.loads(out.read_text())
+    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the reward curves and the margins are shown"
+    assert read_json(run / "metrics.json")["global_step"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_gpu_config_trains_with_unsloth(method):
+    """The GPU config's settings (4-bit, Unsloth, its DPO patch) on the embedded model (no network on the box)."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / "preference_gpu.yaml").read_text())
+    params = {**config, **TINY, "model": "smollm2-135m", "method": method, "run_name": f"gpu-{method}"}
+    metrics = preference.run(preference.Params(**params))["metrics"]
+    assert metrics["backend"] == "unsloth" and metrics["device"] == "cuda" and metrics["global_step"] == 2
