@@ -167,7 +167,7 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from lab_utils.vision import tiny_vision_tokenizer
+    from lab_utils.vision_model import tiny_vision_tokenizer
 
     tokenizer = tiny_vision_tokenizer()
     config = vision_model_config(name, tokenizer)
