@@ -86,7 +86,16 @@ CASES = [
     Case("evaluate_export_merged", "case_evaluate_export", ["cuda"], after="hf_qlora", model="none",
          gpu={}, smoke={}),
     Case("export_gguf_f16", "case_gguf", ["cuda"], after="evaluate_export_merged", model="none", gpu={}),
-    # >>> preference tuning (DPO/ORPO, scripts/preference.py): the lead adds its case here <<<
+    # preference tuning through Unsloth's patched DPOTrainer (4-bit), and ORPO on the same path
+    Case("preference_dpo_unsloth", "case_preference", ["cuda", "unsloth", "bitsandbytes"],
+         gpu=dict(config="configs/preference_gpu.yaml", overrides=dict(method="dpo", max_steps=3, heldout_rows=8,
+                                                                      answer_rows=2, max_new_tokens=16)),
+         smoke=dict(config="configs/preference.yaml", overrides=dict(method="dpo", backend="hf", max_steps=2,
+                                                                     heldout_rows=4, answer_rows=1, batch_size=2,
+                                                                     max_new_tokens=4, max_seq_length=128))),
+    Case("preference_orpo_unsloth", "case_preference", ["cuda", "unsloth", "bitsandbytes"],
+         gpu=dict(config="configs/preference_gpu.yaml", overrides=dict(method="orpo", max_steps=3, heldout_rows=8,
+                                                                      answer_rows=2, max_new_tokens=16))),
 ]
 
 
@@ -220,6 +229,24 @@ def case_sft_medical(model_dir: str, config: str, overrides: dict) -> dict:
                f"{p.data_file} read as {metrics['data']['encoding']}, {metrics['rows_kept']} rows",
                f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
                f"BLEU-4/ROUGE base vs tuned on {p.eval_rows} test rows"]
+    return result(checked)
+
+
+def case_preference(model_dir: str, config: str, overrides: dict) -> dict:
+    """scripts/preference (DPO or ORPO) with its GPU config: trains, scores held-out pairs before and after."""
+    import math
+
+    from scripts import preference
+
+    reset_peak_memory()
+    p = shrink(preference.Params, config, overrides, model_dir)
+    metrics = preference.run(p)["metrics"]
+    assert metrics["global_step"] == p.max_steps and math.isfinite(metrics["train_loss"])
+    checked = [f"{config} method={p.method}", f"backend {metrics['backend']} on {metrics['device']}",
+               quantised_note(metrics, model_dir) if p.load_in_4bit else "full-precision base",
+               f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
+               f"held-out preference accuracy {metrics['preference_accuracy_before']} -> "
+               f"{metrics['preference_accuracy_after']} ({metrics['preference_measure']})"]
     return result(checked)
 
 
