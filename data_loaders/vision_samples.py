@@ -28,10 +28,12 @@ SAMPLE_DIR = SAMPLES_DIR / "vision"
 PATH_SHEET = "digits.xlsx"
 EMBEDDED_SHEET = "digits_embedded.xlsx"
 IMAGE_SIDE = 56  # pixels: 2x2 merged patches of 28 px = 4 vision tokens for the tiny model
-# One fixed question on every row. Measured (150 steps, tiny random model): with three
-# questions taking turns the answer position never found the picture (held-out accuracy
-# 0.03); with one fixed question the text before the answer is always the same, so the
-# only thing that varies is the picture, and the model learns to read it.
+# One short fixed question on every row. Measured with the demo defaults (150 steps, tiny
+# random model): with three questions taking turns the answer never depended on the picture
+# (held-out accuracy 0.03), nor with "Which digit is shown?" on every row (eval loss stuck at
+# the 1.15 of guessing after 90 steps); with "Digit?" it reads the digit (0.00 -> 0.70).
+# The random vision features separate the digits perfectly (a linear probe on the merger
+# output scores 1.0): what is slow is routing them to the answer, across the question text.
 QUESTION = "Digit?"
 
 
