@@ -74,7 +74,8 @@ def test_notebook_runs_under_papermill(tmp_path):
 def test_the_demo_model_learns_to_read_the_digits_from_scratch():
     """The CPU demo config, seeded: the random model goes from word salad to naming the digit in held-out pictures.
 
-    Chance is 0.1 (the held-out digits are near balanced); the model must read the picture to pass 0.4.
+    Guessing scores 0.1, always naming the commonest held-out digit 0.225 (9 of the 40 are a 9): the model
+    must read the picture to pass 0.4. Measured: 0.00 -> 0.70, eval loss 11.7 -> 0.47.
     The demo's measured numbers are in the notebook's last section.
     """
     p = make_params(sft_vision.Params, REPO_ROOT / "configs" / "sft_vision.yaml",
