@@ -2,7 +2,7 @@
 
     make_sample_sheets(folder)  writes, deterministically for a given seed,
         folder/images/digit_NNN.png     56x56 renders of one dark digit on light paper (tint, size, place vary)
-        folder/digits.xlsx              English headers: image (relative path) | question | answer
+        folder/digits.xlsx              English headers: image (relative path) | question (the same on every row) | answer
         folder/digits_embedded.xlsx     Chinese headers: 图片 (pictures pasted into the cells) | 答案
 
 Why this toy: the CPU demo trains a *random* tiny Qwen2.5-VL from scratch, so the task has
@@ -28,11 +28,13 @@ SAMPLE_DIR = SAMPLES_DIR / "vision"
 PATH_SHEET = "digits.xlsx"
 EMBEDDED_SHEET = "digits_embedded.xlsx"
 IMAGE_SIDE = 56  # pixels: 2x2 merged patches of 28 px = 4 vision tokens for the tiny model
-QUESTIONS = [
-    "Which digit is shown?",
-    "Read the digit. Answer with the digit only.",
-    "What number is in this picture?",
-]
+# One short fixed question on every row. Measured with the demo defaults (150 steps, tiny
+# random model): with three questions taking turns the answer never depended on the picture
+# (held-out accuracy 0.03), nor with "Which digit is shown?" on every row (eval loss stuck at
+# the 1.15 of guessing after 90 steps); with "Digit?" it reads the digit (0.00 -> 0.70).
+# The random vision features separate the digits perfectly (a linear probe on the merger
+# output scores 1.0): what is slow is routing them to the answer, across the question text.
+QUESTION = "Digit?"
 
 
 def render_digit_image(digit: str, rng: random.Random, side: int = IMAGE_SIDE) -> Image.Image:
@@ -79,8 +81,8 @@ def write_path_sheet(path: Path, image_paths: list[Path], digits: list[str]) -> 
     ws = workbook.active
     ws.title = "digits"
     ws.append(["image", "question", "answer"])
-    for index, (image_path, digit) in enumerate(zip(image_paths, digits)):
-        ws.append([image_path.relative_to(path.parent).as_posix(), QUESTIONS[index % len(QUESTIONS)], digit])
+    for image_path, digit in zip(image_paths, digits):
+        ws.append([image_path.relative_to(path.parent).as_posix(), QUESTION, digit])
         ws.cell(ws.max_row, 3).number_format = "@"  # text: the answer is what was written, not a number
     ws.column_dimensions["A"].width = 24
     ws.column_dimensions["B"].width = 44

@@ -6,7 +6,7 @@
 
 Defaults are the CPU demo: the tiny random Qwen2.5-VL (`tiny-qwen2.5-vl`, built in code, no
 download) trains from scratch on the bundled sheet of one large digit per picture: in 150
-steps it learns the answer's form (a digit, then stop), not yet which digit (see the notebook). The
+steps (~3 min on 2 CPU cores) held-out accuracy goes from 0.00 to 0.70 (see the notebook). The
 same Params on configs/sft_vision_gpu.yaml train unsloth/Qwen2.5-VL-3B-Instruct in 4 bit with
 Unsloth. Each run writes to $LAB_OUTPUT_DIR/sft_vision/<run_name>/:
 adapter/ (LoRA + processor), checkpoints/, tensorboard/, params.json, metrics.json,

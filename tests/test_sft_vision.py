@@ -71,19 +71,20 @@ def test_notebook_runs_under_papermill(tmp_path):
     assert "trained on:" in printed and "char_accuracy_after" in printed
 
 
-def test_the_demo_model_learns_the_answer_form_from_scratch():
-    """The CPU demo config, shortened and seeded: the random model goes from word salad to one digit and stop.
+def test_the_demo_model_learns_to_read_the_digits_from_scratch():
+    """The CPU demo config, seeded: the random model goes from word salad to naming the digit in held-out pictures.
 
-    The full 150-step demo measured eval loss 11.4 -> 1.17: the loss of a model that answers a digit
-    but guesses which one (ln 10 / 2 = 1.15); reading the picture needs more steps (see the notebook).
+    Guessing scores 0.1, always naming the commonest held-out digit 0.225 (9 of the 40 are a 9): the model
+    must read the picture to pass 0.4. Measured: 0.00 -> 0.70, eval loss 11.7 -> 0.47.
+    The demo's measured numbers are in the notebook's last section.
     """
     p = make_params(sft_vision.Params, REPO_ROOT / "configs" / "sft_vision.yaml",
-                    {"max_steps": 30, "heldout_rows": 20, "save_steps": 30, "report_to": "none", "run_name": "form"})
+                    {"save_steps": 1000, "report_to": "none", "run_name": "reads"})
     result = sft_vision.run(p)
     metrics, answers = result["metrics"], result["answers"]
-    assert metrics["eval_loss_before"] > 9 and metrics["eval_loss_after"] < 2.5, metrics
+    assert metrics["eval_loss_before"] > 9 and metrics["eval_loss_after"] < 1.0, metrics
     assert not any(a.isdigit() and len(a) == 1 for a in answers["before"])
-    assert sum(a.isdigit() and len(a) == 1 for a in answers["after"]) >= 18, list(answers["after"])
+    assert metrics["char_accuracy_before"] <= 0.1 and metrics["char_accuracy_after"] >= 0.4, list(answers["after"])
 
 
 def write_sheet(path, rows):
