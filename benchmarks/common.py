@@ -410,6 +410,15 @@ def environment() -> dict:
     return {"device": gpu_name(), "versions": versions, "python": sys.version.split()[0]}
 
 
+def report(name: str, title: str, a, rows: list[dict], columns: list[str]) -> dict:
+    """Print the table, write the JSON (settings, environment, rows) when --out asks for it; the result."""
+    print_table(title, rows, columns)
+    result = {"benchmark": name, "settings": {k: v for k, v in vars(a).items() if k != "out"},
+              "environment": environment(), "rows": rows}
+    write_results(name, result, a.out)
+    return result
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker_main(sys.argv[2:])

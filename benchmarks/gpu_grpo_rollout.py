@@ -21,8 +21,8 @@ Peak memory is reported for hf only: vLLM reserves --gpu_memory_utilization up f
 import argparse
 import time
 
-from benchmarks.common import (SMOKE_MODEL, ensure_random_model, environment, peak_memory_gib, print_table, ratio,
-                               reset_peak_memory, run_isolated, skip_reasons, synchronize, write_results)
+from benchmarks.common import (SMOKE_MODEL, ensure_random_model, peak_memory_gib, ratio, report, reset_peak_memory,
+                               run_isolated, skip_reasons, synchronize)
 
 ENGINES = ["hf", "vllm", "unsloth-vllm"]
 NEEDS = {"hf": [], "vllm": ["cuda", "vllm"], "unsloth-vllm": ["cuda", "unsloth", "vllm"]}
@@ -165,11 +165,8 @@ def parse(argv=None):
 def main(argv=None) -> dict:
     a = parse(argv)
     rows = run_cases(a)
-    print_table(f"GRPO rollouts: {a.prompts} prompts x group {a.group_size} x {a.new_tokens} new tokens", rows, COLUMNS)
-    result = {"benchmark": "gpu_grpo_rollout", "settings": {k: v for k, v in vars(a).items() if k != "out"},
-              "environment": environment(), "rows": rows}
-    write_results("gpu_grpo_rollout", result, a.out)
-    return result
+    return report("gpu_grpo_rollout", f"GRPO rollouts: {a.prompts} prompts x group {a.group_size} x {a.new_tokens} "
+                  "new tokens", a, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ import argparse
 import tempfile
 import time
 
-from benchmarks.common import (GPU_MODELS, SMOKE_MODEL, ensure_random_model, environment, fixed_length_rows,
-                               gpu_name, lora_flops_per_token, mfu_percent, natural_length_rows, peak_memory_gib,
-                               print_table, ratio, reset_peak_memory, run_isolated, skip_reasons, steady_rate,
-                               synchronize, write_results)
+from benchmarks.common import (GPU_MODELS, SMOKE_MODEL, ensure_random_model, fixed_length_rows, gpu_name,
+                               lora_flops_per_token, mfu_percent, natural_length_rows,
+                               peak_memory_gib, ratio, report, reset_peak_memory,
+                               run_isolated, skip_reasons, steady_rate, synchronize)
 
 BACKENDS = ["trl", "lab-hf", "lab-unsloth"]
 QUANTS = ["lora16", "qlora4"]  # 16-bit LoRA (fp32 on CPU) | 4-bit NF4 QLoRA (bitsandbytes, CUDA only)
@@ -240,12 +240,8 @@ def main(argv=None) -> dict:
     a = parse(argv)
     rows = run_cases(a)
     shape = f"{a.lengths} lengths from {a.data_file}, max {a.seq_len}" if a.lengths == "natural" else f"seq_len {a.seq_len}"
-    print_table(f"LoRA SFT: {shape}, batch {a.batch_size}, {a.steps} steps (first {a.warmup_steps} untimed); "
-                "tokens_per_s = real tokens", rows, COLUMNS)
-    result = {"benchmark": "gpu_sft", "settings": {k: v for k, v in vars(a).items() if k != "out"},
-              "environment": environment(), "rows": rows}
-    write_results("gpu_sft", result, a.out)
-    return result
+    return report("gpu_sft", f"LoRA SFT: {shape}, batch {a.batch_size}, {a.steps} steps (first {a.warmup_steps} "
+                  "untimed); tokens_per_s = real tokens", a, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ a backend that reaches it is reported as ">= cap". Each backend runs in its own 
 import argparse
 import gc
 
-from benchmarks.common import (MODEL_CONFIGS, SMOKE_MODEL, ensure_random_model, environment, peak_memory_gib,
-                               print_table, ratio, reset_peak_memory, run_isolated, skip_reasons, write_results)
+from benchmarks.common import (MODEL_CONFIGS, SMOKE_MODEL, ensure_random_model, peak_memory_gib, ratio, report,
+                               reset_peak_memory, run_isolated, skip_reasons)
 
 BACKENDS = ["hf", "lab-hf", "lab-unsloth"]
 COLUMNS = ["model", "quant", "backend", "max_length", "reached_cap", "peak_gib_at_max", "tries", "vs_hf", "status"]
@@ -202,11 +202,8 @@ def parse(argv=None):
 def main(argv=None) -> dict:
     a = parse(argv)
     rows = run_cases(a)
-    print_table(f"Longest trainable sequence: {a.model}, {a.quant}, one row, gradient checkpointing", rows, COLUMNS)
-    result = {"benchmark": "max_context", "settings": {k: v for k, v in vars(a).items() if k != "out"},
-              "environment": environment(), "rows": rows}
-    write_results("max_context", result, a.out)
-    return result
+    return report("max_context", f"Longest trainable sequence: {a.model}, {a.quant}, one row, gradient checkpointing",
+                  a, rows, COLUMNS)
 
 
 if __name__ == "__main__":
