@@ -106,7 +106,7 @@ def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, mon
 
 
 def test_too_few_rows_for_the_heldout_split_is_a_clear_error():
-    with pytest.raises(DataError, match="3 usable rows but heldout_rows=3"):
+    with pytest.raises(DataError, match="3 usable rows but 3 to hold out"):
         sft_vision.run(sft_vision.Params(**{**TINY, "max_rows": 3, "heldout_rows": 3}, run_name="few"))
     assert not (output_dir() / "sft_vision" / "few").exists()
 
