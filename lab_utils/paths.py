@@ -107,6 +107,18 @@ def mark_complete(run: Path, summary: dict | None = None) -> Path:
     return marker
 
 
+def build_lock(target):
+    """An exclusive lock beside a folder the lab builds once and shares (the embedded model
+    cache, the tiny vision model): DDP ranks and parallel papermill runs start together,
+    and without it both would build into the same staging folder at once. The second
+    waits, then finds the folder built. Use: `with build_lock(target): ...`."""
+    from filelock import FileLock  # a huggingface_hub dependency: always installed
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(target.with_name(f".{target.name}.lock")))
+
+
 @contextmanager
 def write_then_rename(target, overwrite: bool = False, exists_error: type[Exception] = FileExistsError):
     """Yield `<target>.partial` to write a file or folder into; rename it to `target` when the block ends well.

@@ -479,6 +479,7 @@ def train_from_last_checkpoint(trainer, run: Path) -> dict:
     if resume:
         print(f"[lab] resuming from {resume}")
     first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+    tokens_before = tokens_seen_at(resume)  # read now: save_total_limit may delete that checkpoint while training
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - started
@@ -488,7 +489,7 @@ def train_from_last_checkpoint(trainer, run: Path) -> dict:
         "train_loss": result.training_loss, "global_step": trainer.state.global_step, "steps_trained": steps,
         "resumed_from": resume, "train_seconds": round(seconds, 2),
         "seconds_per_step": round(seconds / steps, 2) if steps else None, "tokens_seen": tokens,
-        "train_tokens_per_second": tokens_per_second(tokens - tokens_seen_at(resume), seconds),
+        "train_tokens_per_second": tokens_per_second(tokens - tokens_before, seconds),
         "best_checkpoint": trainer.state.best_model_checkpoint,  # with load_best (else None)
     }
 

@@ -16,7 +16,7 @@ import torch
 
 from lab_utils.backend import get_backend, import_unsloth
 from lab_utils.models import save_model_folder
-from lab_utils.paths import models_dir
+from lab_utils.paths import build_lock, models_dir
 from lab_utils.vision_processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS,
                                         ImageTextProcessor, load_vision_processor)
 
@@ -99,14 +99,16 @@ def ensure_tiny_vision_model(seed: int = 0) -> Path:
     """
     target = tiny_vision_dir()
     recipe_file = target / TINY_RECIPE_FILE
-    files_present = all((target / name).exists() for name in ("model.safetensors", "tokenizer_config.json", PROCESSOR_MARKER))
-    if files_present and recipe_file.exists() and json.loads(recipe_file.read_text()) == tiny_recipe(seed):
-        return target
-    log.warning("building the tiny random Qwen2.5-VL into %s (once, seconds)", target)
-    model, processor = build_tiny_vision_model(seed)
-    folder = save_model_folder(model, processor, target)
-    recipe_file.write_text(json.dumps(tiny_recipe(seed), indent=2))  # last: a folder without it is rebuilt
-    return folder
+    with build_lock(target):
+        files_present = all((target / name).exists()
+                            for name in ("model.safetensors", "tokenizer_config.json", PROCESSOR_MARKER))
+        if files_present and recipe_file.exists() and json.loads(recipe_file.read_text()) == tiny_recipe(seed):
+            return target
+        log.warning("building the tiny random Qwen2.5-VL into %s (once, seconds)", target)
+        model, processor = build_tiny_vision_model(seed)
+        save_model_folder(model, processor, target)
+        recipe_file.write_text(json.dumps(tiny_recipe(seed), indent=2))  # last: a folder without it is rebuilt
+    return target
 
 
 def load_vision_model(name: str = TINY_VISION_NAME, backend=None, load_in_4bit: bool = False,

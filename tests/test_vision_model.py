@@ -1,6 +1,10 @@
 """The tiny Qwen2.5-VL, its processor, the answer-only collator, LoRA switches, training, scoring."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +58,26 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
     first.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.allclose(first(**batch).logits, loaded(**batch).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_building_the_tiny_model_at_once_both_get_one_good_folder(tmp_path):
+    # DDP ranks and parallel papermill runs start together on a fresh machine: the second
+    # must wait for the first build, not write into the same staging folder
+    build = "from lab_utils.vision_model import ensure_tiny_vision_model; print(ensure_tiny_vision_model())"
+    env = {**os.environ, "LAB_MODELS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", build], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    folder = tmp_path / "tiny-qwen2.5-vl"
+    assert {out.strip().splitlines()[-1] for out, _ in outputs} == {str(folder)}
+    # each shared folder built once, then found (the tiny model takes its tokenizer from the embedded one)
+    assert sum("building the tiny random" in err for _, err in outputs) == 1
+    assert sum("converting embedded SmolLM2" in out for out, _ in outputs) == 1
+    assert json.loads((folder / TINY_RECIPE_FILE).read_text()) == tiny_recipe(0)
+    assert not (tmp_path / "tiny-qwen2.5-vl.partial").exists()
 
 
 def test_processor_expands_image_tokens_by_grid_and_marks_them(tiny, rows):
