@@ -25,7 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from lab_utils.backend import Backend, import_unsloth
+from lab_utils.backend import Backend, choose_backend, import_unsloth
 from lab_utils.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
 from lab_utils.distributed import is_main_process, launched_distributed, local_rank, main_process_first
 from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
@@ -556,10 +556,14 @@ def finish_run(run: Path, experiment: str, metrics: dict, headline: tuple = ()) 
 
 
 def open_run(experiment: str, p) -> Path:
-    """The run folder for these Params (refusing to overwrite a finished run), with params.json."""
+    """The run folder for these Params (refusing to overwrite a finished run), with params.json.
+
+    The backend is checked first: a run it refuses (unsloth without a GPU, hf after unsloth
+    patched this kernel) stops before leaving a folder behind."""
     from lab_utils.config import save_params
     from lab_utils.paths import run_dir
 
+    choose_backend(p.backend)
     # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
     # so every rank sees the same checkpoints when it decides whether to resume.
     with main_process_first():

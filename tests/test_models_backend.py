@@ -131,6 +131,7 @@ def test_hf_backend_after_unsloth_was_imported_stops_with_one_line_saying_restar
     error = done.stderr.strip().splitlines()
     assert len(error) == 1 and "Unsloth already patched transformers in this process" in error[0]
     assert "restart the kernel/process to use backend=hf" in error[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "sft_alpaca" / "mixed").exists()  # refused before the run folder was made
     # auto resolves to hf here (no CUDA): refused as well; in a fresh process the same call is fine
     with pytest.raises(backend_mod.UnslothAlreadyImported):
         sys.modules["unsloth"] = object()
@@ -139,3 +140,16 @@ def test_hf_backend_after_unsloth_was_imported_stops_with_one_line_saying_restar
         finally:
             del sys.modules["unsloth"]
     assert backend_mod.choose_backend("hf").name == "hf"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("experiment", ["sft_alpaca", "grpo_gsm8k", "preference"])
+def test_a_backend_the_machine_cannot_run_is_refused_before_the_run_folder_exists(experiment):
+    import importlib
+
+    from lab_utils.paths import output_dir
+
+    script = importlib.import_module(f"scripts.{experiment}")
+    with pytest.raises(RuntimeError, match="backend=unsloth needs a CUDA GPU"):
+        script.run(script.Params(backend="unsloth", run_name="no_gpu"))
+    assert not (output_dir() / experiment / "no_gpu").exists()
