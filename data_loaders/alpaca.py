@@ -23,9 +23,7 @@ not JSON/JSONL at all is one DataError naming the file and line.
 import json
 from pathlib import Path
 
-from datasets import Dataset
-
-from data_loaders.common import RowSkip, SkipReport, build_messages, data_error, with_system_prompt
+from data_loaders.common import RowSkip, SkipReport, build_messages, data_error, kept_rows, with_system_prompt
 from data_loaders.text_decoding import read_text
 from lab_utils.paths import find_data_file
 
@@ -127,7 +125,4 @@ def load_chat_file(name: str, system_prompt: str | None = None, limit: int | Non
         rows.append({"messages": with_system_prompt(messages, system_prompt), "source": f"{path.name}:{number}"})
         if limit and len(rows) >= limit:
             break
-    report.kept = len(rows)
-    if not rows:
-        raise data_error(path, f"no usable rows ({report.summary()}); expected alpaca, messages or ShareGPT rows")
-    return Dataset.from_list(rows), report
+    return kept_rows(rows, report, path, "no usable rows", "expected alpaca, messages or ShareGPT rows")

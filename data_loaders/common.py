@@ -87,6 +87,17 @@ def with_system_prompt(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + messages
 
 
+def kept_rows(rows: list[dict], report: SkipReport, path, none_usable: str, expected: str):
+    """(Dataset, SkipReport) of a loader's kept rows; none at all is one DataError:
+    "<none_usable> (<skip counts>); <expected>"."""
+    from datasets import Dataset
+
+    report.kept = len(rows)
+    if not rows:
+        raise data_error(path, f"{none_usable} ({report.summary()}); {expected}")
+    return Dataset.from_list(rows), report
+
+
 def split_heldout(dataset, heldout_rows: int, seed: int, path):
     """(train, held-out) rows: a seeded split that always leaves rows to train on (0 = nothing held out)."""
     if len(dataset) <= heldout_rows:

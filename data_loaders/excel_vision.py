@@ -46,7 +46,7 @@ from openpyxl import load_workbook
 from openpyxl.utils import column_index_from_string, get_column_letter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data_loaders.common import SkipReport, data_error
+from data_loaders.common import SkipReport, data_error, kept_rows
 from lab_utils.paths import data_dir, find_data_file
 
 DEFAULT_PROMPT = "What is the reading shown in this image? Answer with the value only."
@@ -262,8 +262,6 @@ def load_excel_vision(
     limit: int | None = None,
 ):
     """Load an image/answer sheet. Returns (Dataset, SkipReport); see the module docstring."""
-    from datasets import Dataset
-
     path = find_data_file(name)
     ws = open_sheet(path, sheet)
     columns = find_columns(path, ws, header_row, image_column, question_column, answer_column)
@@ -295,8 +293,5 @@ def load_excel_vision(
         })
         if limit and len(rows) >= limit:
             break
-    report.kept = len(rows)
-    if not rows:
-        raise data_error(path, f"sheet '{ws.title}' has no usable rows ({report.summary()}); "
-                         "expected rows with an image (file name or pasted picture) and an answer")
-    return Dataset.from_list(rows), report
+    return kept_rows(rows, report, path, f"sheet '{ws.title}' has no usable rows",
+                     "expected rows with an image (file name or pasted picture) and an answer")

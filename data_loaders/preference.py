@@ -32,10 +32,8 @@ or in no plausible encoding, is one DataError naming the file and line.
 import json
 from pathlib import Path
 
-from datasets import Dataset
-
 from data_loaders.alpaca import SHAREGPT_ROLES, read_records
-from data_loaders.common import ROLES, RowSkip, SkipReport, data_error, with_system_prompt
+from data_loaders.common import ROLES, RowSkip, SkipReport, kept_rows, with_system_prompt
 from lab_utils.paths import find_data_file
 
 
@@ -141,8 +139,5 @@ def load_preference_file(name: str, system_prompt: str | None = None, limit: int
                      "source": f"{path.name}:{number}"})
         if limit and len(rows) >= limit:
             break
-    report.kept = len(rows)
-    if not rows:
-        raise data_error(path, f"no usable preference pairs ({report.summary()}); expected rows with "
-                         "prompt/chosen/rejected, UltraFeedback conversations or ShareGPT conversations")
-    return Dataset.from_list(rows), report
+    return kept_rows(rows, report, path, "no usable preference pairs", "expected rows with prompt/chosen/rejected, "
+                     "UltraFeedback conversations or ShareGPT conversations")
