@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from lab_utils.models import resolve_model, save_model_folder
-from lab_utils.paths import models_dir
+from lab_utils.models.registry import resolve_model, save_model_folder
+from lab_utils.core.paths import models_dir
 
 # Shapes from the published config.json files (Hugging Face, 2024-09 releases).
 MODEL_CONFIGS = {
@@ -108,7 +108,7 @@ def build_random_model(name: str, tokenizer_source: str | None = None, seed: int
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source or resolve_model("smollm2-135m"))
     if len(tokenizer) > MODEL_CONFIGS[name]["vocab_size"]:
@@ -129,7 +129,7 @@ def vision_model_config(name: str, tokenizer):
     """A Qwen2.5-VL config with `name`'s published shape and `tokenizer`'s vision token ids."""
     from transformers import Qwen2_5_VLConfig
 
-    from lab_utils.vision_processor import VISION_SPECIAL_TOKENS
+    from lab_utils.vision.processor import VISION_SPECIAL_TOKENS
 
     shape = VISION_CONFIGS[name]
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_SPECIAL_TOKENS}
@@ -143,9 +143,9 @@ def vision_model_config(name: str, tokenizer):
 
 def vision_processor(tokenizer):
     """The stock Qwen2.5-VL processor where torchvision imports (Unsloth's FastVisionModel loads it with
-    AutoProcessor), else the lab's image-only one (lab_utils.vision_processor.ImageTextProcessor)."""
-    from lab_utils.vision_model import TINY_IMAGE_PIXELS
-    from lab_utils.vision_processor import QWEN_VL_CHAT_TEMPLATE, ImageTextProcessor
+    AutoProcessor), else the lab's image-only one (lab_utils.vision.processor.ImageTextProcessor)."""
+    from lab_utils.vision.model import TINY_IMAGE_PIXELS
+    from lab_utils.vision.processor import QWEN_VL_CHAT_TEMPLATE, ImageTextProcessor
 
     if has_package("torchvision"):
         from transformers import Qwen2_5_VLProcessor
@@ -167,7 +167,7 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from lab_utils.vision_model import tiny_vision_tokenizer
+    from lab_utils.vision.model import tiny_vision_tokenizer
 
     tokenizer = tiny_vision_tokenizer()
     config = vision_model_config(name, tokenizer)
@@ -209,7 +209,7 @@ def fixed_length_rows(tokenizer, n_rows: int, seq_len: int, data_file: str = "al
     (no padding to disagree about), so tokens/s compare like for like. Labels are
     the assistant tokens, as in real SFT.
     """
-    from lab_utils.chat import tokenize_conversation
+    from lab_utils.models.chat import tokenize_conversation
 
     encoded = [tokenize_conversation(tokenizer, m, max_length=seq_len) for m in conversations(data_file)]
     stream_ids, stream_labels, rows, i = [], [], [], 0
@@ -246,7 +246,7 @@ def natural_length_rows(tokenizer, n_rows: int, max_len: int, data_file: str = "
     """
     import random
 
-    from lab_utils.chat import IGNORE_INDEX, tokenize_conversation
+    from lab_utils.models.chat import IGNORE_INDEX, tokenize_conversation
 
     encoded = [tokenize_conversation(tokenizer, m, max_length=max_len) for m in conversations(data_file)]
     encoded = [e for e in encoded if any(t != IGNORE_INDEX for t in e["labels"][1:])]
@@ -387,7 +387,7 @@ def write_results(name: str, payload: dict, out: str | None) -> Path | None:
         return None
     folder = Path(out) if out else RESULTS_DIR
     path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    from lab_utils.artifacts import write_json
+    from lab_utils.core.artifacts import write_json
 
     write_json(payload, path)
     print(f"[bench] wrote {path}")

@@ -33,8 +33,8 @@ COLUMNS = ["model", "engine", "prompts", "group_size", "new_tokens", "tokens_per
 def rollout_prompts(model_dir: str, n_prompts: int) -> list[str]:
     """The first n prompts of the bundled sample, rendered with the chat template."""
     from data_loaders.alpaca import load_chat_file
-    from lab_utils.chat import prompt_of, render
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.chat import prompt_of, render
+    from lab_utils.models.registry import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     dataset, _ = load_chat_file("alpaca_sample.jsonl", limit=n_prompts)
@@ -55,7 +55,7 @@ def hf_rollout(model_dir, prompts, group_size, new_tokens):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(model_dir)
@@ -92,7 +92,7 @@ def vllm_rollout(model_dir, prompts, group_size, new_tokens, gpu_memory_utilizat
 
 
 def unsloth_vllm_rollout(model_dir, prompts, group_size, new_tokens, gpu_memory_utilization, max_model_len):
-    from lab_utils.backend import import_unsloth
+    from lab_utils.core.backend import import_unsloth
 
     import_unsloth()
     from unsloth import FastLanguageModel

@@ -8,8 +8,8 @@
 
 Backends, each given the same rows, sequence length, batch, steps and LoRA settings:
     trl          AutoModelForCausalLM + TRL SFTTrainer(peft_config=LoraConfig): what most tutorials do
-    lab-hf       the lab's hf backend: lab_utils.training.load_model + LabTrainer (padding-free,
-                 loss only at label positions), exactly as the SFT experiments build them (lab_utils.training)
+    lab-hf       the lab's hf backend: lab_utils.training.lora.build_lora_model + LabTrainer (padding-free,
+                 loss only at label positions), exactly as the SFT experiments build them (lab_utils.training.params)
     lab-unsloth  the lab's Unsloth backend: FastLanguageModel + the same script's Trainer
 
 --lengths fixed (default): every row is exactly seq_len tokens (conversations from the
@@ -85,9 +85,9 @@ def trl_trainer(model_dir, quant, rows, c, out_dir):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from lab_utils.chat import IGNORE_INDEX
-    from lab_utils.models import load_tokenizer, lora_target_modules
-    from lab_utils.training import quantization_config
+    from lab_utils.models.chat import IGNORE_INDEX
+    from lab_utils.models.registry import load_tokenizer, lora_target_modules
+    from lab_utils.training.lora import quantization_config
 
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(model_dir)
@@ -110,7 +110,9 @@ def trl_trainer(model_dir, quant, rows, c, out_dir):
 def lab_trainer(model_dir, quant, rows, c, out_dir, backend_name):
     from datasets import Dataset
 
-    from lab_utils.training import LoraSFTParams, load_lora_model, make_trainer
+    from lab_utils.training.params import LoraSFTParams
+    from lab_utils.training.lora import load_lora_model
+    from lab_utils.training.trainer import make_trainer
 
     p = LoraSFTParams(model=model_dir, max_seq_length=c["seq_len"], batch_size=c["batch_size"], max_steps=c["steps"],
                           lora_r=c["lora_r"], lora_alpha=2 * c["lora_r"], load_in_4bit=quant == "qlora4",
@@ -135,12 +137,12 @@ def train_case(model_dir: str, backend: str, quant: str, seq_len: int, batch_siz
                data_file: str = "alpaca_sample.jsonl") -> dict:
     """Train one (model, backend, quant) case; tokens/s, peak memory, final loss."""
     if backend == "lab-unsloth":
-        from lab_utils.backend import import_unsloth
+        from lab_utils.core.backend import import_unsloth
 
         import_unsloth()  # before transformers/trl build anything: unsloth patches them
     import torch
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     reset_peak_memory()
     c = dict(seq_len=seq_len, batch_size=batch_size, steps=steps, lora_r=lora_r,

@@ -18,7 +18,7 @@ when a GPU and the package are present.
 import argparse
 import json
 
-from lab_utils.backend import cuda_available, vllm_available
+from lab_utils.core.backend import cuda_available, vllm_available
 
 
 def gsm8k_prompts(tokenizer, data_file: str, count: int) -> list[str]:
@@ -32,8 +32,8 @@ def time_hf(source: str, prompts: list[str], a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer
-    from lab_utils.rollouts import hf_rollout
+    from lab_utils.models.registry import load_tokenizer
+    from lab_utils.training.rollouts import hf_rollout
 
     device = "cuda" if cuda_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -52,7 +52,7 @@ def time_vllm(source: str, prompts: list[str], a) -> dict:
         return {"engine": "vLLM", "skipped": "skipped: no CUDA/vllm"}
     from vllm import LLM
 
-    from lab_utils.rollouts import vllm_rollout
+    from lab_utils.training.rollouts import vllm_rollout
 
     llm = LLM(model=source, gpu_memory_utilization=a.gpu_memory_utilization, max_model_len=a.max_model_len,
               seed=a.seed, enforce_eager=False)
@@ -91,7 +91,7 @@ def main(argv=None):
 
     import torch
 
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     torch.manual_seed(a.seed)
     source = resolve_model(a.model)

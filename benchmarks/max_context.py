@@ -7,7 +7,7 @@
 One step = forward, backward and an AdamW step on a single row of `length` tokens
 (every token a label), gradient checkpointing on (what long-context training uses):
     hf           transformers + peft, model(input_ids, labels).loss: full logits for every position
-    lab-hf       the lab's hf backend: lab_utils.training.load_model + token_losses (logits only
+    lab-hf       the lab's hf backend: lab_utils.training.lora.build_lora_model + token_losses (logits only
                  where a label follows; here that is every position, so this measures the model)
     lab-unsloth  the lab's Unsloth backend: FastLanguageModel, offloaded checkpointing, fused loss
 
@@ -76,8 +76,8 @@ def load(model_dir: str, backend: str, quant: str, cap: int):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM
 
-        from lab_utils.models import lora_target_modules
-        from lab_utils.training import quantization_config
+        from lab_utils.models.registry import lora_target_modules
+        from lab_utils.training.lora import quantization_config
 
         cuda = torch.cuda.is_available()
         quant_config = quantization_config(quant == "qlora4", False, "cuda" if cuda else "cpu")
@@ -96,15 +96,17 @@ def load(model_dir: str, backend: str, quant: str, cap: int):
 
     name = backend.removeprefix("lab-")
     if name == "unsloth":
-        from lab_utils.backend import import_unsloth
+        from lab_utils.core.backend import import_unsloth
 
-        import_unsloth()  # before lab_utils.training imports transformers: unsloth patches it
-    from lab_utils.backend import get_backend
-    from lab_utils.training import LoraSFTParams, load_model, token_losses
+        import_unsloth()  # before lab_utils.training.params imports transformers: unsloth patches it
+    from lab_utils.core.backend import get_backend
+    from lab_utils.training.lora import build_lora_model
+    from lab_utils.training.params import LoraSFTParams
+    from lab_utils.training.loss import token_losses
 
     p = LoraSFTParams(model=model_dir, max_seq_length=cap, load_in_4bit=quant == "qlora4", gradient_checkpointing=True,
                precision="auto", lora_r=16, lora_alpha=32, backend=name)
-    model, _ = load_model(p, get_backend(name))
+    model, _ = build_lora_model(p, get_backend(name))
     if name == "unsloth":
         return model, lambda ids: model(input_ids=ids, labels=ids).loss  # Unsloth's fused, chunked loss
 
@@ -143,7 +145,7 @@ def search_case(model_dir: str, backend: str, quant: str, start: int, cap: int, 
     model, loss_of = load(model_dir, backend, quant, cap)  # first: it imports unsloth before transformers
     import torch
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     vocab = len(load_tokenizer(model_dir))  # ids the tokenizer can produce, all inside the embedding
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

@@ -53,7 +53,7 @@ def conversations(data_file: str, rows: int, seed: int):
 
 
 def lab_params(a, precision: str):
-    from lab_utils.training import LoraSFTParams
+    from lab_utils.training.params import LoraSFTParams
 
     return LoraSFTParams(model=a.model, lora_r=a.lora_r, lora_alpha=2 * a.lora_r, batch_size=a.batch_size, max_steps=a.steps,
                   max_seq_length=a.max_length, learning_rate=1e-4, warmup_ratio=0.0, precision=precision,
@@ -62,12 +62,14 @@ def lab_params(a, precision: str):
 
 def run_lab(a, dataset, out: Path, precision: str) -> dict:
     from data_loaders.common import SkipReport
-    from lab_utils.backend import get_backend
-    from lab_utils.training import load_model, make_trainer, tokenize_dataset
+    from lab_utils.core.backend import get_backend
+    from lab_utils.training.lora import build_lora_model
+    from lab_utils.training.trainer import make_trainer
+    from lab_utils.training.batching import tokenize_dataset
 
     p = lab_params(a, precision)
     backend = get_backend("hf")
-    model, tokenizer = load_model(p, backend)
+    model, tokenizer = build_lora_model(p, backend)
     tokens = tokenize_dataset(dataset.add_column("source", ["bench"] * len(dataset)), tokenizer, p.max_seq_length,
                               SkipReport(kept=len(dataset)))
     trainer, _ = make_trainer(p, model, tokenizer, tokens, None, out / f"lab-{precision}", backend)
@@ -79,7 +81,7 @@ def run_trl(a, dataset, out: Path) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from lab_utils.models import load_tokenizer, lora_target_modules, resolve_model
+    from lab_utils.models.registry import load_tokenizer, lora_target_modules, resolve_model
 
     source = resolve_model(a.model)
     model = AutoModelForCausalLM.from_pretrained(source)
@@ -120,7 +122,7 @@ def main(argv=None):
     a = parser.parse_args(argv)
     torch.manual_seed(a.seed)
     dataset = conversations(a.data_file, a.rows, a.seed)
-    from lab_utils.training import resolve_precision
+    from lab_utils.training.lora import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

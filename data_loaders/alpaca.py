@@ -25,7 +25,7 @@ from pathlib import Path
 
 from data_loaders.common import RowSkip, SkipReport, build_messages, data_error, kept_rows, with_system_prompt
 from data_loaders.text_decoding import read_text
-from lab_utils.paths import find_data_file
+from lab_utils.core.paths import find_data_file
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}

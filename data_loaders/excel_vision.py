@@ -47,7 +47,7 @@ from openpyxl.utils import column_index_from_string, get_column_letter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data_loaders.common import SkipReport, data_error, kept_rows
-from lab_utils.paths import data_dir, find_data_file
+from lab_utils.core.paths import data_dir, find_data_file
 
 DEFAULT_PROMPT = "What is the reading shown in this image? Answer with the value only."
 DEFAULT_MAX_IMAGE_SIDE = 448  # 16x16 vision patches after 28-px merging in Qwen2.5-VL; plenty for digits

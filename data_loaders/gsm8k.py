@@ -46,7 +46,7 @@ from datasets import Dataset
 
 from data_loaders.common import SkipReport, data_error
 from data_loaders.text_decoding import read_text
-from lab_utils.paths import find_data_file
+from lab_utils.core.paths import find_data_file
 from rewards import SYSTEM_PROMPT
 from rewards.extract import extract_hash_answer
 from rewards.numeric import normalise_number

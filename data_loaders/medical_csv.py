@@ -66,7 +66,7 @@ from datasets import Dataset, DatasetDict
 from data_loaders.common import DataError, SkipReport, data_error
 from data_loaders.paired_lines import UnpairedBlock, block_turns, looks_like_paired_lines, split_blocks
 from data_loaders.text_decoding import decode_file, plausibility  # noqa: F401  (plausibility: re-exported)
-from lab_utils.paths import find_data_file
+from lab_utils.core.paths import find_data_file
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名耐心、专业的医学助手。请根据患者的描述给出通俗易懂的健康建议，"
@@ -232,7 +232,7 @@ def load_medical_csv(path, encoding: str | None = None, columns: dict | None = N
                      layout: str = "auto") -> MedicalCSV:
     """Read a medical dialogue CSV or paired-lines file into the chat-messages schema; see the module docstring.
 
-    `path` is found with lab_utils.paths.find_data_file (relative to LAB_DATA_DIR,
+    `path` is found with lab_utils.core.paths.find_data_file (relative to LAB_DATA_DIR,
     the bundled samples, or as given). `system_prompt=None` leaves the system message out.
     `layout`: "auto" (detect), "csv" or "paired_lines".
     """

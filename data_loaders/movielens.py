@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data_loaders.common import SkipReport, data_error
-from lab_utils.paths import LabPathError, data_dir
+from lab_utils.core.paths import LabPathError, data_dir
 
 ML100K_FOLDER = "ml-100k"
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from data_loaders.alpaca import SHAREGPT_ROLES, read_records
 from data_loaders.common import ROLES, RowSkip, SkipReport, kept_rows, with_system_prompt
-from lab_utils.paths import find_data_file
+from lab_utils.core.paths import find_data_file
 
 
 def _text(value) -> str:

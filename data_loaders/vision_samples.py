@@ -22,7 +22,7 @@ from openpyxl import Workbook
 from openpyxl.drawing.image import Image as SheetImage
 from PIL import Image, ImageDraw, ImageFont
 
-from lab_utils.paths import SAMPLES_DIR
+from lab_utils.core.paths import SAMPLES_DIR
 
 SAMPLE_DIR = SAMPLES_DIR / "vision"
 PATH_SHEET = "digits.xlsx"

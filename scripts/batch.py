@@ -50,11 +50,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lab_utils import plots
-from lab_utils.config import ConfigError, load_yaml
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
-from lab_utils.paths import REPO_ROOT, output_dir, slug, write_then_rename
-from lab_utils.progress import progress_bar
+from lab_utils.core import plots
+from lab_utils.core.config import ConfigError, load_yaml
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
+from lab_utils.core.paths import REPO_ROOT, output_dir, slug, write_then_rename
+from lab_utils.core.progress import progress_bar
 
 STATE_FILE = "batch_state.json"
 BATCH_KEYS = {"name", "defaults", "runs"}

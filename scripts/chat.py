@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.config import run_cli
-from lab_utils.paths import output_dir
+from lab_utils.core.config import run_cli
+from lab_utils.core.paths import output_dir
 
 
 @dataclass(kw_only=True)
@@ -47,7 +47,7 @@ class HFChat:
     def __init__(self, path: Path, p: Params):
         from transformers import AutoModelForCausalLM
 
-        from lab_utils.models import load_tokenizer
+        from lab_utils.models.registry import load_tokenizer
 
         self.p = p
         if path.suffix == ".gguf":
@@ -58,8 +58,8 @@ class HFChat:
         elif (path / "config.json").exists():
             self.tokenizer, self.model, self.system = load_tokenizer(str(path)), AutoModelForCausalLM.from_pretrained(path), None
         else:
-            from lab_utils.evaluate import load_adapters
-            from lab_utils.export import locate_adapter
+            from lab_utils.evaluation.evaluate import load_adapters
+            from lab_utils.export.merge import locate_adapter
 
             self.model, self.tokenizer = load_adapters({"tuned": path})
             self.system = locate_adapter(path).system_prompt
@@ -68,7 +68,7 @@ class HFChat:
     def stream(self, messages: list[dict]):
         from transformers import TextIteratorStreamer
 
-        from lab_utils.chat import render
+        from lab_utils.models.chat import render
 
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)

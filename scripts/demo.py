@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lab_utils.artifacts import read_json
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, output_dir
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, output_dir
 
 CONFIG = REPO_ROOT / "configs" / "sft_alpaca.yaml"
 MAX_SUMMARY_LINES = 15

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils import paths
-from lab_utils.backend import choose_backend, has_package
+from lab_utils.core import paths
+from lab_utils.core.backend import choose_backend, has_package
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
@@ -218,7 +218,7 @@ def probe(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
 
 def check_hubs() -> list[Check]:
     """Which model hub this box reaches (never blocking: an offline box runs from its caches)."""
-    from lab_utils.models import ModelNotFound, default_hub, hub_offline
+    from lab_utils.models.registry import ModelNotFound, default_hub, hub_offline
 
     try:
         selected = default_hub()

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_loaders.alpaca import load_chat_file
-from lab_utils import plots
-from lab_utils.adapters import finished_sft_runs
-from lab_utils.artifacts import read_json, setup_logging, write_json
-from lab_utils.chat import generate, render
-from lab_utils.config import run_cli
-from lab_utils.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
-from lab_utils.export import ExportError, locate_adapter
-from lab_utils.paths import mark_complete, output_dir, run_dir
+from lab_utils.core import plots
+from lab_utils.export.adapters import finished_sft_runs
+from lab_utils.core.artifacts import read_json, setup_logging, write_json
+from lab_utils.models.chat import generate, render
+from lab_utils.core.config import run_cli
+from lab_utils.evaluation.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
+from lab_utils.export.merge import ExportError, locate_adapter
+from lab_utils.core.paths import mark_complete, output_dir, run_dir
 from scripts import export as export_script
 
 EXPERIMENT = "evaluate_export"
@@ -103,7 +103,7 @@ def gguf_answers_back(p: Params, exported: dict) -> dict:
     """The GGUF loaded back (transformers' GGUF reader) against the merged model, on the first prompt."""
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     out = Path(exported["out_dir"])
     merged_dir, gguf = out / "merged", next(out.glob(f"*-{p.serve_format.removeprefix('gguf-')}.gguf"))

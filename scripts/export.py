@@ -20,10 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab_utils import export
-from lab_utils.artifacts import write_json
-from lab_utils.config import run_cli
-from lab_utils.paths import is_complete, mark_complete, output_dir, run_dir, slug
+from lab_utils.export.gguf import GGUF_OUTTYPES, KQUANT_TYPES, convert_to_gguf, quantize_gguf, write_modelfile
+from lab_utils.export.hub import push_to_hub
+from lab_utils.export.merge import ExportError, locate_adapter, merge_adapter
+from lab_utils.core.artifacts import write_json
+from lab_utils.core.config import run_cli
+from lab_utils.core.paths import is_complete, mark_complete, output_dir, run_dir, slug
 
 SIMPLE_FORMATS = ("merged", "modelfile")
 
@@ -47,18 +49,18 @@ class Params:
 
 def parse_formats(p: Params) -> list[str]:
     formats = [f.strip().lower() for f in p.formats.split(",") if f.strip()]
-    known = set(SIMPLE_FORMATS) | {f"gguf-{t}" for t in export.GGUF_OUTTYPES + export.KQUANT_TYPES}
+    known = set(SIMPLE_FORMATS) | {f"gguf-{t}" for t in GGUF_OUTTYPES + KQUANT_TYPES}
     unknown = [f for f in formats if f not in known]
     if unknown or not formats:
-        raise export.ExportError(f"formats={p.formats!r}: unknown {unknown}; known: {sorted(known)}")
+        raise ExportError(f"formats={p.formats!r}: unknown {unknown}; known: {sorted(known)}")
     if "modelfile" in formats and p.serve_format not in formats:
-        raise export.ExportError(f"modelfile points at serve_format={p.serve_format!r}, which is not in formats={p.formats!r}")
+        raise ExportError(f"modelfile points at serve_format={p.serve_format!r}, which is not in formats={p.formats!r}")
     return formats
 
 
 def find_run(p: Params) -> Path:
     if not p.run_dir:
-        raise export.ExportError("set --run_dir to a finished SFT run (a folder, or relative to $LAB_OUTPUT_DIR)")
+        raise ExportError("set --run_dir to a finished SFT run (a folder, or relative to $LAB_OUTPUT_DIR)")
     given = Path(p.run_dir).expanduser()
     return given if given.exists() or given.is_absolute() else output_dir() / given
 
@@ -68,7 +70,7 @@ def export_dir(p: Params, run: Path) -> Path:
         return run_dir("export", run.name, overwrite=p.overwrite)
     out = Path(p.out_dir).expanduser()
     if is_complete(out) and not p.overwrite:
-        raise export.ExportError(f"export '{out}' already finished; choose another out_dir or pass --overwrite true")
+        raise ExportError(f"export '{out}' already finished; choose another out_dir or pass --overwrite true")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -87,37 +89,37 @@ def timed(report: list, name: str, make, *args, **kwargs) -> Path:
 def write_ggufs(p: Params, formats: list[str], merged: Path, out: Path, name: str, report: list) -> dict:
     ggufs = {}
     wanted = [f.removeprefix("gguf-") for f in formats if f.startswith("gguf-")]
-    if any(t in export.KQUANT_TYPES for t in wanted) and "f16" not in wanted:
+    if any(t in KQUANT_TYPES for t in wanted) and "f16" not in wanted:
         wanted.insert(0, "f16")  # the quantizer's input
-    for outtype in sorted(wanted, key=lambda t: t in export.KQUANT_TYPES):
+    for outtype in sorted(wanted, key=lambda t: t in KQUANT_TYPES):
         target = out / f"{name}-{outtype}.gguf"
-        if outtype in export.KQUANT_TYPES:
-            ggufs[outtype] = timed(report, f"gguf-{outtype}", export.quantize_gguf, ggufs["f16"], target, outtype, overwrite=p.overwrite)
+        if outtype in KQUANT_TYPES:
+            ggufs[outtype] = timed(report, f"gguf-{outtype}", quantize_gguf, ggufs["f16"], target, outtype, overwrite=p.overwrite)
         else:
-            ggufs[outtype] = timed(report, f"gguf-{outtype}", export.convert_to_gguf, merged, target, outtype, overwrite=p.overwrite)
+            ggufs[outtype] = timed(report, f"gguf-{outtype}", convert_to_gguf, merged, target, outtype, overwrite=p.overwrite)
     return ggufs
 
 
 def run(p: Params) -> dict:
     formats = parse_formats(p)
     run_path = find_run(p)
-    trained = export.locate_adapter(run_path)  # refuses a missing or unfinished run before anything is written
+    trained = locate_adapter(run_path)  # refuses a missing or unfinished run before anything is written
     out = export_dir(p, run_path)
     name, report = slug(run_path.name), []
     print(f"[export] {run_path} -> {out}", flush=True)
     merged = None
     if "merged" in formats or any(f.startswith("gguf-") for f in formats):
-        merged = timed(report, "merged", export.merge_adapter, run_path, out / "merged", p.dtype, overwrite=p.overwrite)
+        merged = timed(report, "merged", merge_adapter, run_path, out / "merged", p.dtype, overwrite=p.overwrite)
     ggufs = write_ggufs(p, formats, merged, out, name, report) if merged else {}
     if "modelfile" in formats:
         system = p.system_prompt or trained.system_prompt
         settings = dict(temperature=p.temperature, top_p=p.top_p, num_ctx=p.num_ctx, overwrite=p.overwrite,
                         template=p.template)
-        timed(report, "modelfile", export.write_modelfile, ggufs[p.serve_format.removeprefix("gguf-")], merged, system, **settings)
+        timed(report, "modelfile", write_modelfile, ggufs[p.serve_format.removeprefix("gguf-")], merged, system, **settings)
     summary = {"source_run": str(run_path), "base_model": trained.base_model, "artifacts": report, "params": asdict(p)}
     write_json(summary, out / "export.json")
     if p.hub_repo:
-        pushed = export.push_to_hub(out, p.hub_repo, dry_run=p.hub_dry_run)
+        pushed = push_to_hub(out, p.hub_repo, dry_run=p.hub_dry_run)
         verb = "would push" if p.hub_dry_run else "pushed"
         for path, size in pushed:
             print(f"[export]   {size / 1e6:9.1f} MB  {path}", flush=True)

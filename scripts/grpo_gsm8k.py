@@ -16,7 +16,7 @@ the same and GRPO would learn nothing; the demo first runs a short SFT warm-up
 (`sft_warmup_steps`) on the training problems' worked solutions in that layout,
 by the shared SFT loop, then GRPO. On a CUDA box with vllm (and unsloth)
 installed, configs/grpo_gsm8k_gpu.yaml trains a real model on real GSM8K with
-vLLM rollouts (lab_utils/rollouts.py), without a warm-up. Each run writes to
+vLLM rollouts (lab_utils/training/rollouts.py), without a warm-up. Each run writes to
 $LAB_OUTPUT_DIR/grpo_gsm8k/<run_name>/: adapter/, checkpoints/, sft_warmup/,
 tensorboard/, params.json, metrics.json (format rate and accuracy before, after
 the warm-up and after GRPO; mean reward of the first and last quarter of the
@@ -30,19 +30,21 @@ import pandas as pd
 
 from data_loaders.common import SkipReport, split_heldout
 from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file, worked_solution_conversations
-from lab_utils import plots
-from lab_utils.artifacts import setup_logging, write_table
-from lab_utils.backend import get_backend
-from lab_utils.chat import generate
-from lab_utils.config import run_cli
-from lab_utils.distributed import is_main_process
-from lab_utils.models import load_tokenizer, resolve_model
-from lab_utils.progress import show_progress
-from lab_utils.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training import (LoraParams, LoraSFTParams, LossHistory, OptimParams, RunParams, finish_run,
-                                last_checkpoint, load_model as load_lora, lora_plus_optimizers, make_trainer, open_run,
-                                save_training_artifacts, tokenize_dataset, train_from_last_checkpoint,
-                                trainable_parameters, training_arguments)
+from lab_utils.core import plots
+from lab_utils.core.artifacts import setup_logging, write_table
+from lab_utils.core.backend import get_backend
+from lab_utils.models.chat import generate
+from lab_utils.core.config import run_cli
+from lab_utils.core.distributed import is_main_process
+from lab_utils.models.registry import load_tokenizer, resolve_model
+from lab_utils.core.progress import show_progress
+from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
+from lab_utils.training.lora import build_lora_model
+from lab_utils.training.params import LoraParams, LoraSFTParams, OptimParams, RunParams
+from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.lora import trainable_parameters
 from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
@@ -51,7 +53,7 @@ SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 @dataclass(kw_only=True)
 class Params(RunParams, LoraParams, OptimParams):
-    # data (the model, LoRA, optimisation and run knobs: lab_utils.training's shared groups)
+    # data (the model, LoRA, optimisation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
     eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
@@ -77,7 +79,7 @@ class Params(RunParams, LoraParams, OptimParams):
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
-    # format the same way). The warm-up reuses the SFT loop of lab_utils/training.py.
+    # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
     sft_warmup_steps: int = 24  # ~4 passes over the demo's 25 training solutions
     sft_warmup_learning_rate: float = 5e-4
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
@@ -138,7 +140,7 @@ def load_model(p: Params):
     if rollouts.uses_vllm and backend.is_unsloth:
         model, tokenizer = load_fast_inference_model(p, resolve_model(p.model))
     else:
-        model, tokenizer = load_lora(p, backend)
+        model, tokenizer = build_lora_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, tokenizer, backend, rollouts
 

@@ -12,7 +12,7 @@ experimental ORPOTrainer) needs no reference: an SFT loss on the chosen answer p
 odds-ratio term (weight `beta`) against the rejected one. `init_from` starts from a finished
 SFT run's adapter (the usual SFT -> DPO pipeline) instead of a fresh LoRA.
 
-Measured on held-out pairs before and after training (lab_utils/preference.py): preference
+Measured on held-out pairs before and after training (lab_utils/training/preference.py): preference
 accuracy (DPO: implicit reward of chosen > rejected; ORPO: log odds of chosen > rejected) and
 the mean margin, plus greedy answers to held-out prompts. Defaults are the CPU demo: the
 embedded SmolLM2-135M and the bundled 200-pair zh/en sample (concise and correct vs rambling
@@ -28,17 +28,18 @@ import pandas as pd
 
 from data_loaders.common import split_heldout
 from data_loaders.preference import load_preference_file
-from lab_utils import plots
-from lab_utils.adapters import check_adapter_base, find_adapter, start_from_adapter
-from lab_utils.artifacts import setup_logging, write_table
-from lab_utils.chat import generate, render
-from lab_utils.config import run_cli
-from lab_utils.distributed import is_main_process
-from lab_utils.paths import find_data_file
-from lab_utils.preference import preference_summary, score_pairs
-from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, finish_run,
-                                load_lora_model, lora_plus_optimizers, open_run, save_training_artifacts,
-                                train_from_last_checkpoint, training_arguments)
+from lab_utils.core import plots
+from lab_utils.export.adapters import check_adapter_base, find_adapter, start_from_adapter
+from lab_utils.core.artifacts import setup_logging, write_table
+from lab_utils.models.chat import generate, render
+from lab_utils.core.config import run_cli
+from lab_utils.core.distributed import is_main_process
+from lab_utils.core.paths import find_data_file
+from lab_utils.training.preference import preference_summary, score_pairs
+from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
+from lab_utils.training.trainer import (LossHistory, lora_plus_optimizers, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.lora import load_lora_model
 
 EXPERIMENT = "preference"
 METHODS = ("dpo", "orpo")
@@ -46,7 +47,7 @@ METHODS = ("dpo", "orpo")
 
 @dataclass(kw_only=True)
 class Params(RunParams, LoraParams, OptimParams, EvalParams):
-    # data and method (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
+    # data and method (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "preference_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
     system_prompt: str = ""  # added to every prompt that has none ("" = the model's default)
     max_rows: int = 0  # 0 = every pair
@@ -126,7 +127,7 @@ def evaluate(p: Params, model, tokenizer, heldout) -> dict:
 def preference_trainer(method: str, backend):
     """(config class, trainer class) of TRL for the method; Unsloth's DPO patch first on its backend."""
     if method == "dpo":
-        if backend.is_unsloth:  # only ever chosen on a CUDA box that has unsloth (lab_utils.backend)
+        if backend.is_unsloth:  # only ever chosen on a CUDA box that has unsloth (lab_utils.core.backend)
             from unsloth import PatchDPOTrainer
 
             PatchDPOTrainer()

@@ -14,10 +14,10 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from lab_utils.backend import vllm_available
-from lab_utils.config import run_cli
-from lab_utils.export import locate_adapter
-from lab_utils.models import resolve_model
+from lab_utils.core.backend import vllm_available
+from lab_utils.core.config import run_cli
+from lab_utils.export.merge import locate_adapter
+from lab_utils.models.registry import resolve_model
 from scripts.chat import resolve_target
 
 

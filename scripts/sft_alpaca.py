@@ -22,20 +22,23 @@ import pandas as pd
 
 from data_loaders.alpaca import load_chat_file
 from data_loaders.common import split_heldout
-from lab_utils.artifacts import setup_logging, write_table
-from lab_utils.chat import generate
-from lab_utils.config import run_cli
-from lab_utils.distributed import is_main_process
-from lab_utils.paths import find_data_file
-from lab_utils.training import (LoraSFTParams, finish_run, load_lora_model, open_run, save_training_artifacts,
-                                tokenize_dataset, train_lora)
+from lab_utils.core.artifacts import setup_logging, write_table
+from lab_utils.models.chat import generate
+from lab_utils.core.config import run_cli
+from lab_utils.core.distributed import is_main_process
+from lab_utils.core.paths import find_data_file
+from lab_utils.training.params import LoraSFTParams
+from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.lora import load_lora_model
+from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_alpaca"
 
 
 @dataclass(kw_only=True)
 class Params(LoraSFTParams):
-    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "alpaca_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
     system_prompt: str = ""  # added to every conversation that has none ("" = the model's default)
     max_rows: int = 0  # 0 = every row

@@ -18,20 +18,23 @@ history.json, skipped_rows.csv, run_complete.json.
 from dataclasses import dataclass, field
 
 from data_loaders.medical_csv import DEFAULT_SYSTEM_PROMPT, load_medical_csv, split_dataset
-from lab_utils import plots
-from lab_utils.artifacts import setup_logging
-from lab_utils.config import run_cli
-from lab_utils.distributed import is_main_process
-from lab_utils.evaluate import base_and_tuned_answers, write_text_evaluation
-from lab_utils.training import (LoraSFTParams, finish_run, load_lora_model, open_run, save_training_artifacts,
-                                tokenize_dataset, train_lora)
+from lab_utils.core import plots
+from lab_utils.core.artifacts import setup_logging
+from lab_utils.core.config import run_cli
+from lab_utils.core.distributed import is_main_process
+from lab_utils.evaluation.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.training.params import LoraSFTParams
+from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.lora import load_lora_model
+from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_medical"
 
 
 @dataclass(kw_only=True)
 class Params(LoraSFTParams):
-    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "medical/dialogues_gbk.csv"  # under LAB_DATA_DIR or data/samples/
     encoding: str = ""  # "" = detect (utf-8, utf-8-sig, utf-16, gb18030, big5); or force one
     format: str = "auto"  # auto | csv | paired_lines (question line, answer line, blank line between blocks)

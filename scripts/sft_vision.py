@@ -13,7 +13,7 @@ adapter/ (LoRA + processor), checkpoints/, tensorboard/, params.json, metrics.js
 history.json, training.png, samples.png, answers.md/.csv, skipped_rows.csv, run_complete.json.
 
 The sheet is read by data_loaders.excel_vision (file-name column or pictures pasted into
-the cells); the loss counts only the answer tokens (lab_utils.vision_collator masks the
+the cells); the loss counts only the answer tokens (lab_utils.vision.collator masks the
 system/user turns and every image token).
 """
 
@@ -25,27 +25,28 @@ import pandas as pd
 
 from data_loaders.common import split_heldout
 from data_loaders.excel_vision import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_PROMPT, load_excel_vision
-from lab_utils import plots
-from lab_utils.artifacts import setup_logging, write_table
-from lab_utils.backend import get_backend
-from lab_utils.config import run_cli
-from lab_utils.distributed import is_main_process
-from lab_utils.paths import find_data_file
-from lab_utils.progress import show_progress
-from lab_utils.training import (EvalParams, LoraParams, LossHistory, OptimParams, RunParams, evaluate_before_training,
-                                finish_run, lora_plus_optimizers, open_run, sample_answers_during_training,
-                                save_training_artifacts, train_from_last_checkpoint, trainable_parameters, training_arguments)
-from lab_utils.vision_answers import char_accuracy, generate_answers, score_answers
-from lab_utils.vision_collator import make_vision_collator, vision_sft_config
-from lab_utils.vision_lora import add_vision_lora
-from lab_utils.vision_model import load_vision_model
+from lab_utils.core import plots
+from lab_utils.core.artifacts import setup_logging, write_table
+from lab_utils.core.backend import get_backend
+from lab_utils.core.config import run_cli
+from lab_utils.core.distributed import is_main_process
+from lab_utils.core.paths import find_data_file
+from lab_utils.core.progress import show_progress
+from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
+from lab_utils.training.trainer import (LossHistory, evaluate_before_training, lora_plus_optimizers, sample_answers_during_training, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.lora import trainable_parameters
+from lab_utils.vision.answers import char_accuracy, generate_answers, score_answers
+from lab_utils.vision.collator import make_vision_collator, vision_sft_config
+from lab_utils.vision.lora import add_vision_lora
+from lab_utils.vision.model import load_vision_model
 
 EXPERIMENT = "sft_vision"
 
 
 @dataclass(kw_only=True)
 class Params(RunParams, LoraParams, OptimParams, EvalParams):
-    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training's shared groups)
+    # data (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training.params's shared groups)
     sheet: str = "vision/digits.xlsx"  # .xlsx under LAB_DATA_DIR or data/samples/
     worksheet: str = ""  # sheet name inside the workbook ("" = the first one)
     image_column: str = ""  # header text or column letter ("" = detect image/file/图片...)
@@ -125,7 +126,7 @@ def load_model(p: Params):
 
 def build_dataset(p: Params, data, processor):
     """(train rows, held-out rows, skip report): image rows stay rows; the collator
-    (lab_utils.vision_collator) turns each batch into tensors with the processor, answer tokens labelled."""
+    (lab_utils.vision.collator) turns each batch into tensors with the processor, answer tokens labelled."""
     return data
 
 

@@ -27,10 +27,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data_loaders.movielens import RatingsSplit, load_ml100k_split, synthetic_ratings
-from lab_utils import lowrank, plots
-from lab_utils.artifacts import write_json
-from lab_utils.config import run_cli, save_params
-from lab_utils.paths import default_run_name, mark_complete, run_dir
+from lab_utils.teaching import als, lowrank
+from lab_utils.core import plots
+from lab_utils.core.artifacts import write_json
+from lab_utils.core.config import run_cli, save_params
+from lab_utils.core.paths import default_run_name, mark_complete, run_dir
 
 
 @dataclass(kw_only=True)
@@ -71,7 +72,7 @@ class Params:
 class SplitResult:
     row: dict  # the split's line of the results table (test RMSEs, fit time)
     choice: dict  # the rank and reg used, and the validation grid they were chosen on
-    model: lowrank.FactorModel
+    model: als.FactorModel
     history: dict  # per-iteration RMSE of the final fit
 
 
@@ -87,7 +88,7 @@ def fit_model(p: Params, split: RatingsSplit, rank=None, reg=None, n_iters=None,
               track: bool = True):
     """ALS with the run's settings; any argument given replaces its Params value (for sweeps).
     track=False skips the per-iteration history (train/test RMSE, objective)."""
-    return lowrank.als_fit(
+    return als.als_fit(
         split.train, split.n_users, split.n_items,
         rank=p.rank if rank is None else rank, reg=p.reg if reg is None else reg, bias_reg=p.bias_reg,
         n_iters=p.n_iters if n_iters is None else n_iters,
@@ -100,7 +101,7 @@ def choose_settings(p: Params, split: RatingsSplit) -> dict:
     """Rank and reg for this split: the best on validation data from its training ratings, or Params' own."""
     if not p.choose_by_validation:
         return {"rank": p.rank, "reg": p.reg, "valid_rmse": None, "grid": []}
-    return lowrank.choose_by_validation(
+    return als.choose_by_validation(
         split.train, split.n_users, split.n_items, ranks=p.choice_ranks, regs=p.choice_regs,
         valid_fraction=p.valid_fraction, seed=p.seed, bias_reg=p.bias_reg, n_iters=p.choice_iters,
         use_biases=p.use_biases, clip=split.rating_range,
@@ -109,8 +110,8 @@ def choose_settings(p: Params, split: RatingsSplit) -> dict:
 
 def baselines(p: Params, split: RatingsSplit) -> dict:
     """Test RMSE of the models ALS must beat: one number for everyone, then mu + b_user + c_item."""
-    mean = lowrank.global_mean_baseline(split.train, split.n_users, split.n_items, clip=split.rating_range)
-    bias = lowrank.bias_baseline(split.train, split.n_users, split.n_items, p.bias_reg, clip=split.rating_range)
+    mean = als.global_mean_baseline(split.train, split.n_users, split.n_items, clip=split.rating_range)
+    bias = als.bias_baseline(split.train, split.n_users, split.n_items, p.bias_reg, clip=split.rating_range)
     return {"global_mean": mean.evaluate(split.test), "user_item_bias": bias.evaluate(split.test)}
 
 
@@ -124,7 +125,7 @@ def evaluate_split(p: Params, split: RatingsSplit, choice: dict | None = None, t
     row = {"split": split.name, **baselines(p, split), "als": model.evaluate(split.test),
            "als_train": model.evaluate(split.train), "fit_seconds": time.perf_counter() - start}
     if split.truth is not None:  # synthetic: how close to the noise-free matrix, and the floor
-        row["als_vs_truth"] = lowrank.rmse(model.predict(*split.test[:2]), split.truth[split.test[0], split.test[1]])
+        row["als_vs_truth"] = als.rmse(model.predict(*split.test[:2]), split.truth[split.test[0], split.test[1]])
         row["noise_std"] = split.noise_std
     return SplitResult(row, choice, model, history)
 
@@ -152,7 +153,7 @@ def compare_spark(p: Params, split: RatingsSplit) -> dict:
     MLlib fits raw ratings with P Q^T alone (no global mean, no biases), so ours
     runs that way here too; the main table's model adds mu and the biases.
     """
-    from lab_utils.spark_als import spark_als
+    from lab_utils.teaching.spark_als import spark_als
 
     start = time.perf_counter()
     _, history = fit_model(p, split, use_biases=False, center=False)

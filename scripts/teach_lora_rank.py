@@ -30,12 +30,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lab_utils import lowrank, plots
-from lab_utils.adapters import base_model_name, find_adapter, layer_index, module_kind, read_lora_adapter
-from lab_utils.artifacts import write_json
-from lab_utils.config import run_cli, save_params
-from lab_utils.models import lora_target_modules, resolve_model
-from lab_utils.paths import default_run_name, mark_complete, run_dir
+from lab_utils.teaching import lowrank
+from lab_utils.core import plots
+from lab_utils.export.adapters import base_model_name, find_adapter, layer_index, module_kind, read_lora_adapter
+from lab_utils.core.artifacts import write_json
+from lab_utils.core.config import run_cli, save_params
+from lab_utils.models.registry import lora_target_modules, resolve_model
+from lab_utils.core.paths import default_run_name, mark_complete, run_dir
 
 
 @dataclass(kw_only=True)

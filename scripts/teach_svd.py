@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from lab_utils import lowrank, plots
-from lab_utils.artifacts import write_json
-from lab_utils.config import run_cli, save_params
-from lab_utils.paths import default_run_name, find_data_file, mark_complete, run_dir
+from lab_utils.teaching import lowrank
+from lab_utils.core import plots
+from lab_utils.core.artifacts import write_json
+from lab_utils.core.config import run_cli, save_params
+from lab_utils.core.paths import default_run_name, find_data_file, mark_complete, run_dir
 
 
 @dataclass(kw_only=True)

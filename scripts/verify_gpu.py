@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.common import (environment, ensure_random_model, ensure_random_vision_model, peak_memory_gib,
                                reset_peak_memory, run_isolated, skip_reasons)
-from lab_utils.paths import REPO_ROOT, output_dir
+from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
 VISION_MODEL = "qwen2.5-vl-3b"
@@ -103,7 +103,7 @@ CASES = [
 
 def shrink(params_cls, config: str, overrides: dict, model: str):
     """Params from the experiment's config file, with the verification's model and small sizes."""
-    from lab_utils.config import make_params
+    from lab_utils.core.config import make_params
 
     fixed = dict(model=model, run_name=RUN_NAME, overwrite=True, report_to="none", save_steps=1000)
     return make_params(params_cls, str(REPO_ROOT / config), {**overrides, **fixed})
@@ -168,9 +168,9 @@ class DeviceMemoryPoller:
 
 def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -> dict:
     """notebooks/<notebook>.ipynb under papermill with the GPU config's parameters (Unsloth, 4-bit)."""
-    from lab_utils.artifacts import read_json
-    from lab_utils.config import load_yaml
-    from lab_utils.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
+    from lab_utils.core.artifacts import read_json
+    from lab_utils.core.config import load_yaml
+    from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 
     path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
     parameters = {**load_yaml(REPO_ROOT / config), **overrides, "model": model_dir, "run_name": RUN_NAME,
@@ -297,8 +297,8 @@ def case_evaluate_export(run_dir: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.chat import generate
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.chat import generate
+    from lab_utils.models.registry import load_tokenizer
     from scripts import evaluate_export as ee
 
     reset_peak_memory()
@@ -325,7 +325,8 @@ def case_evaluate_export(run_dir: str) -> dict:
 
 def case_gguf(run_dir: str) -> dict:
     """The merged model -> GGUF f16 with llama.cpp's converter, loaded back (transformers' GGUF reader)."""
-    from lab_utils.export import ExportError, convert_to_gguf, ensure_llama_cpp
+    from lab_utils.export.merge import ExportError
+    from lab_utils.export.gguf import convert_to_gguf, ensure_llama_cpp
     from scripts import evaluate_export as ee
 
     reset_peak_memory()
@@ -415,7 +416,7 @@ def failed(rows: list[dict]) -> list[str]:
 
 
 def write_report(folder: Path, rows: list[dict], settings: dict, seconds: float) -> dict:
-    from lab_utils.artifacts import write_json
+    from lab_utils.core.artifacts import write_json
 
     report = {"benchmark": "verify_gpu", "settings": settings, "environment": environment(),
               "total_seconds": round(seconds, 1), "failed": failed(rows), "rows": rows}

@@ -34,14 +34,14 @@ def hermetic_outputs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def embedded_model_dir():
-    from lab_utils.models import resolve_model
+    from lab_utils.models.registry import resolve_model
 
     return resolve_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model_dir):
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
     return load_tokenizer(embedded_model_dir)
 

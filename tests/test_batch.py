@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lab_utils import plots
+from lab_utils.core import plots
 from scripts import batch
 
 

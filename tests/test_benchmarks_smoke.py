@@ -110,7 +110,7 @@ def test_vision_shape_gives_the_published_parameter_count():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from benchmarks.common import vision_model_config
-    from lab_utils.vision_model import tiny_vision_tokenizer
+    from lab_utils.vision.model import tiny_vision_tokenizer
 
     config = vision_model_config("qwen2.5-vl-3b", tiny_vision_tokenizer())
     with torch.device("meta"):

@@ -5,8 +5,9 @@ import torch
 from datasets import Dataset
 
 from data_loaders.common import SkipReport
-from lab_utils.chat import IGNORE_INDEX, tokenize_conversation
-from lab_utils.training import ChatCollator, EmptyBatchError, token_losses, tokenize_dataset
+from lab_utils.models.chat import IGNORE_INDEX, tokenize_conversation
+from lab_utils.training.batching import ChatCollator, EmptyBatchError, tokenize_dataset
+from lab_utils.training.loss import token_losses
 
 CONVERSATION = [
     {"role": "user", "content": "What is 2+2?"},

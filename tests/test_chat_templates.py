@@ -3,9 +3,11 @@ family's official Jinja template (applied with transformers' apply_chat_template
 
 import pytest
 
-from lab_utils import chat_templates, export
-from lab_utils.chat_templates import FAMILIES, ChatTemplateError, choose_template, detect_family, jinja_render, ollama_render
-from lab_utils.go_template import TemplateError, render
+from lab_utils.export import ollama_templates as chat_templates
+from lab_utils.export.gguf import write_modelfile
+from lab_utils.export.merge import ExportError
+from lab_utils.export.ollama_templates import (FAMILIES, ChatTemplateError, choose_template, detect_family, jinja_render, ollama_render)
+from lab_utils.export.go_template import TemplateError, render
 
 # The official chat templates (tokenizer_config.json "chat_template"), text-only parts, of one model per family.
 OFFICIAL = {
@@ -82,7 +84,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def base_tokenizer():
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("smollm2-135m"))
 
@@ -117,7 +119,7 @@ def test_modelfile_template_renders_the_conversation_like_the_tokenizer(base_tok
 def test_write_modelfile_chooses_the_family_from_the_tokenizer(base_tokenizer, family, tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    text = export.write_modelfile(gguf, family_tokenizer(base_tokenizer, family), "SYS").read_text()
+    text = write_modelfile(gguf, family_tokenizer(base_tokenizer, family), "SYS").read_text()
     assert f'TEMPLATE """{FAMILIES[family].go_template}"""' in text
     assert all(f'PARAMETER stop "{stop}"' in text for stop in FAMILIES[family].stops)
 
@@ -127,14 +129,14 @@ def test_unknown_family_is_one_error_naming_the_template_option(base_tokenizer, 
     tokenizer.chat_template = "{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}### assistant:"
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(export.ExportError) as error:
-        export.write_modelfile(gguf, tokenizer)
+    with pytest.raises(ExportError) as error:
+        write_modelfile(gguf, tokenizer)
     message = str(error.value)
     assert "unknown chat template family" in message and "pass template=" in message and "\n" not in message
     assert not (tmp_path / "Modelfile").exists()
     custom = tmp_path / "alpaca.tmpl"
     custom.write_text("{{- range .Messages }}### {{ .Role }}: {{ .Content }}\n{{ end }}### assistant:")
-    text = export.write_modelfile(gguf, tokenizer, template=str(custom)).read_text()
+    text = write_modelfile(gguf, tokenizer, template=str(custom)).read_text()
     assert 'TEMPLATE """{{- range .Messages }}### {{ .Role }}' in text
     assert ollama_render(custom.read_text(), CONVERSATION[1:4]) == jinja_render(tokenizer, CONVERSATION[1:4])
 

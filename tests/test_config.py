@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab_utils.config import ConfigError, make_params, parse_args, params_from
+from lab_utils.core.config import ConfigError, make_params, parse_args, params_from
 
 
 @dataclass(kw_only=True)

@@ -9,9 +9,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lab_utils.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, mark_complete
+from lab_utils.evaluation.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, mark_complete
 from scripts import serve, sft_alpaca
 
 QUESTIONS = [[{"role": "user", "content": "What is the capital of France?"}]]
@@ -60,7 +60,7 @@ def test_switching_adapters_changes_the_answers(two_runs, tmp_path):
 @pytest.mark.slow
 def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     from data_loaders.alpaca import load_chat_file
-    from lab_utils.chat import render
+    from lab_utils.models.chat import render
 
     model, tokenizer = load_adapters({"tuned": trained_run})
     rows, _ = load_chat_file("alpaca_sample.jsonl", limit=24)
@@ -99,8 +99,8 @@ def test_serve_prints_lora_and_merged_commands(two_runs, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_evaluates_exports_and_loads_the_gguf_back(trained_run, tmp_path):
-    from lab_utils.artifacts import read_json
-    from lab_utils.paths import output_dir
+    from lab_utils.core.artifacts import read_json
+    from lab_utils.core.paths import output_dir
 
     execute(NOTEBOOKS_DIR / "evaluate_export.ipynb", tmp_path / "out.ipynb",
             {"run_dir": str(trained_run), "prompts": ["What is the capital of Italy?"], "max_new_tokens": 12})

@@ -6,8 +6,9 @@ import inspect
 
 import pytest
 
-from lab_utils.training import EvalParams, LoraParams, OptimParams, RunParams, training_arguments
-from lab_utils.backend import Backend
+from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
+from lab_utils.training.trainer import training_arguments
+from lab_utils.core.backend import Backend
 
 TRAINING_EXPERIMENTS = ["sft_alpaca", "sft_medical", "grpo_gsm8k", "sft_vision", "preference"]
 STEPS = ["load_data", "setup_run", "load_model", "build_dataset", "evaluate", "train", "save_artifacts", "run", "main"]

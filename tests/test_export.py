@@ -13,8 +13,10 @@ import shutil
 import pytest
 import torch
 
-from lab_utils import export
-from lab_utils.paths import mark_complete
+from lab_utils.export.gguf import convert_to_gguf, find_quantizer, quantize_gguf, write_modelfile
+from lab_utils.export.hub import push_to_hub
+from lab_utils.export.merge import ExportError, locate_adapter, merge_adapter
+from lab_utils.core.paths import mark_complete
 
 SYSTEM_PROMPT = "You are a terse math tutor."
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -24,7 +26,7 @@ def _make_run(root, lora_seed=0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     source = resolve_model("smollm2-135m")
     torch.manual_seed(lora_seed)
@@ -51,7 +53,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def merged_f16(finished_run, tmp_path_factory):
-    return export.merge_adapter(finished_run, tmp_path_factory.mktemp("export") / "merged", dtype="float16")
+    return merge_adapter(finished_run, tmp_path_factory.mktemp("export") / "merged", dtype="float16")
 
 
 def _logits(model, tokenizer):
@@ -88,25 +90,25 @@ def _greedy(model, tokenizer, new_tokens=12):
 
 
 def test_missing_run_dir_is_one_clear_error(tmp_path):
-    with pytest.raises(export.ExportError, match="does not exist"):
-        export.locate_adapter(tmp_path / "no-such-run")
+    with pytest.raises(ExportError, match="does not exist"):
+        locate_adapter(tmp_path / "no-such-run")
 
 
 def test_half_written_run_dir_is_refused(finished_run, tmp_path):
     half = tmp_path / "half"
     shutil.copytree(finished_run, half)
     (half / "run_complete.json").unlink()
-    with pytest.raises(export.ExportError, match="not finished .*run_complete.json"):
-        export.merge_adapter(half, tmp_path / "out")
+    with pytest.raises(ExportError, match="not finished .*run_complete.json"):
+        merge_adapter(half, tmp_path / "out")
     # pointing at its adapter/ folder does not sneak past the check
-    with pytest.raises(export.ExportError, match="not finished"):
-        export.locate_adapter(half / "adapter")
+    with pytest.raises(ExportError, match="not finished"):
+        locate_adapter(half / "adapter")
     assert not (tmp_path / "out").exists()
 
 
 def test_folder_that_is_no_run_is_refused(tmp_path):
-    with pytest.raises(export.ExportError, match="no LoRA adapter"):
-        export.locate_adapter(tmp_path)
+    with pytest.raises(ExportError, match="no LoRA adapter"):
+        locate_adapter(tmp_path)
 
 
 def test_finished_run_without_adapter_is_refused(tmp_path):
@@ -114,12 +116,12 @@ def test_finished_run_without_adapter_is_refused(tmp_path):
     run.mkdir()
     (run / "params.json").write_text(json.dumps({"model": "smollm2-135m"}))
     mark_complete(run)
-    with pytest.raises(export.ExportError, match="no LoRA adapter"):
-        export.locate_adapter(run)
+    with pytest.raises(ExportError, match="no LoRA adapter"):
+        locate_adapter(run)
 
 
 def test_locate_adapter_reads_the_run_params(finished_run):
-    trained = export.locate_adapter(finished_run)
+    trained = locate_adapter(finished_run)
     assert trained.adapter_dir == finished_run / "adapter"
     assert trained.base_model == "smollm2-135m"
     assert trained.system_prompt == SYSTEM_PROMPT
@@ -129,24 +131,24 @@ def test_existing_output_is_not_overwritten(finished_run, tmp_path):
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(export.ExportError, match="already exists.*overwrite=True"):
-        export.merge_adapter(finished_run, out)
+    with pytest.raises(ExportError, match="already exists.*overwrite=True"):
+        merge_adapter(finished_run, out)
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_kquant_without_quantizer_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize binary here
-    if export.find_quantizer() is not None:
+    if find_quantizer() is not None:
         pytest.skip("llama-cpp-python is installed: the binding is the quantizer")
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(export.ExportError, match="llama-quantize.*pip install llama-cpp-python"):
-        export.quantize_gguf(gguf, tmp_path / "m-q4_k_m.gguf", "q4_k_m")
+    with pytest.raises(ExportError, match="llama-quantize.*pip install llama-cpp-python"):
+        quantize_gguf(gguf, tmp_path / "m-q4_k_m.gguf", "q4_k_m")
 
 
 def test_converter_rejects_kquant_outtype(tmp_path):
-    with pytest.raises(export.ExportError, match="quantize_gguf"):
-        export.convert_to_gguf(tmp_path, tmp_path / "x.gguf", outtype="q4_k_m")
+    with pytest.raises(ExportError, match="quantize_gguf"):
+        convert_to_gguf(tmp_path, tmp_path / "x.gguf", outtype="q4_k_m")
 
 
 # --- merged safetensors ------------------------------------------------------------------------
@@ -157,9 +159,9 @@ def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
-    merged_dir = export.merge_adapter(finished_run, tmp_path / "merged32", dtype="float32")
+    merged_dir = merge_adapter(finished_run, tmp_path / "merged32", dtype="float32")
     assert (merged_dir / "model.safetensors").exists() and (merged_dir / "chat_template.jinja").exists()
     assert not list(tmp_path.glob("*.partial"))
     tokenizer = load_tokenizer(str(merged_dir))
@@ -179,13 +181,13 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
     assert config["dtype"] == "float16"
     assert (merged_f16 / "model.safetensors").stat().st_size < 300e6  # 2 bytes x 134.5M params (+ header)
     # the SentencePiece leftovers repaired for llama.cpp change nothing in HF tokenization
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     original, repaired = load_tokenizer(resolve_model("smollm2-135m")), load_tokenizer(str(merged_f16))
     text = "Hello wörld 123 <|im_end|> ✓\n  x"
     ids = original(text)["input_ids"]
     assert repaired(text)["input_ids"] == ids and repaired.decode(ids) == original.decode(ids) == text
-    again = export.merge_adapter(finished_run, merged_f16, dtype="float16", overwrite=True)
+    again = merge_adapter(finished_run, merged_f16, dtype="float16", overwrite=True)
     assert again == merged_f16 and (again / "model.safetensors").exists()
 
 
@@ -196,9 +198,9 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
 def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models import load_tokenizer
+    from lab_utils.models.registry import load_tokenizer
 
-    gguf = export.convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
+    gguf = convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
     assert gguf.stat().st_size > 250e6 and not (tmp_path / "model-f16.gguf.partial").exists()
     tokenizer = load_tokenizer(str(merged_f16))
     from_hf = AutoModelForCausalLM.from_pretrained(merged_f16, dtype=torch.float32)
@@ -213,16 +215,16 @@ def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_p
     assert fields["merges"] == len(vocab["merges"]) > 0
     assert fields["tokens"][:5] == [t for t, _ in sorted(vocab["vocab"].items(), key=lambda kv: kv[1])][:5]
     assert "<|im_start|>" in fields["tokenizer.chat_template"]
-    with pytest.raises(export.ExportError, match="already exists"):
-        export.convert_to_gguf(merged_f16, gguf, outtype="f16")
+    with pytest.raises(ExportError, match="already exists"):
+        convert_to_gguf(merged_f16, gguf, outtype="f16")
 
 
 @pytest.mark.slow
 def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
-    if export.find_quantizer() is None:
+    if find_quantizer() is None:
         pytest.skip("no llama-quantize on PATH and no llama-cpp-python")
-    f16 = export.convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
-    q4 = export.quantize_gguf(f16, tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    f16 = convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
+    q4 = quantize_gguf(f16, tmp_path / "model-q4_k_m.gguf", "q4_k_m")
     assert 50e6 < q4.stat().st_size < f16.stat().st_size / 2
 
 
@@ -232,7 +234,7 @@ def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
 def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
     gguf = tmp_path / "model-q8_0.gguf"
     gguf.write_bytes(b"GGUF")  # the Modelfile only names it
-    path = export.write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT, temperature=0.2, num_ctx=4096)
+    path = write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT, temperature=0.2, num_ctx=4096)
     text = path.read_text()
     assert path == tmp_path / "Modelfile"
     assert text.startswith("FROM ./model-q8_0.gguf\n")
@@ -240,14 +242,14 @@ def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     assert "PARAMETER temperature 0.2" in text and "PARAMETER top_p 0.9" in text and "PARAMETER num_ctx 4096" in text
     assert f'SYSTEM """{SYSTEM_PROMPT}"""' in text
-    with pytest.raises(export.ExportError, match="already exists"):
-        export.write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT)
+    with pytest.raises(ExportError, match="already exists"):
+        write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT)
 
 
 def test_modelfile_defaults_to_the_templates_own_system_prompt(smollm_tokenizer, tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    text = export.write_modelfile(gguf, smollm_tokenizer).read_text()
+    text = write_modelfile(gguf, smollm_tokenizer).read_text()
     # SmolLM2's Jinja inserts this when a conversation has no system message
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
 
@@ -255,18 +257,18 @@ def test_modelfile_defaults_to_the_templates_own_system_prompt(smollm_tokenizer,
 def test_unknown_template_family_is_a_clear_error(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m"))
     tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
-    with pytest.raises(export.ExportError, match="unknown chat template family"):
-        export.write_modelfile(gguf, tokenizer)
+    with pytest.raises(ExportError, match="unknown chat template family"):
+        write_modelfile(gguf, tokenizer)
     assert not (tmp_path / "Modelfile").exists()
 
 
 @pytest.fixture(scope="module")
 def smollm_tokenizer():
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("smollm2-135m"))
 
@@ -279,7 +281,7 @@ def test_push_to_hub_dry_run_lists_files_and_never_needs_the_token(tmp_path, mon
     (tmp_path / "Modelfile").write_text("FROM ./m.gguf\n")
     (tmp_path / "sub" / "m.gguf").write_bytes(b"x" * 1000)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
-    files = export.push_to_hub(tmp_path, "me/model", dry_run=True)
+    files = push_to_hub(tmp_path, "me/model", dry_run=True)
     assert files == [("Modelfile", 14), ("sub/m.gguf", 1000)]
     assert "hf_secret_value" not in capsys.readouterr().out
 
@@ -287,8 +289,8 @@ def test_push_to_hub_dry_run_lists_files_and_never_needs_the_token(tmp_path, mon
 def test_push_to_hub_without_token_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("a")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with pytest.raises(export.ExportError, match=r"\$HF_TOKEN"):
-        export.push_to_hub(tmp_path, "me/model", dry_run=False)
+    with pytest.raises(ExportError, match=r"\$HF_TOKEN"):
+        push_to_hub(tmp_path, "me/model", dry_run=False)
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
@@ -352,8 +354,8 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from lab_utils.models import resolve_model
-    from lab_utils.vision_processor import load_vision_processor
+    from lab_utils.models.registry import resolve_model
+    from lab_utils.vision.processor import load_vision_processor
 
     source = resolve_model("tiny-qwen2.5-vl")
     processor = load_vision_processor(source)
@@ -367,7 +369,7 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
     (run / "params.json").write_text(json.dumps({"model": "tiny-qwen2.5-vl", "system_prompt": ""}))
     mark_complete(run)
 
-    merged_dir = export.merge_adapter(run, tmp_path / "merged", dtype="float32")
+    merged_dir = merge_adapter(run, tmp_path / "merged", dtype="float32")
     assert not list(tmp_path.glob("*.partial"))
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).eval()
     merged_processor = load_vision_processor(str(merged_dir))
@@ -390,5 +392,5 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
     assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
     assert AutoModelForImageTextToText.from_pretrained(half).dtype == torch.float16
     assert load_vision_processor(str(half)).image_processor is not None
-    with pytest.raises(export.ExportError, match="already exists"):
-        export.merge_adapter(run, half)
+    with pytest.raises(ExportError, match="already exists"):
+        merge_adapter(run, half)

@@ -31,7 +31,7 @@ def random_small_model(tmp_path, monkeypatch, embedded_model_dir):
 
 
 def test_lab_unsloth_sft_trains_and_saves_an_adapter(random_small_model):
-    from lab_utils.artifacts import read_json
+    from lab_utils.core.artifacts import read_json
     from scripts import sft_alpaca
 
     result = sft_alpaca.run(sft_alpaca.Params(**TINY_RUN, model=random_small_model, backend="unsloth",
@@ -45,7 +45,7 @@ def test_lab_unsloth_sft_trains_and_saves_an_adapter(random_small_model):
 
 def test_hf_backend_is_refused_once_unsloth_patched_the_process():
     # this test has its own process (tests/gpu_isolation.py), so importing unsloth here harms no other test
-    from lab_utils.backend import UnslothAlreadyImported, get_backend, import_unsloth
+    from lab_utils.core.backend import UnslothAlreadyImported, get_backend, import_unsloth
 
     import_unsloth()
     with pytest.raises(UnslothAlreadyImported, match="restart the kernel/process to use backend=hf"):
@@ -58,7 +58,7 @@ def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
     from datasets import Dataset
 
     from benchmarks.common import fixed_length_rows
-    from lab_utils.training import make_trainer
+    from lab_utils.training.trainer import make_trainer
     from scripts import sft_alpaca
 
     p = sft_alpaca.Params(**TINY_RUN, model=random_small_model, backend="hf", load_in_4bit=True,
@@ -97,7 +97,7 @@ def test_sft_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_dir):
 
 
 def test_rollout_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_dir):
-    from lab_utils.backend import has_package
+    from lab_utils.core.backend import has_package
 
     monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
     rows = bench("benchmarks.gpu_grpo_rollout", ["--models", SMALL, "--prompts", "4", "--group_size", "4",

@@ -6,11 +6,11 @@ import sys
 import pytest
 import yaml
 
-from lab_utils.artifacts import read_json
-from lab_utils.backend import Backend, vllm_available
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import output_dir
-from lab_utils.rollouts import choose_rollouts
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.backend import Backend, vllm_available
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import output_dir
+from lab_utils.training.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
 # 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after

@@ -9,7 +9,7 @@ import pytest
 
 from data_loaders.common import DataError, SkipReport
 from data_loaders.gsm8k import load_gsm8k, prompt_token_count, target_format_answer, worked_solution_conversations
-from lab_utils.paths import LabPathError
+from lab_utils.core.paths import LabPathError
 from rewards import SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 from rewards.numeric import parse_number
 
@@ -34,7 +34,7 @@ def real_gsm8k(monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("smollm2-135m"))
 
@@ -90,8 +90,8 @@ def test_gold_solutions_score_full_marks_with_the_rewards():
 
 
 def test_worked_solutions_become_sft_conversations_in_the_target_format(tokenizer):
-    from lab_utils.chat import IGNORE_INDEX
-    from lab_utils.training import tokenize_dataset
+    from lab_utils.models.chat import IGNORE_INDEX
+    from lab_utils.training.batching import tokenize_dataset
 
     prompts = load_gsm8k("gsm8k_sample.jsonl", limit=6)
     conversations = worked_solution_conversations(prompts)
@@ -237,7 +237,7 @@ def test_loader_and_rewards_drive_a_trl_grpo_step(tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from lab_utils.models import resolve_model
+    from lab_utils.models.registry import resolve_model
     from rewards import GSM8K_WEIGHTS
 
     ds = load_gsm8k("gsm8k_sample.jsonl", tokenizer=tokenizer, max_prompt_length=256, limit=2)

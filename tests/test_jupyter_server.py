@@ -21,8 +21,8 @@ import uuid
 
 import pytest
 
-from lab_utils.notebooks import KERNEL_NAME, NOTEBOOKS_DIR, code_cells, read_notebook
-from lab_utils.paths import REPO_ROOT
+from lab_utils.core.notebooks import KERNEL_NAME, NOTEBOOKS_DIR, code_cells, read_notebook
+from lab_utils.core.paths import REPO_ROOT
 
 STARTUP_TIMEOUT_S = 180  # JupyterLab starts in a few seconds on a quiet machine; this one is shared
 CELL_TIMEOUT_S = 120
@@ -156,7 +156,7 @@ def test_a_notebook_runs_through_jupyterlabs_kernel_api(lab_server, tmp_path):
     assert status == 201
     cells = code_cells(notebook)
     cells.insert(1, SMALL_SVD)  # right after the parameters cell, as papermill injects
-    cells.append("from lab_utils.progress import progress_bar, progress_mode\n"
+    cells.append("from lab_utils.core.progress import progress_bar, progress_mode\n"
                  "with progress_bar(total=3, desc='check') as bar:\n    bar.update(3)\nprint(progress_mode())")
     session = uuid.uuid4().hex
     started = time.monotonic()

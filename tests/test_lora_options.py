@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from lab_utils.backend import choose_backend
-from lab_utils.training import load_model, make_trainer, resolve_precision
+from lab_utils.core.backend import choose_backend
+from lab_utils.training.lora import build_lora_model
+from lab_utils.training.trainer import make_trainer
+from lab_utils.training.lora import resolve_precision
 from scripts import sft_alpaca
 
 pytestmark = pytest.mark.slow
@@ -12,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def lora_model(**options):
     p = sft_alpaca.Params(lora_r=4, lora_alpha=8, lora_mlp=False, **options)
-    return load_model(p, choose_backend("hf"))
+    return build_lora_model(p, choose_backend("hf"))
 
 
 def test_rslora_scales_by_alpha_over_sqrt_r():
@@ -33,7 +35,7 @@ def test_loraplus_gives_b_a_higher_learning_rate(tmp_path):
     p = sft_alpaca.Params(lora_r=4, lora_alpha=8, lora_mlp=False, loraplus_lr_ratio=16.0, learning_rate=1e-4,
                           report_to="none")
     backend = choose_backend("hf")
-    model, tokenizer = load_model(p, backend)
+    model, tokenizer = build_lora_model(p, backend)
     trainer, _ = make_trainer(p, model, tokenizer, None, None, tmp_path, backend)
     lrs = sorted({group["lr"] for group in trainer.optimizer.param_groups if group["params"]})
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(16e-4)

@@ -6,9 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from lab_utils import adapters, lowrank
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import LabPathError
+from lab_utils.export import adapters
+from lab_utils.teaching import lowrank
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import LabPathError
 from scripts import teach_lora_rank
 
 TINY_R, TINY_ALPHA = 4, 8

@@ -8,8 +8,8 @@ import pytest
 
 from data_loaders.common import DataError
 from data_loaders.movielens import load_ml100k_split, read_ratings_file, synthetic_ratings
-from lab_utils import lowrank
-from lab_utils.paths import LabPathError
+from lab_utils.teaching import als, lowrank
+from lab_utils.core.paths import LabPathError
 
 
 def random_matrix(m=40, n=30, seed=0):
@@ -70,7 +70,7 @@ def test_colour_image_round_trip_at_full_rank():
 @pytest.mark.parametrize("weighted_reg, use_biases", [(True, True), (False, True), (True, False)])
 def test_als_objective_never_increases(weighted_reg, use_biases):
     data = synthetic_ratings(n_users=80, n_items=60, density=0.2, seed=1)
-    _, history = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=8, reg=0.05 if weighted_reg else 2.0,
+    _, history = als.als_fit(data.train, data.n_users, data.n_items, rank=8, reg=0.05 if weighted_reg else 2.0,
                                  bias_reg=5.0, n_iters=12, weighted_reg=weighted_reg, use_biases=use_biases, seed=0)
     objective = history["objective"]
     # each half-step is an exact block minimisation, so the regularised loss is monotone
@@ -82,23 +82,23 @@ def test_als_objective_never_increases(weighted_reg, use_biases):
 def test_als_recovers_low_rank_matrix_to_the_noise_level():
     # ~80 ratings per user, ~120 per item: enough to pin down rank 4 + a bias per row
     data = synthetic_ratings(n_users=300, n_items=200, true_rank=4, density=0.5, noise_std=0.3, seed=2)
-    model, history = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=4, reg=0.01, n_iters=15,
+    model, history = als.als_fit(data.train, data.n_users, data.n_items, rank=4, reg=0.01, n_iters=15,
                                      seed=0, valid=data.test)
     users, items, _ = data.test
-    vs_truth = lowrank.rmse(model.predict(users, items), data.truth[users, items])
+    vs_truth = als.rmse(model.predict(users, items), data.truth[users, items])
     assert history["valid_rmse"][-1] <= 1.1 * data.noise_std
     assert vs_truth <= 0.45 * data.noise_std  # most of the hidden low-rank structure is recovered
-    bias_only = lowrank.bias_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
+    bias_only = als.bias_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
     assert history["valid_rmse"][-1] < 0.5 * bias_only
 
 
 def test_als_is_deterministic_and_baselines_are_ordered():
     data = synthetic_ratings(n_users=60, n_items=50, seed=3)
-    first, _ = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=4, seed=7)
-    second, _ = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=4, seed=7)
+    first, _ = als.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=4, seed=7)
+    second, _ = als.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=4, seed=7)
     np.testing.assert_array_equal(first.item_factors, second.item_factors)
-    mean = lowrank.global_mean_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
-    bias = lowrank.bias_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
+    mean = als.global_mean_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
+    bias = als.bias_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
     assert bias < mean
     assert lowrank.pca_2d(first.item_factors).shape == (50, 2)
 
@@ -111,7 +111,7 @@ def test_batched_ridge_solve_equals_one_solve_per_row():
     other = rng.integers(0, n_other, len(own))
     table, targets = rng.normal(size=(n_other, dim)), rng.normal(size=len(own))
     penalty = rng.uniform(0.1, 2.0, (n_rows, dim))
-    got = lowrank._ridge_side(lowrank._groups(own, other, n_rows, n_other), table, targets, penalty)
+    got = als._ridge_side(als._groups(own, other, n_rows, n_other), table, targets, penalty)
     for row in range(n_rows):
         f, t = table[other[own == row]], targets[own == row]
         expected = np.linalg.solve(f.T @ f + np.diag(penalty[row]), f.T @ t)
@@ -120,24 +120,24 @@ def test_batched_ridge_solve_equals_one_solve_per_row():
 
 def test_choose_by_validation_uses_only_training_ratings():
     data = synthetic_ratings(n_users=150, n_items=100, true_rank=3, density=0.4, noise_std=0.3, seed=6)
-    fit_part, valid = lowrank.holdout_split(data.train, 0.2, seed=1)
+    fit_part, valid = als.holdout_split(data.train, 0.2, seed=1)
     assert len(fit_part[2]) + len(valid[2]) == len(data.train[2])
     assert not set(zip(*fit_part[:2])) & set(zip(*valid[:2]))
     assert 0.15 < len(valid[2]) / len(data.train[2]) < 0.25
-    choice = lowrank.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
+    choice = als.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
                                           valid_fraction=0.2, seed=1, n_iters=6)
     assert [(c["rank"], c["reg"]) for c in choice["grid"]] == [(1, 0.01), (1, 3.0), (3, 0.01), (3, 3.0)]
     assert choice["valid_rmse"] == min(c["valid_rmse"] for c in choice["grid"])
     assert (choice["rank"], choice["reg"]) == (3, 0.01)  # the true rank, and a reg that does not erase it
     # the same call on the same training ratings chooses the same, whatever the test set holds
-    again = lowrank.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
+    again = als.choose_by_validation(data.train, data.n_users, data.n_items, ranks=[1, 3], regs=[0.01, 3.0],
                                          valid_fraction=0.2, seed=1, n_iters=6)
     assert again == choice
 
 
 def test_clip_keeps_predictions_on_the_rating_scale():
     data = synthetic_ratings(n_users=40, n_items=30, seed=4)
-    model, _ = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=3, clip=(1.0, 5.0))
+    model, _ = als.als_fit(data.train, data.n_users, data.n_items, rank=3, n_iters=3, clip=(1.0, 5.0))
     pred = model.predict(*data.test[:2])
     assert pred.min() >= 1.0 and pred.max() <= 5.0
 
@@ -268,23 +268,23 @@ needs_pyspark = pytest.mark.skipif(importlib.util.find_spec("pyspark") is None,
 @pytest.mark.slow
 @needs_pyspark
 def test_spark_als_agrees_with_numpy_als(monkeypatch):
-    from lab_utils.spark_als import spark_als
+    from lab_utils.teaching.spark_als import spark_als
 
     monkeypatch.delenv("LAB_SPARK_MASTER", raising=False)
     data = synthetic_ratings(n_users=120, n_items=80, true_rank=3, density=0.3, noise_std=0.3, seed=5)
     # the same model as MLlib's: raw ratings ~ P Q^T, count-weighted L2, no mean or biases
-    _, history = lowrank.als_fit(data.train, data.n_users, data.n_items, rank=3, reg=0.02, n_iters=10,
+    _, history = als.als_fit(data.train, data.n_users, data.n_items, rank=3, reg=0.02, n_iters=10,
                                  use_biases=False, center=False, valid=data.test)
     spark = spark_als(data.train, data.test, rank=3, reg=0.02, n_iters=10, master="local[2]")
     assert spark["master"] == "local[2]"
     assert spark["rmse"] == pytest.approx(history["valid_rmse"][-1], rel=0.1)
-    assert spark["rmse"] < lowrank.global_mean_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
+    assert spark["rmse"] < als.global_mean_baseline(data.train, data.n_users, data.n_items).evaluate(data.test)
 
 
 def test_spark_missing_is_a_clear_message(monkeypatch):
     import builtins
 
-    from lab_utils import spark_als
+    from lab_utils.teaching import spark_als
 
     real_import = builtins.__import__
 
@@ -303,7 +303,7 @@ def test_spark_missing_is_a_clear_message(monkeypatch):
 
 def test_spectrum_plot_of_a_zero_update_draws_instead_of_dividing_by_zero(tmp_path):
     """An adapter whose B is still zero (no step taken yet) has dW = 0: the lesson must still draw it."""
-    from lab_utils.plots import plot_singular_values
+    from lab_utils.core.plots import plot_singular_values
 
     plot_singular_values([0.0, 0.0, 0.0], tmp_path / "zero.png")
     assert (tmp_path / "zero.png").stat().st_size > 0

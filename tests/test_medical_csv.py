@@ -12,7 +12,7 @@ from data_loaders.common import DataError
 from data_loaders.medical_csv import (
     DEFAULT_SYSTEM_PROMPT, load_medical_csv, plausibility, split_dataset,
 )
-from lab_utils.paths import REPO_ROOT, LabPathError
+from lab_utils.core.paths import REPO_ROOT, LabPathError
 
 SAMPLES = REPO_ROOT / "data" / "samples" / "medical"
 REAL_FILE = "chinese-medical-dialogue/样例_内科5000-6000.csv"
@@ -194,7 +194,7 @@ def test_cleaning_and_skip_report_counts(tmp_path):
 def test_length_window_counts_tokens_when_given_a_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from lab_utils.models import resolve_model
+    from lab_utils.models.registry import resolve_model
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
     rows = [["内科", "", "头疼怎么办", "多休息"]]  # 8 characters, but SmolLM2 spends several tokens per hanzi
     path = write_csv(tmp_path / "d.csv", rows + [ROWS[0]])

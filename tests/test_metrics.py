@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from lab_utils.metrics import CharTokenizer, bleu, is_chinese, rouge, sample_table, text_metrics
-from lab_utils.plots import plot_metric_comparison
+from lab_utils.evaluation.metrics import CharTokenizer, bleu, is_chinese, rouge, sample_table, text_metrics
+from lab_utils.core.plots import plot_metric_comparison
 
 
 def test_identical_text_scores_100():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lab_utils import models
-from lab_utils.models import ModelNotFound, modelscope_cache_dir, resolve_model, split_hub
+from lab_utils.models import registry as models
+from lab_utils.models.registry import ModelNotFound, modelscope_cache_dir, resolve_model, split_hub
 
 MODEL_ID = "Qwen/Qwen2.5-1.5B-Instruct"
 
@@ -67,7 +67,7 @@ def test_cached_modelscope_model_loads_with_no_network_call(embedded_tokenizer, 
 
 def test_training_loads_the_cached_folder_through_resolve_model(embedded_tokenizer, models_dir, no_network, monkeypatch):
     from scripts.sft_alpaca import Params
-    from lab_utils.training import load_lora_model
+    from lab_utils.training.lora import load_lora_model
 
     folder, _ = cache_tiny_model(embedded_tokenizer)
     monkeypatch.setenv("LAB_OFFLINE", "1")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-from lab_utils import backend as backend_mod
-from lab_utils.models import ModelNotFound, lora_target_modules, resolve_model
+from lab_utils.core import backend as backend_mod
+from lab_utils.models.registry import ModelNotFound, lora_target_modules, resolve_model
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=1000)
@@ -57,8 +57,8 @@ def test_a_cache_made_by_older_code_is_upgraded_in_place(embedded_model_dir, tmp
     repaired on first use, without converting the GGUF again; afterwards it is left alone."""
     import json
 
-    from lab_utils import models
-    from lab_utils.models import EMBEDDED_CACHE_MARKER, EMBEDDED_CACHE_VERSION, embedded_cache_version, load_tokenizer
+    from lab_utils.models import registry as models
+    from lab_utils.models.registry import (EMBEDDED_CACHE_MARKER, EMBEDDED_CACHE_VERSION, embedded_cache_version, load_tokenizer)
 
     source = Path(embedded_model_dir)
     old = tmp_path / "models" / models.EMBEDDED_CACHE_NAME
@@ -111,7 +111,7 @@ def test_backend_on_cpu_is_hf_with_a_reason(monkeypatch):
 
 
 def test_choosing_a_backend_on_cpu_imports_neither_unsloth_nor_vllm():
-    code = ("import sys; from lab_utils.backend import get_backend; get_backend(); "
+    code = ("import sys; from lab_utils.core.backend import get_backend; get_backend(); "
             "import scripts.sft_alpaca; print(sorted(m for m in ('unsloth', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -147,7 +147,7 @@ def test_hf_backend_after_unsloth_was_imported_stops_with_one_line_saying_restar
 def test_a_backend_the_machine_cannot_run_is_refused_before_the_run_folder_exists(experiment):
     import importlib
 
-    from lab_utils.paths import output_dir
+    from lab_utils.core.paths import output_dir
 
     script = importlib.import_module(f"scripts.{experiment}")
     with pytest.raises(RuntimeError, match="backend=unsloth needs a CUDA GPU"):

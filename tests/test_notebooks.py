@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab_utils.notebooks import NOTEBOOKS_DIR, code_cells, parameters_cell, read_notebook
-from lab_utils.paths import REPO_ROOT
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, code_cells, parameters_cell, read_notebook
+from lab_utils.core.paths import REPO_ROOT
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))

@@ -8,7 +8,7 @@ import pytest
 from data_loaders.common import DataError
 from data_loaders.medical_csv import choose_layout, load_medical_csv
 from data_loaders.paired_lines import block_turns, looks_like_paired_lines, split_blocks, UnpairedBlock
-from lab_utils.paths import REPO_ROOT
+from lab_utils.core.paths import REPO_ROOT
 
 SAMPLE = "medical/dialogues_paired_gbk.txt"
 CSV_SAMPLES = ["dialogues_utf8.csv", "dialogues_utf8_bom.csv", "dialogues_utf16.csv", "dialogues_gbk.csv",

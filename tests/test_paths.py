@@ -1,6 +1,6 @@
 import pytest
 
-from lab_utils import paths
+from lab_utils.core import paths
 
 
 def test_explicit_beats_env_beats_default(tmp_path, monkeypatch):

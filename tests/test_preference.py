@@ -8,17 +8,17 @@ import torch
 import yaml
 
 from data_loaders.preference import load_preference_file
-from lab_utils.artifacts import read_json
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, LabPathError, output_dir
-from lab_utils.preference import answer_logps, encode_pair_side, preference_summary, score_pairs
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, LabPathError, output_dir
+from lab_utils.training.preference import answer_logps, encode_pair_side, preference_summary, score_pairs
 from scripts import preference
 
 TINY = dict(heldout_rows=4, answer_rows=1, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8, max_new_tokens=4,
             max_seq_length=128, save_steps=1, report_to="none")
 
 
-# ---------------------------------------------------------------- scoring (lab_utils/preference.py)
+# ---------------------------------------------------------------- scoring (lab_utils/training/preference.py)
 
 def test_answer_logps_equal_the_models_own_loss(embedded_model, tokenizer):
     """The summed log-prob of an answer is minus the model's cross-entropy over exactly the answer's tokens."""

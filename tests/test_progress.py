@@ -1,6 +1,6 @@
 """Progress bars and the small things a newcomer sees in a run's output.
 
-One bar per long step, drawn for where the output goes (lab_utils/progress.py); a
+One bar per long step, drawn for where the output goes (lab_utils/core/progress.py); a
 greedy answer cut at max_new_tokens keeps whole characters only; training records a
 real tokens-per-second number; no per-step dicts of strings.
 """
@@ -12,8 +12,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from lab_utils.chat import REPLACEMENT_CHARACTER, decode_whole_characters, generate, render
-from lab_utils.progress import progress_bar, progress_mode
+from lab_utils.models.chat import REPLACEMENT_CHARACTER, decode_whole_characters, generate, render
+from lab_utils.core.progress import progress_bar, progress_mode
 from scripts import demo
 
 # SmolLM2 answers this in Chinese; greedy, its first tokens end inside a character at 1, 3 and 5 tokens
@@ -51,12 +51,12 @@ def test_a_notebook_under_papermill_logs_progress_as_plain_lines(tmp_path, monke
 
     import nbformat
 
-    from lab_utils.notebooks import execute
-    from lab_utils.paths import REPO_ROOT
+    from lab_utils.core.notebooks import execute
+    from lab_utils.core.paths import REPO_ROOT
 
     monkeypatch.delenv("LAB_PROGRESS", raising=False)
     notebook = tmp_path / "mode.ipynb"
-    cell = "from lab_utils.progress import progress_mode\nprint(progress_mode())"
+    cell = "from lab_utils.core.progress import progress_mode\nprint(progress_mode())"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), notebook)
     # the lab's own runner (make demo, batch runs, tests) tells its kernels
     executed = execute(notebook, tmp_path / "lab.ipynb")
@@ -95,8 +95,8 @@ def test_greedy_answer_cut_at_max_new_tokens_ends_in_a_whole_character(embedded_
 
 @pytest.mark.slow
 def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_path, capsys, monkeypatch):
-    from lab_utils.artifacts import read_json
-    from lab_utils.paths import output_dir
+    from lab_utils.core.artifacts import read_json
+    from lab_utils.core.paths import output_dir
     from scripts import sft_alpaca
 
     monkeypatch.delenv("LAB_PROGRESS", raising=False)
@@ -130,7 +130,7 @@ def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_pa
 def test_gguf_export_follows_the_file_with_one_bar(tokenizer, tmp_path, capsys, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lab_utils import export
+    from lab_utils.export.gguf import convert_to_gguf, expected_gguf_bytes
 
     monkeypatch.setenv("LAB_PROGRESS", "log")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -139,8 +139,8 @@ def test_gguf_export_follows_the_file_with_one_bar(tokenizer, tmp_path, capsys, 
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    expected = export.expected_gguf_bytes(tmp_path / "tiny", "f16")
-    gguf = export.convert_to_gguf(tmp_path / "tiny", tmp_path / "tiny-f16.gguf", outtype="f16")
+    expected = expected_gguf_bytes(tmp_path / "tiny", "f16")
+    gguf = convert_to_gguf(tmp_path / "tiny", tmp_path / "tiny-f16.gguf", outtype="f16")
     out = capsys.readouterr().out
     bars = [line.split("\r")[-1] for line in out.split("\n") if "\r" in line and "convert_hf_to_gguf" in line]
     assert len(bars) == 1 and "100%" in bars[0], out[-500:]

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from lab_utils.artifacts import read_json
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, output_dir
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_alpaca
 
 TINY = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,

@@ -6,9 +6,9 @@ import zlib
 import pytest
 import yaml
 
-from lab_utils.artifacts import read_json
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, output_dir
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_medical
 
 TINY = dict(max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, eval_rows=1, max_new_tokens=4, max_seq_length=256,

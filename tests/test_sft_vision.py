@@ -7,10 +7,10 @@ import yaml
 from openpyxl import Workbook
 
 from data_loaders.common import DataError
-from lab_utils.artifacts import read_json
-from lab_utils.config import make_params
-from lab_utils.notebooks import NOTEBOOKS_DIR, execute
-from lab_utils.paths import REPO_ROOT, output_dir
+from lab_utils.core.artifacts import read_json
+from lab_utils.core.config import make_params
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
+from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_vision
 
 TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,

@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import pytest
 
-from lab_utils.config import load_yaml
-from lab_utils.notebooks import NOTEBOOKS_DIR, code_cells, execute, parameters_cell
-from lab_utils.paths import REPO_ROOT
+from lab_utils.core.config import load_yaml
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, code_cells, execute, parameters_cell
+from lab_utils.core.paths import REPO_ROOT
 from scripts import teach_als, teach_svd
 
 LESSONS = {"teach_svd": teach_svd, "teach_als": teach_als}

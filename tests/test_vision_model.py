@@ -11,13 +11,12 @@ import torch
 
 from data_loaders.excel_vision import load_excel_vision
 from data_loaders.vision_samples import PATH_SHEET, SAMPLE_DIR
-from lab_utils.backend import Backend
-from lab_utils.models import REGISTRY, resolve_model
-from lab_utils.vision_answers import char_accuracy, generate_answers, score_answers
-from lab_utils.vision_collator import IGNORE_INDEX, VisionSFTCollator, make_vision_collator, vision_sft_config
-from lab_utils.vision_lora import add_vision_lora, vision_lora_target_regex
-from lab_utils.vision_model import (TINY_RECIPE_FILE, build_tiny_vision_model, ensure_tiny_vision_model,
-                                    load_vision_model, load_vision_model_unsloth, tiny_recipe)
+from lab_utils.core.backend import Backend
+from lab_utils.models.registry import REGISTRY, resolve_model
+from lab_utils.vision.answers import char_accuracy, generate_answers, score_answers
+from lab_utils.vision.collator import IGNORE_INDEX, VisionSFTCollator, make_vision_collator, vision_sft_config
+from lab_utils.vision.lora import add_vision_lora, vision_lora_target_regex
+from lab_utils.vision.model import (TINY_RECIPE_FILE, build_tiny_vision_model, ensure_tiny_vision_model, load_vision_model, load_vision_model_unsloth, tiny_recipe)
 
 HF_CPU = Backend("hf", "test", "cpu")
 
@@ -45,7 +44,7 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     config = first.config.text_config
     assert sum(config.rope_parameters["mrope_section"]) == config.hidden_size // config.num_attention_heads // 2
-    monkeypatch.setattr("lab_utils.vision_model.tiny_vision_dir", lambda: tmp_path / "tiny")
+    monkeypatch.setattr("lab_utils.vision.model.tiny_vision_dir", lambda: tmp_path / "tiny")
     folder = ensure_tiny_vision_model()
     assert (folder / "model.safetensors").exists() and not (folder.parent / "tiny.partial").exists()
     built_at = (folder / "model.safetensors").stat().st_mtime_ns
@@ -64,7 +63,7 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
 def test_two_processes_building_the_tiny_model_at_once_both_get_one_good_folder(tmp_path):
     # DDP ranks and parallel papermill runs start together on a fresh machine: the second
     # must wait for the first build, not write into the same staging folder
-    build = "from lab_utils.vision_model import ensure_tiny_vision_model; print(ensure_tiny_vision_model())"
+    build = "from lab_utils.vision.model import ensure_tiny_vision_model; print(ensure_tiny_vision_model())"
     env = {**os.environ, "LAB_MODELS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen([sys.executable, "-c", build], env=env, stdout=subprocess.PIPE,
@@ -189,7 +188,7 @@ def test_unsloth_path_says_clearly_it_needs_a_gpu():
 @pytest.mark.gpu
 def test_unsloth_vision_sft_on_qwen25_vl(tmp_path, rows):
     """Real Qwen2.5-VL-3B through Unsloth: 4-bit load, LoRA on both towers, 2 SFT steps, an answer."""
-    from lab_utils.backend import get_backend, import_unsloth
+    from lab_utils.core.backend import get_backend, import_unsloth
 
     backend = get_backend("unsloth")
     import_unsloth()  # before trl: unsloth patches the trainer classes when it is imported

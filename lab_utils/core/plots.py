@@ -46,7 +46,7 @@ def plot_training(history: list[dict], path=None, title: str = "training"):
 
 def plot_metric_comparison(base: dict, tuned: dict, metrics=("bleu4", "rouge1", "rouge2", "rougeL"),
                            title: str = "Base vs fine-tuned", path=None):
-    """Grouped bars, one pair per metric (0..100 scale, e.g. from lab_utils.metrics.text_metrics)."""
+    """Grouped bars, one pair per metric (0..100 scale, e.g. from lab_utils.evaluation.metrics.text_metrics)."""
     metrics = [m for m in metrics if m in base and m in tuned]
     if not metrics:
         raise ValueError(f"no metric present in both dicts: base has {sorted(base)}, tuned has {sorted(tuned)}")

@@ -10,15 +10,15 @@ so the rollout engine sets the pace. Three ways, picked by `choose_rollouts`:
     hf                model.generate() on the training model (CPU, or a GPU without vLLM)
 
 Nothing here imports vllm or unsloth unless a CUDA GPU and the package are present
-(`lab_utils.backend.vllm_available`), so a CPU run never touches them.
-`p` is any Params with the shared LoRA fields (lab_utils.training.LoraParams) plus
+(`lab_utils.core.backend.vllm_available`), so a CPU run never touches them.
+`p` is any Params with the shared LoRA fields (lab_utils.training.params.LoraParams) plus
 `rollouts` (auto | vllm | hf) and `vllm_gpu_memory_utilization`.
 """
 
 import time
 from dataclasses import dataclass
 
-from lab_utils.backend import Backend, cuda_available, has_package, vllm_available
+from lab_utils.core.backend import Backend, cuda_available, has_package, vllm_available
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,9 @@ def load_fast_inference_model(p, source: str):
 
     max_lora_rank must cover lora_r: vLLM reserves adapter slots of that rank up front.
     gpu_memory_utilization is vLLM's share of the GPU (KV cache + its weights); the
-    rest is left to training. The LoRA itself is the shared one (lab_utils.training).
+    rest is left to training. The LoRA itself is the shared one (lab_utils.training.params).
     """
-    from lab_utils.training import load_unsloth_model
+    from lab_utils.training.lora import load_unsloth_model
 
     return load_unsloth_model(p, source, fast_inference=True, max_lora_rank=p.lora_r,
                               gpu_memory_utilization=p.vllm_gpu_memory_utilization)

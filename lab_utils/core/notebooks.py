@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from lab_utils.paths import REPO_ROOT
+from lab_utils.core.paths import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # Headless runs use ipykernel's own spec, "python3": the interpreter papermill itself runs on, present
@@ -69,7 +69,7 @@ def execute(notebook, output, parameters: dict | None = None, timeout: int | Non
 
 @contextmanager
 def headless_progress():
-    """Kernels started meanwhile draw progress as plain log lines (lab_utils/progress.py): under
+    """Kernels started meanwhile draw progress as plain log lines (lab_utils/core/progress.py): under
     papermill no frontend renders widgets, and the output is read as a log. LAB_PROGRESS, if
     set, wins."""
     saved = os.environ.get("LAB_PROGRESS")

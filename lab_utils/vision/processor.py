@@ -120,7 +120,7 @@ def flatten_images(images) -> list:
 
 def load_vision_processor(source: str):
     """Our image-only processor for lab-built folders or where torchvision is missing, else AutoProcessor."""
-    from lab_utils.backend import has_package
+    from lab_utils.core.backend import has_package
 
     if (Path(source) / PROCESSOR_MARKER).exists() or not has_package("torchvision"):
         return ImageTextProcessor.from_pretrained(source)

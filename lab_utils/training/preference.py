@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from lab_utils.chat import render
+from lab_utils.models.chat import render
 
 TIE = 1e-6  # rewards closer than this are a tie (the policy and its reference agree)
 

@@ -8,14 +8,14 @@ Where the code runs decides how a bar looks (`progress_mode`):
             one more line in the log, so a plain line at most every LOG_INTERVAL_S seconds (and at the end).
   off       no bars (LAB_PROGRESS=off)
 
-LAB_PROGRESS=auto|widgets|line|log|off forces one; lab_utils.notebooks.execute sets `log` for the
+LAB_PROGRESS=auto|widgets|line|log|off forces one; lab_utils.core.notebooks.execute sets `log` for the
 kernels it starts. A notebook run by the papermill command line is recognised by its parent process.
 
 transformers' Trainer, told `disable_tqdm=True`, prints every log record as a dict of
 formatted strings (its PrinterCallback: `{'loss': '2.242', ...}` per step); without it, it
 draws a bar per evaluation beside the training bar and still prints the dicts.
 `show_progress(trainer)` replaces both with one bar whose postfix carries the latest
-loss as a number; the records themselves are kept by LossHistory (lab_utils/training.py).
+loss as a number; the records themselves are kept by LossHistory (lab_utils/training/).
 """
 
 import functools

@@ -11,7 +11,7 @@ template that renders a conversation as the concatenation of its prefixes
 
 import torch
 
-from lab_utils.progress import progress_bar
+from lab_utils.core.progress import progress_bar
 
 IGNORE_INDEX = -100
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that are not a whole UTF-8 character

@@ -7,7 +7,7 @@ adapter_model.safetensors holding, for every adapted linear layer,
     base_model.model.<module>.lora_A.weight   (r x d_in)
     base_model.model.<module>.lora_B.weight   (d_out x r)
 
-`read_lora_adapter` pairs them by module so lab_utils.lowrank can study
+`read_lora_adapter` pairs them by module so lab_utils.teaching.lowrank can study
 dW = scale * B @ A without loading the base model at all.
 """
 
@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.lowrank import lora_scale
-from lab_utils.paths import COMPLETE_MARKER, LabPathError, is_complete, output_dir
+from lab_utils.teaching.lowrank import lora_scale
+from lab_utils.core.paths import COMPLETE_MARKER, LabPathError, is_complete, output_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -130,7 +130,7 @@ def layer_index(module: str) -> int:
 
 def check_adapter_base(folder, model: str) -> None:
     """A clear error when the adapter was trained on another base model than `model`."""
-    from lab_utils.models import resolve_model
+    from lab_utils.models.registry import resolve_model
 
     trained_on = base_model_name(folder, default="")
     if not trained_on:  # a bare adapter folder: its config names the base (a hub id or a local path)

@@ -7,8 +7,8 @@ TRL, turns them into tensors: `vision_sft_config` tells TRL to leave the rows al
 
 import torch
 
-from lab_utils.backend import get_backend, import_unsloth
-from lab_utils.vision_processor import ASSISTANT_MARKER, USER_MARKER, VISION_SPECIAL_TOKENS
+from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.vision.processor import ASSISTANT_MARKER, USER_MARKER, VISION_SPECIAL_TOKENS
 
 IGNORE_INDEX = -100
 
@@ -105,7 +105,7 @@ def make_vision_collator(model, processor, backend=None, max_length: int | None 
 
 
 def vision_sft_config() -> dict:
-    """The SFTConfig fields vision rows need (lab_utils.training.training_arguments adds the shared ones):
+    """The SFTConfig fields vision rows need (lab_utils.training.trainer.training_arguments adds the shared ones):
     the collator, not TRL, turns rows into tensors."""
     return dict(
         remove_unused_columns=False,  # the collator needs `images`, which the model's forward does not name

@@ -14,7 +14,7 @@ BOS token, which llama.cpp adds when it tokenizes), and the stop tokens:
 
 The family is chosen from the tokenizer (the marker tokens its Jinja template
 writes), then checked: a probe conversation is rendered through the tokenizer's
-template and through the Go template (lab_utils.go_template), and any difference
+template and through the Go template (lab_utils.export.go_template), and any difference
 is an error, since a Modelfile that formats turns differently from training makes
 Ollama answer worse without saying so. (Llama 3.1+ tokenizers, whose template adds
 a "Cutting Knowledge Date / Today Date" system preamble, fail that check: pass
@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.go_template import TemplateError, render
+from lab_utils.export.go_template import TemplateError, render
 
 
 class ChatTemplateError(ValueError):

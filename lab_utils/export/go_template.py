@@ -4,7 +4,7 @@ Ollama's Modelfile TEMPLATE is a Go text/template. To check, in Python and witho
 Ollama, that a Modelfile renders a conversation exactly like the tokenizer's Jinja
 chat template, we render it here. No maintained PyPI package does this (the ones
 that exist wrap Go through CGo and are at 0.0.x), so this supports the subset the
-lab's templates (lab_utils/chat_templates.py) and Ollama's stock chat templates use,
+lab's templates (lab_utils/export/ollama_templates.py) and Ollama's stock chat templates use,
 and refuses anything else with a TemplateError instead of guessing:
 
     text, {{ pipeline }}, trim markers {{- and -}}

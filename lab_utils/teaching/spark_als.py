@@ -1,4 +1,4 @@
-"""The same ALS, scaled out: Spark MLlib's ALS on one ratings split, for comparison with lab_utils.lowrank.
+"""The same ALS, scaled out: Spark MLlib's ALS on one ratings split, for comparison with lab_utils.teaching.als.
 
 pyspark is an optional extra (requirements-spark.txt) and needs a Java 17+
 runtime; it is imported only when a Spark run is asked for, and its absence is
@@ -7,7 +7,7 @@ unless LAB_SPARK_MASTER or an explicit argument names a cluster URL.
 
 MLlib's ALS minimises the same squared error with the ALS-WR penalty
 (regParam scaled by each user's/item's number of ratings), like
-`lowrank.als_fit(weighted_reg=True)`, but has no bias terms and starts from its
+`als.als_fit(weighted_reg=True)`, but has no bias terms and starts from its
 own random factors, so RMSEs agree closely but not to the digit.
 """
 
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from lab_utils.lowrank import rmse
+from lab_utils.teaching.als import rmse
 
 DEFAULT_MASTER = "local[*]"
 

@@ -4,7 +4,7 @@
                     seeded config (`tiny-qwen2.5-vl` in the model registry, built once into
                     $LAB_MODELS_DIR/tiny-qwen2.5-vl/ as safetensors), the SmolLM2 tokenizer plus
                     the Qwen vision special tokens and chat template, and the image-only
-                    processor of lab_utils.vision_processor.
+                    processor of lab_utils.vision.processor.
     GPU / unsloth   `FastVisionModel.from_pretrained`, any Qwen2.5-VL id (4-bit optional).
 """
 
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-from lab_utils.backend import get_backend, import_unsloth
-from lab_utils.models import save_model_folder
-from lab_utils.paths import build_lock, models_dir
-from lab_utils.vision_processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS,
-                                        ImageTextProcessor, load_vision_processor)
+from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.models.registry import save_model_folder
+from lab_utils.core.paths import build_lock, models_dir
+from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS, ImageTextProcessor, load_vision_processor)
 
 log = logging.getLogger("lab")
 
@@ -44,7 +43,7 @@ TINY_INIT_STD = 0.125
 
 def tiny_vision_tokenizer():
     """The embedded SmolLM2 tokenizer, plus the Qwen vision tokens and chat template."""
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m"))
     tokenizer.add_special_tokens({"additional_special_tokens": VISION_SPECIAL_TOKENS})
@@ -114,7 +113,7 @@ def ensure_tiny_vision_model(seed: int = 0) -> Path:
 def load_vision_model(name: str = TINY_VISION_NAME, backend=None, load_in_4bit: bool = False,
                       max_seq_length: int = 2048, gradient_checkpointing: bool = True):
     """(model, processor) for a registry name, folder or hub id, on the chosen backend."""
-    from lab_utils.models import resolve_model
+    from lab_utils.models.registry import resolve_model
 
     backend = backend or get_backend()
     source = resolve_model(name)

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # lab_utils/core/paths.py -> the repository
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"  # small files we wrote ourselves, always present
 COMPLETE_MARKER = "run_complete.json"  # written last; a run dir without it is unfinished
 

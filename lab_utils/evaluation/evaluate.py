@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from lab_utils import plots
-from lab_utils.artifacts import write_json, write_table
-from lab_utils.chat import generate, prompt_of
-from lab_utils.distributed import is_main_process
-from lab_utils.metrics import sample_table, text_metrics
+from lab_utils.core import plots
+from lab_utils.core.artifacts import write_json, write_table
+from lab_utils.models.chat import generate, prompt_of
+from lab_utils.core.distributed import is_main_process
+from lab_utils.evaluation.metrics import sample_table, text_metrics
 
 
 def base_and_tuned_answers(model, tokenizer, conversations, max_new_tokens: int = 64, batch_size: int = 8):
@@ -82,8 +82,8 @@ def load_adapters(adapters: dict, base_model: str | None = None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.export import locate_adapter
-    from lab_utils.models import load_tokenizer, resolve_model
+    from lab_utils.export.merge import locate_adapter
+    from lab_utils.models.registry import load_tokenizer, resolve_model
 
     located = {name: locate_adapter(path, base_model) for name, path in adapters.items()}
     first = next(iter(located.values()))

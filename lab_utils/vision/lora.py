@@ -6,7 +6,7 @@ picks the same modules (`vision_lora_target_regex`).
 
 import torch
 
-from lab_utils.backend import get_backend, import_unsloth
+from lab_utils.core.backend import get_backend, import_unsloth
 
 
 def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_language_layers: bool = True,

@@ -1,0 +1,1 @@
+"""Evaluation: base vs tuned answers, text metrics, perplexity, the A/B report."""

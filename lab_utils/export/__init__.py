@@ -1,0 +1,1 @@
+"""Export and serving: adapters, merging, GGUF + Ollama Modelfile, chat templates, hub upload."""

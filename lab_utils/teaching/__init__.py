@@ -1,0 +1,1 @@
+"""Teaching maths: truncated SVD, ALS, LoRA's low-rank update; Spark ALS for comparison."""

@@ -1,0 +1,207 @@
+"""Training glue shared by the SFT experiments: model + LoRA, batching, the trainer.
+
+Two backends (lab_utils/backend.py):
+  unsloth  FastLanguageModel (4/16-bit LoRA, Unsloth gradient checkpointing) on CUDA
+  hf       transformers + peft, the same LoRA options, on CPU or a GPU without unsloth
+
+Batching. The default on the hf backend is *padding-free*: a batch's
+conversations are laid end to end in one row, position ids restart at 0 for
+each, and transformers builds a block-diagonal causal mask from them (sdpa), so
+no token attends across conversations and no compute goes to padding. The loss
+head is applied only at positions whose next token is a label (assistant
+tokens), which skips the 49k-wide vocabulary projection for prompts. "padded"
+is the classic alternative (right padding, attention mask, batches grouped by
+length); the unsloth backend uses it with its own fused loss.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from lab_utils.core.backend import Backend
+from lab_utils.core.distributed import launched_distributed
+from lab_utils.core.progress import show_progress
+from lab_utils.training.batching import ChatCollator
+from lab_utils.training.lora import resolve_precision
+from lab_utils.training.loss import LabTrainer
+from lab_utils.training.params import EvalParams
+
+
+class LossHistory(TrainerCallback):
+    """Keeps every logged train/eval record (loss, learning rate, step) for plots and metrics."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.records.append({"step": state.global_step, **logs})
+
+
+def evaluate_before_training(trainer) -> float:
+    """Eval loss of the untrained model, without breaking DDP for the train() that follows.
+
+    accelerate 1.15 marks a model that Trainer.evaluate() prepared (for evaluation only) as
+    prepared for good, so a later train() skips the DistributedDataParallel wrapper and every
+    rank silently trains its own copy (seen under torchrun: the ranks' adapters diverged).
+    Dropping that mark after the evaluation lets train() wrap the model as usual.
+    """
+    loss = trainer.evaluate()["eval_loss"]
+    if launched_distributed() and getattr(trainer.model, "_is_accelerate_prepared", False):
+        del trainer.model._is_accelerate_prepared
+    return loss
+
+
+def last_checkpoint(output_dir) -> str | None:
+    path = Path(output_dir)
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def training_arguments(p, run: Path, backend: Backend, args_class=None, **method_args):
+    """The one place Params become TrainingArguments (or a TRL config: SFTConfig, GRPOConfig, DPOConfig).
+
+    `p` has the shared groups (RunParams, LoraParams, OptimParams; EvalParams where the experiment
+    evaluates during training). `method_args` are the method's own fields (GRPO's num_generations,
+    DPO's beta, ...) and win over the shared ones.
+    """
+    from transformers import TrainingArguments
+
+    if not 0 <= p.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
+    # transformers 5 reads the TensorBoard folder from the environment only
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    precision = resolve_precision(p.precision, backend.device)
+    shared = dict(
+        output_dir=str(run / "checkpoints"), seed=p.seed, data_seed=p.seed,
+        per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
+        # max_steps 0 means "train num_train_epochs"; transformers spells that -1
+        max_steps=p.max_steps if p.max_steps > 0 else -1, num_train_epochs=p.num_train_epochs,
+        # transformers 5 has no warmup_ratio: a float in [0, 1) given as warmup_steps is a share of the steps
+        warmup_steps=p.warmup_ratio, lr_scheduler_type=p.lr_scheduler_type, weight_decay=p.weight_decay,
+        max_grad_norm=p.max_grad_norm, optim=p.optim, bf16=precision == "bf16", fp16=precision == "fp16",
+        # Unsloth brings its own offloaded checkpointing, switched on when it loaded the model
+        gradient_checkpointing=p.gradient_checkpointing and not backend.is_unsloth,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=p.logging_steps, save_steps=p.save_steps, save_total_limit=p.save_total_limit,
+        report_to=[] if p.report_to == "none" else [p.report_to],
+        remove_unused_columns=False,  # the lab's collators need columns the model's forward does not name
+        use_cpu=backend.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **(evaluation_arguments(p) if isinstance(p, EvalParams) else {}),
+    )
+    return (args_class or TrainingArguments)(**{**shared, **method_args})
+
+
+def evaluation_arguments(p) -> dict:
+    """Eval loss every eval_steps (else only before and after training), and the best checkpoint kept."""
+    if p.load_best and p.eval_steps <= 0:
+        raise ValueError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
+    if p.load_best and p.save_steps % p.eval_steps:
+        raise ValueError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
+                         f"eval_steps ({p.eval_steps}): only evaluated checkpoints can be the best")
+    best = dict(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    return dict(eval_strategy="steps" if p.eval_steps > 0 else "no", eval_steps=p.eval_steps or None,
+                prediction_loss_only=True, **(best if p.load_best else {}))
+
+
+def lora_plus_optimizers(p, model) -> tuple:
+    """(optimizer, scheduler) for Trainer: LoRA+ when loraplus_lr_ratio > 0, else Trainer's own (None, None)."""
+    if p.loraplus_lr_ratio <= 0:
+        return None, None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=p.learning_rate,
+                                     loraplus_lr_ratio=p.loraplus_lr_ratio, weight_decay=p.weight_decay), None
+
+
+class SampleAnswers(TrainerCallback):
+    """After each evaluation during training, answers a few held-out prompts: what the loss curve means."""
+
+    def __init__(self, answer):
+        self.answer = answer  # () -> list[str]
+        self.records = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.records.append({"step": state.global_step, "answers": self.answer()})
+
+
+def sample_answers_during_training(trainer, p, answer) -> list:
+    """With eval_steps > 0, `answer()` runs at every evaluation; returns the list its records go to."""
+    if p.eval_steps <= 0:
+        return []
+    samples = SampleAnswers(answer)
+    trainer.add_callback(samples)
+    return samples.records
+
+
+def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend):
+    """(trainer, LossHistory) for text SFT: the lab's batching and label-only loss, optional LoRA+."""
+    padding_free = p.batching == "padding_free" and not backend.is_unsloth
+    args = training_arguments(p, run, backend, prediction_loss_only=True,
+                              train_sampling_strategy="group_by_length" if p.batching == "padded" else "random")
+    trainer_cls = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
+    history = LossHistory()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_tokens, eval_dataset=eval_tokens,
+        data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
+        optimizers=lora_plus_optimizers(p, model), processing_class=tokenizer,
+    )
+    show_progress(trainer)  # one bar instead of a dict of strings printed per step
+    return trainer, history
+
+
+def tokens_seen_at(checkpoint: str | None) -> int:
+    """Real (non-padding) input tokens a checkpoint had trained on; 0 for a fresh run."""
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("num_input_tokens_seen", 0))
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float | None:
+    """This session's real tokens per second of trainer.train(). transformers puts
+    train_tokens_per_second only in each step's log record, not in train()'s final metrics."""
+    return round(tokens / seconds, 1) if tokens > 0 and seconds > 0 else None
+
+
+def train_from_last_checkpoint(trainer, run: Path) -> dict:
+    """trainer.train(), resuming from the run's last checkpoint; the numbers every experiment records."""
+    resume = last_checkpoint(run / "checkpoints")
+    if resume:
+        print(f"[lab] resuming from {resume}")
+    first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+    tokens_before = tokens_seen_at(resume)  # read now: save_total_limit may delete that checkpoint while training
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - started
+    steps = trainer.state.global_step - first_step
+    tokens = trainer.state.num_input_tokens_seen  # non-padding input tokens, checkpoints included
+    return {
+        "train_loss": result.training_loss, "global_step": trainer.state.global_step, "steps_trained": steps,
+        "resumed_from": resume, "train_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / steps, 2) if steps else None, "tokens_seen": tokens,
+        "train_tokens_per_second": tokens_per_second(tokens - tokens_before, seconds),
+        "best_checkpoint": trainer.state.best_model_checkpoint,  # with load_best (else None)
+    }
+
+
+def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend,
+               sample_conversations=None) -> dict:
+    """Text SFT: eval loss before, training (resumed if possible), eval loss after.
+
+    With eval_steps > 0 the held-out loss is also logged every eval_steps, and the first
+    held-out conversations (`sample_conversations`) are answered at each of those points.
+    """
+    from lab_utils.models.chat import generate
+
+    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
+    samples = sample_answers_during_training(
+        trainer, p, lambda: generate(model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))
+    eval_before = evaluate_before_training(trainer)
+    outcome = train_from_last_checkpoint(trainer, run)
+    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
+            "history": history.records, "samples_during_training": samples}
