@@ -13,6 +13,8 @@ core/        the run core
     progress      one progress bar per long step (training, evaluation, downloads, conversions)
     notebooks     read a notebook's parameters cell; run a notebook headless with papermill
     plots         every figure the lab draws, so notebooks and scripts show the same plots
+    jupyter_lab   `make lab`'s JupyterLab command line (no first-run popup), and headless for tests/screenshots
+    browser       headless Chromium (selenium) driving JupyterLab as a person does: edit, Run All, read outputs
 
 models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
