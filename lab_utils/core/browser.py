@@ -151,13 +151,21 @@ class LabPage:
         # may redraw it while the page settles, so it is looked up afresh each time, never held
         cell = f"document.querySelector('{CODE_CELL}')"
         # Where the literal ends on screen (before any trailing `# comment`) and how many characters it has
-        find = lambda: self.js("""
+        find = lambda: self.js(r"""
             const [cell, name] = [CELL, arguments[0]];
             if (!cell) return null;
             for (const line of cell.querySelectorAll('.cm-line')) {
-              const text = line.textContent, m = text.match(new RegExp('^' + name + '\\\\s*=\\\\s*'));
+              const text = line.textContent, m = text.match(new RegExp('^' + name + '\\s*=\\s*'));
               if (!m) continue;
-              const end = text.indexOf('  #') >= 0 ? text.indexOf('  #') : text.trimEnd().length;
+              // the literal ends at a `#` outside quotes (its help comment), less trailing spaces
+              let end = text.length, quote = null;
+              for (let i = m[0].length; i < text.length; i++) {
+                const c = text[i];
+                if (quote) { if (c === '\\') i++; else if (c === quote) quote = null; }
+                else if (c === '"' || c === "'") quote = c;
+                else if (c === '#') { end = i; break; }
+              }
+              while (end > m[0].length && text[end - 1] === ' ') end--;
               const walker = document.createTreeWalker(line, NodeFilter.SHOW_TEXT);
               let offset = 0, node;
               while ((node = walker.nextNode())) {
