@@ -69,5 +69,6 @@ class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
     """Every text SFT experiment's knobs: the shared groups plus sequence length, targets and batching."""
 
     max_seq_length: int = 256
+    enable_thinking: bool | None = None  # Qwen3's thinking switch in training rows and answers (null = template default)
     lora_mlp: bool = True  # also adapt gate/up/down projections
     batching: str = "padding_free"  # padding_free | padded (length-grouped)
