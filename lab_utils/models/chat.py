@@ -28,6 +28,17 @@ class ChatTemplateError(ValueError):
     """The tokenizer has no chat template, or it does not render conversations prefix by prefix."""
 
 
+def trl_chat_template(file: str) -> str:
+    """A model maker's original chat template as the pinned TRL ships it (trl/chat_templates/<file>, e.g.
+    qwen3.jinja, qwen3_vl.jinja; byte-identical to tests/data/templates/, whose README cites the sources)."""
+    from importlib.resources import files
+
+    path = files("trl") / "chat_templates" / file
+    if not path.is_file():
+        raise FileNotFoundError(f"trl has no chat_templates/{file}; install the pinned trl (requirements.txt)")
+    return path.read_text(encoding="utf-8")
+
+
 def has_thinking_switch(tokenizer) -> bool:
     """Whether the chat template reads `enable_thinking` (detected from its text, as Qwen3's does)."""
     template = getattr(tokenizer, "chat_template", None) or ""

@@ -65,7 +65,7 @@ class TinyFamily:
     text: dict
     vision: dict
     pixels: dict
-    chat_template: str = ""  # "" = the lab's reduced Qwen-VL template; else a packaged upstream template
+    chat_template: str = ""  # "" = the lab's reduced Qwen-VL template; else an upstream one TRL ships (trl_chat_template)
 
 
 TINY_FAMILIES = {
@@ -74,7 +74,7 @@ TINY_FAMILIES = {
     # Qwen3-VL-Instruct's own chat template, as TRL ships it (trl/chat_templates/qwen3_vl.jinja, "Original
     # Qwen3-VL chat template"; the same file is tests/data/templates/qwen3-vl.jinja)
     "tiny-qwen3-vl": TinyFamily("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", TINY_QWEN3_TEXT_CONFIG,
-                                TINY_QWEN3_VISION_CONFIG, TINY_QWEN3_IMAGE_PIXELS, chat_template="trl:qwen3_vl.jinja"),
+                                TINY_QWEN3_VISION_CONFIG, TINY_QWEN3_IMAGE_PIXELS, chat_template="qwen3_vl.jinja"),
 }
 # Weights drawn with std 1/sqrt(width) instead of the usual 0.02, which is tuned for layers
 # hundreds of units wide: at width 64 and 0.02 each layer's output is a few percent of its
@@ -89,15 +89,9 @@ def tiny_family(name: str) -> TinyFamily:
 
 
 def tiny_chat_template(family: TinyFamily) -> str:
-    if not family.chat_template:
-        return QWEN_VL_CHAT_TEMPLATE
-    from importlib.resources import files
+    from lab_utils.models.chat import trl_chat_template
 
-    package, file = family.chat_template.split(":")
-    path = files(package) / "chat_templates" / file
-    if not path.is_file():
-        raise FileNotFoundError(f"{package} has no chat_templates/{file}; install the pinned trl (requirements.txt)")
-    return path.read_text(encoding="utf-8")
+    return trl_chat_template(family.chat_template) if family.chat_template else QWEN_VL_CHAT_TEMPLATE
 
 
 def tiny_vision_tokenizer(name: str = TINY_VISION_NAME):
