@@ -44,20 +44,23 @@ def qwen3_tokenizer(smollm2):
 def test_registry_has_qwen3_and_qwen3_vl_with_hub_and_modelscope_ids():
     for size in ("0.6b", "1.7b", "4b", "8b"):
         spec = REGISTRY[f"qwen3-{size}"]
-        assert spec.kind == "text" and spec.source == f"unsloth/Qwen3-{size.upper()}" and spec.modelscope == f"Qwen/Qwen3-{size.upper()}"
+        assert spec.kind == "text" and spec.source == f"unsloth/Qwen3-{size.upper()}"
+        assert spec.modelscope == f"Qwen/Qwen3-{size.upper()}"
     for size in ("2b", "4b", "8b"):
         spec = REGISTRY[f"qwen3-vl-{size}"]
         assert spec.kind == "vision" and spec.source == f"unsloth/Qwen3-VL-{size.upper()}-Instruct"
         assert spec.modelscope == f"Qwen/Qwen3-VL-{size.upper()}-Instruct"
     assert REGISTRY["tiny-qwen3-vl"].kind == "vision"
-    assert lora_target_modules(type("C", (), {"model_type": "qwen3_vl"})())[:4] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    targets = lora_target_modules(type("Config", (), {"model_type": "qwen3_vl"})())
+    assert targets[:4] == ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def test_thinking_switch_reaches_the_template_in_rendering_tokenizing_and_generation(qwen3_tokenizer):
     assert has_thinking_switch(qwen3_tokenizer)
     default = render(qwen3_tokenizer, CHAT[:1], add_generation_prompt=True)
     off = render(qwen3_tokenizer, CHAT[:1], add_generation_prompt=True, enable_thinking=False)
-    assert default.endswith("<|im_start|>assistant\n") and off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert default.endswith("<|im_start|>assistant\n")
+    assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     set_thinking(qwen3_tokenizer, False)  # what load_lora_model does with Params.enable_thinking
     assert render(qwen3_tokenizer, CHAT[:1], add_generation_prompt=True) == off
     assert render(qwen3_tokenizer, CHAT[:1], add_generation_prompt=True, enable_thinking=True) == default
@@ -75,7 +78,7 @@ def test_enable_thinking_on_a_template_without_the_switch_is_one_line(smollm2, t
     with pytest.raises(SystemExit) as stop:
         sft_alpaca.main(["--enable_thinking", "false", "--run_name", "thinking-refused", "--max_steps", "1"])
     message = str(stop.value)
-    assert message.startswith("error: enable_thinking=False: the chat template of 'smollm2-135m' has no thinking switch")
+    assert message.startswith("error: enable_thinking=False: the chat template of 'smollm2-135m' has no thinking")
     assert "\n" not in message and not (output_dir() / "sft_alpaca" / "thinking-refused").exists()
 
 
@@ -83,7 +86,7 @@ def test_pixel_bounds_below_one_patch_stop_before_a_run_folder():
     assert merged_patch_side("tiny-qwen2.5-vl") == 28 and merged_patch_side("qwen3-vl-2b") == 32
     assert merged_patch_side(resolve_model("tiny-qwen3-vl")) == 32  # read from the folder's config.json
     check_pixel_bounds("qwen3-vl-2b", 32 * 32, 32 * 32)
-    with pytest.raises(ValueError, match=r"max_pixels=1000 is smaller than one image patch of qwen3-vl-2b \(32x32 = 1024"):
+    with pytest.raises(ValueError, match=r"max_pixels=1000 is smaller than one image patch of qwen3-vl-2b \(32x32"):
         check_pixel_bounds("qwen3-vl-2b", 100, 1000)
     with pytest.raises(SystemExit) as stop:
         sft_vision.main(["--max_pixels", "500", "--run_name", "too-small"])

@@ -99,7 +99,8 @@ FAMILIES = {
 {{- else if eq .Role "assistant" }} {{ .Content }}</s>
 {{- end }}
 {{- end }}""", MISTRAL_STOPS),
-    # tests/data/templates/mistral-v0.2-legacy.jinja (refuses a system role; Ollama's SYSTEM goes in front of the first turn)
+    # tests/data/templates/mistral-v0.2-legacy.jinja (refuses a system role; Ollama's SYSTEM goes in
+    # front of the first turn)
     "mistral-legacy": Family(("[INST]",), """{{- $system := "" }}
 {{- range .Messages }}
 {{- if eq .Role "system" }}{{ $system = .Content }}

@@ -65,7 +65,7 @@ class TinyFamily:
     text: dict
     vision: dict
     pixels: dict
-    chat_template: str = ""  # "" = the lab's reduced Qwen-VL template; else an upstream one TRL ships (trl_chat_template)
+    chat_template: str = ""  # "": the lab's reduced Qwen-VL template; else an upstream one TRL ships
 
 
 TINY_FAMILIES = {
