@@ -140,6 +140,23 @@ def test_fsdp2_shards_on_cpu_ranks_and_matches_one_process(tmp_path, embedded_mo
     assert min(one[k].abs().max().item() for k in one if "lora_B" in k) > 1e-5  # B moved off zero: a real check
 
 
+def test_fsdp2_shards_the_vision_experiment_end_to_end(tmp_path, embedded_model_dir):
+    """Qwen2.5-VL (tiny) through TRL's SFTTrainer: LoRA on both towers, every weight a DTensor shard."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
+                  "--num_processes", "2", "--mixed_precision", "no"]
+    done = subprocess.run([*accelerate, "-m", "scripts.sft_vision", *COMMON, *CASES["sft_vision"], "--precision",
+                           "fp32"], cwd=REPO, env=launch_env(tmp_path / "outputs", LAB_SHARDING_REPORT="1"),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = tmp_path / "outputs" / "sft_vision" / "ddp"
+    assert (run / "run_complete.json").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
+    seen = [json.loads((run / "sharding" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for rank in seen:
+        assert rank["engine"] == "fsdp" and len(rank["fsdp_units"]) > 2 and not rank["not_sharded"]
+        assert abs(rank["local_numel"] / rank["full_numel"] - 0.5) < 0.01
+    assert sum(r["trainable_local_numel"] for r in seen) == seen[0]["trainable_full_numel"]  # disjoint halves
+
+
 # ---- two launchers, one rendezvous: what two machines do ------------------------------------------------------
 
 def free_port() -> int:

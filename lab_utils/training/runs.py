@@ -106,7 +106,7 @@ def open_run(experiment: str, p) -> Path:
     from lab_utils.core.paths import run_dir
 
     backend = choose_backend(p.backend)
-    check_launch(backend.name, getattr(p, "load_in_4bit", False), getattr(p, "load_in_8bit", False))
+    check_launch(backend.name, getattr(p, "load_in_4bit", False), getattr(p, "load_in_8bit", False), experiment)
     # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
     # so every rank sees the same checkpoints when it decides whether to resume.
     with main_process_first():
