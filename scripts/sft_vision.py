@@ -61,8 +61,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
     finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True
-    finetune_mlp_modules: bool = True
+    finetune_attention_modules: bool = True  # the MLP switch is the shared lora_mlp
     # Trained fully next to LoRA and saved with it (peft modules_to_save). The tiny random model's
     # output layer has never learnt which of its 49k tokens are digits, and LoRA on the layers
     # cannot teach it; a pretrained model knows its vocabulary already: [] on GPU.
@@ -118,7 +117,7 @@ def load_model(p: Params):
                             finetune_vision_layers=p.finetune_vision_layers,
                             finetune_language_layers=p.finetune_language_layers,
                             finetune_attention_modules=p.finetune_attention_modules,
-                            finetune_mlp_modules=p.finetune_mlp_modules, seed=p.seed,
+                            finetune_mlp_modules=p.lora_mlp, seed=p.seed,
                             modules_to_save=p.modules_to_save)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, processor, backend
