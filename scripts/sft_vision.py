@@ -33,7 +33,7 @@ from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
 from lab_utils.core.progress import show_progress
 from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
-from lab_utils.training.trainer import (LossHistory, evaluate_before_training, lora_plus_optimizers, sample_answers_during_training, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.trainer import (LossHistory, evaluate_then_train, lora_plus_optimizers, sample_answers_during_training, training_arguments)
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import trainable_parameters
 from lab_utils.vision.answers import char_accuracy, generate_answers, score_answers
@@ -158,8 +158,7 @@ def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dic
                          callbacks=[history], optimizers=lora_plus_optimizers(p, model))
     show_progress(trainer)  # one bar instead of a dict of strings printed per step
     samples = sample_answers_during_training(trainer, p, lambda: answer_between_steps(p, model, processor, heldout, backend))
-    eval_before = evaluate_before_training(trainer) if trainer.eval_dataset is not None else None
-    outcome = train_from_last_checkpoint(trainer, run)
+    eval_before, outcome = evaluate_then_train(trainer, run, evaluate_first=trainer.eval_dataset is not None)
     eval_after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": eval_after, "history": history.records,
             "samples_during_training": samples}

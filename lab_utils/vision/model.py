@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import save_model_folder
 from lab_utils.core.paths import build_lock, models_dir
 from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS, ImageTextProcessor, load_vision_processor)
@@ -194,9 +195,9 @@ def load_vision_model_hf(source: str, device: str = "cpu", load_in_4bit: bool = 
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
                                                            bnb_4bit_quant_type="nf4")
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = model_device_map(device)  # this rank's GPU (DDP), not GPU 0 for every rank
     model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    if not load_in_4bit:
+    if not load_in_4bit and model_device_map(device):
         model = model.to(device)
     return model, load_vision_processor(source)
 
