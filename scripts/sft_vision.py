@@ -40,6 +40,7 @@ from lab_utils.vision.answers import char_accuracy, generate_answers, score_answ
 from lab_utils.vision.collator import make_vision_collator, vision_sft_config
 from lab_utils.vision.lora import add_vision_lora
 from lab_utils.vision.model import load_vision_model
+from lab_utils.core.errors import ParamError
 
 EXPERIMENT = "sft_vision"
 
@@ -52,7 +53,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     image_column: str = ""  # header text or column letter ("" = detect image/file/图片...)
     question_column: str = ""  # "" = detect question/prompt/问题...; rows without one get default_question
     answer_column: str = ""  # "" = detect answer/label/reading/答案/读数...
-    default_question: str = DEFAULT_PROMPT
+    default_question: str = DEFAULT_PROMPT  # the question asked of rows that have none
     system_prompt: str = ""  # "" = the chat template's default system turn
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # longer side in pixels: fewer pixels, fewer vision tokens
     max_rows: int = 0  # 0 = every row
@@ -60,13 +61,13 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     max_seq_length: int = 2048  # a longer row (a huge image) is an error, never silently truncated
     # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
-    finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True
-    finetune_mlp_modules: bool = True
+    finetune_language_layers: bool = True  # adapt the language model: new kinds of answers
+    finetune_attention_modules: bool = True  # LoRA on the attention projections
+    finetune_mlp_modules: bool = True  # LoRA on the MLP projections
     # Trained fully next to LoRA and saved with it (peft modules_to_save). The tiny random model's
     # output layer has never learnt which of its 49k tokens are digits, and LoRA on the layers
     # cannot teach it; a pretrained model knows its vocabulary already: [] on GPU.
-    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])
+    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])  # trained fully next to LoRA (see above)
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
@@ -86,7 +87,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
 def load_data(p: Params):
     """(train rows, held-out rows, skip report) from the sheet; fails before any model or run folder."""
     if p.load_in_8bit:
-        raise ValueError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
+        raise ParamError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
     rows, report = load_excel_vision(
         p.sheet, sheet=p.worksheet or None, image_column=p.image_column or None,
         question_column=p.question_column or None, answer_column=p.answer_column or None,

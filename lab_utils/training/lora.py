@@ -5,6 +5,7 @@ import torch
 from lab_utils.core.backend import Backend, import_unsloth
 from lab_utils.core.distributed import local_rank
 from lab_utils.models.registry import load_tokenizer, lora_target_modules, resolve_model
+from lab_utils.core.errors import MachineError, ParamError
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -15,7 +16,7 @@ def resolve_precision(precision: str, device: str) -> str:
     """
     if precision != "auto":
         if precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision={precision!r}: expected auto, bf16, fp16 or fp32")
+            raise ParamError(f"precision={precision!r}: expected auto, bf16, fp16 or fp32")
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -35,7 +36,7 @@ def quantization_config(load_in_4bit: bool, load_in_8bit: bool, device: str):
     if not (load_in_4bit or load_in_8bit):
         return None
     if device != "cuda":
-        raise RuntimeError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; set both to false on CPU")
+        raise MachineError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; set both to false on CPU")
     from transformers import BitsAndBytesConfig
 
     if load_in_8bit:

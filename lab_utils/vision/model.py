@@ -18,6 +18,7 @@ from lab_utils.core.backend import get_backend, import_unsloth
 from lab_utils.models.registry import save_model_folder
 from lab_utils.core.paths import build_lock, models_dir
 from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS, ImageTextProcessor, load_vision_processor)
+from lab_utils.core.errors import MachineError
 
 log = logging.getLogger("lab")
 
@@ -128,7 +129,7 @@ def load_vision_model_hf(source: str, device: str = "cpu", load_in_4bit: bool = 
     kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
     if load_in_4bit:
         if device != "cuda":
-            raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); on CPU set load_in_4bit=False")
+            raise MachineError("load_in_4bit needs a CUDA GPU (bitsandbytes); on CPU set load_in_4bit=False")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
