@@ -46,7 +46,7 @@ from lab_utils.training.runs import finish_run, open_run, save_training_artifact
 from lab_utils.training.batching import tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
 from lab_utils.core.errors import ParamError
-from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
+from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
@@ -100,6 +100,9 @@ class Params(RunParams, LoraParams, OptimParams):
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
+    unknown = [name for name in p.reward_names if name not in REWARDS]
+    if unknown:
+        raise ParamError(f"reward_names: unknown {unknown}; registered rewards: {', '.join(sorted(REWARDS))}")
     if len(p.reward_names) != len(p.reward_weights):
         raise ParamError(f"reward_names has {len(p.reward_names)} entries but reward_weights {len(p.reward_weights)}")
     if p.num_generations < 2:
@@ -119,7 +122,8 @@ def load_data(p: Params):
     """
     check_params(p)
     report = SkipReport()
-    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=load_tokenizer(resolve_model(p.model)),
+    tokenizer = load_tokenizer(resolve_model(p.model), p.trust_remote_code)
+    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=tokenizer,
                    max_prompt_length=p.max_prompt_length, report=report)
     train_prompts = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
     if p.eval_file:

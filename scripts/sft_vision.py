@@ -113,7 +113,8 @@ def load_model(p: Params):
         # threads wait on each other: the 30-step demo trained in 11 s with 1 thread vs 55 s with 2 (2 shared cores).
         torch.set_num_threads(p.cpu_threads)
     model, processor = load_vision_model(p.model, backend=backend, load_in_4bit=p.load_in_4bit,
-                                         max_seq_length=p.max_seq_length, gradient_checkpointing=p.gradient_checkpointing)
+                                         max_seq_length=p.max_seq_length, trust_remote_code=p.trust_remote_code,
+                                         gradient_checkpointing=p.gradient_checkpointing)
     model = add_vision_lora(model, backend=backend, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                             use_rslora=p.use_rslora, use_dora=p.use_dora,
                             finetune_vision_layers=p.finetune_vision_layers,

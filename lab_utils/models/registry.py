@@ -308,11 +308,18 @@ def model_kind(name: str) -> str:
     return spec.kind if spec else "text"
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The tokenizer of a folder or hub id. trust_remote_code: run Python code the repository ships
+    (off unless a run's `trust_remote_code` knob says so). One ModelNotFound line when it cannot be found."""
     from transformers import AutoTokenizer
 
-    # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
-    tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False)
+    try:
+        # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
+        tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as err:  # not a folder, not on the hub, or offline without a cached copy
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelNotFound(f"could not load the tokenizer of '{source}': {first_line}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels mask padding, so sharing eos is safe
     return tokenizer

@@ -57,12 +57,13 @@ def build_lora_model(p, backend: Backend):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, p.trust_remote_code)
     quant = quantization_config(p.load_in_4bit, p.load_in_8bit, backend.device)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=weights_dtype(p.precision, backend.device), quantization_config=quant,
         # one whole copy per process: under DDP each rank's copy on its own GPU
         device_map={"": local_rank()} if backend.device == "cuda" else None, attn_implementation="sdpa",
+        trust_remote_code=p.trust_remote_code,
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
     # QLoRA without peft's prepare_model_for_kbit_training: it casts every weight that is not quantised
@@ -86,7 +87,7 @@ def load_unsloth_model(p, source: str, **engine):
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=p.max_seq_length, dtype=None,
-        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit, **engine,
+        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit, trust_remote_code=p.trust_remote_code, **engine,
     )
     model = FastLanguageModel.get_peft_model(
         model, target_modules=lora_target_modules(model, p.lora_mlp), bias="none",

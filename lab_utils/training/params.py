@@ -18,6 +18,7 @@ class RunParams:
     knob_section = "run"
 
     model: str = "smollm2-135m"  # registry name, local folder or hub id
+    trust_remote_code: bool = False  # run Python code the model's repository ships (README): trusted repos only
     backend: str = "auto"  # auto | hf | unsloth (LAB_BACKEND forces one too)
     seed: int = 42  # random seed for LoRA init, data order and sampling
     run_name: str = "demo"  # the run folder: $LAB_OUTPUT_DIR/<experiment>/<run_name>/

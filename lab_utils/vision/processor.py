@@ -118,7 +118,7 @@ def flatten_images(images) -> list:
     return flat
 
 
-def load_vision_processor(source: str):
+def load_vision_processor(source: str, trust_remote_code: bool = False):
     """Our image-only processor for lab-built folders or where torchvision is missing, else AutoProcessor."""
     from lab_utils.core.backend import has_package
 
@@ -126,4 +126,4 @@ def load_vision_processor(source: str):
         return ImageTextProcessor.from_pretrained(source)
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(source)
+    return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
