@@ -37,7 +37,7 @@ class LoraParams:
 
     lora_r: int = 16  # LoRA rank: size of the low-rank update (more = more capacity, more memory)
     lora_alpha: int = 32  # LoRA scale: the update is multiplied by alpha / r
-    lora_dropout: float = 0.0  # dropout on the LoRA input (0 = none; Unsloth is fastest at 0)
+    lora_dropout: float = 0.0  # dropout on the LoRA input (0 = none)
     use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
     use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
     loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
@@ -62,7 +62,7 @@ class OptimParams:
     max_grad_norm: float = 1.0  # clip the gradient norm to this (0 = no clipping)
     optim: str = "adamw_torch"  # adamw_8bit on a GPU saves optimizer memory (bitsandbytes)
     precision: str = "auto"  # auto (bf16 where native, CPU included) | bf16 | fp16 | fp32
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower steps
 
 
 @dataclass(kw_only=True)
