@@ -44,7 +44,7 @@ class Params(LoraSFTParams):
     max_length: int = 1024  # characters of question + answer; longer rows are dropped and reported
     validation_fraction: float = 0.1  # share of rows held out for the eval loss
     test_fraction: float = 0.1  # share of rows held out for the before/after answers and BLEU/ROUGE
-    eval_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
+    heldout_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
     # the CPU demo: 30 short rows, a few passes
     max_seq_length: int = 384  # longest tokenised row; longer rows are cut
     max_steps: int = 20
@@ -75,7 +75,7 @@ def build_dataset(p: Params, data, tokenizer):
     splits = split_dataset(data.dataset, seed=p.seed, validation=p.validation_fraction, test=p.test_fraction)
     train_tokens = tokenize_dataset(splits["train"], tokenizer, p.max_seq_length, data.report)
     validation_tokens = tokenize_dataset(splits["validation"], tokenizer, p.max_seq_length)
-    test = splits["test"].select(range(min(p.eval_rows, len(splits["test"]))))
+    test = splits["test"].select(range(min(p.heldout_rows, len(splits["test"]))))
     print(f"[lab] split: {len(train_tokens)} train, {len(validation_tokens)} validation, {len(test)} test rows evaluated")
     return train_tokens, validation_tokens, test
 

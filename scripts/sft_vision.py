@@ -62,12 +62,11 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
     finetune_language_layers: bool = True  # adapt the language model: new kinds of answers
-    finetune_attention_modules: bool = True  # LoRA on the attention projections
-    finetune_mlp_modules: bool = True  # LoRA on the MLP projections
+    finetune_attention_modules: bool = True  # LoRA on the attention projections (the MLP switch is the shared lora_mlp)
     # Trained fully next to LoRA and saved with it (peft modules_to_save). The tiny random model's
     # output layer has never learnt which of its 49k tokens are digits, and LoRA on the layers
     # cannot teach it; a pretrained model knows its vocabulary already: [] on GPU.
-    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])  # trained fully next to LoRA (see above)
+    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])  # trained fully beside LoRA; [] on GPU
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
@@ -120,7 +119,7 @@ def load_model(p: Params):
                             finetune_vision_layers=p.finetune_vision_layers,
                             finetune_language_layers=p.finetune_language_layers,
                             finetune_attention_modules=p.finetune_attention_modules,
-                            finetune_mlp_modules=p.finetune_mlp_modules, seed=p.seed,
+                            finetune_mlp_modules=p.lora_mlp, seed=p.seed,
                             modules_to_save=p.modules_to_save)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, processor, backend

@@ -71,7 +71,7 @@ CASES = [
                                    batch_size=4, max_seq_length=128), config="configs/sft_alpaca.yaml")),
     Case("sft_medical_gpu_config", "case_sft_medical", ["cuda", "unsloth", "bitsandbytes"],
          gpu=dict(config="configs/sft_medical_gpu.yaml",
-                  overrides=dict(data_file="medical/dialogues_gbk.csv", max_steps=3, eval_rows=2, max_new_tokens=16,
+                  overrides=dict(data_file="medical/dialogues_gbk.csv", max_steps=3, heldout_rows=2, max_new_tokens=16,
                                  max_seq_length=512))),
     Case("grpo_unsloth_hf_rollouts", "case_grpo", ["cuda", "unsloth"],
          gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="hf"),
@@ -228,7 +228,7 @@ def case_sft_medical(model_dir: str, config: str, overrides: dict) -> dict:
     checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}", quantised_note(metrics, model_dir),
                f"{p.data_file} read as {metrics['data']['encoding']}, {metrics['rows_kept']} rows",
                f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
-               f"BLEU-4/ROUGE base vs tuned on {p.eval_rows} test rows"]
+               f"BLEU-4/ROUGE base vs tuned on {p.heldout_rows} test rows"]
     return result(checked)
 
 
@@ -255,9 +255,9 @@ def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto")
     from scripts import grpo_gsm8k
 
     reset_peak_memory()
-    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", eval_rows=2, max_steps=2, batch_size=4,
+    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
                      num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
-                     eval_max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
+                     max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
     p = shrink(grpo_gsm8k.Params, config, overrides, model_dir)
     run = grpo_gsm8k.run(p)
     metrics = run["metrics"]

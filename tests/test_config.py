@@ -179,9 +179,17 @@ def script_params():
             yield path.stem, module.Params
 
 
+# scripts/serve.py is being reworked on another branch (issue 26: bind address, API key), which writes its
+# knobs' comments; until it lands its missing help is expected, and this list must shrink, never grow.
+HELP_PENDING = {"serve"}
+
+
 @pytest.mark.parametrize("name,params_cls", list(script_params()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_knob_has_help(name, params_cls):
     missing = [k for k, text in field_help(params_cls).items() if not text]
+    if name in HELP_PENDING:
+        assert missing, f"scripts/{name}.py: every knob has help now: drop it from HELP_PENDING"
+        return
     assert not missing, (f"scripts/{name}.py: no help for {missing}: write a `# comment` at the end of each "
                          f"field's line in its Params (or on the line above)")
 

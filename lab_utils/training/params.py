@@ -4,7 +4,7 @@
 from dataclasses import dataclass
 
 
-# Every training experiment's Params is composed of these three groups (plus its own data and
+# Every training experiment's Params is composed of these groups (plus its own data and
 # method fields), so a knob has one name, one default and one meaning everywhere: configs,
 # notebooks and the batch runner speak one vocabulary. Defaults are the CPU demo's; an
 # experiment overrides a default by redeclaring the field in its own Params.
@@ -41,18 +41,20 @@ class LoraParams:
     use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
     use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
     loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
+    lora_mlp: bool = True  # also adapt gate/up/down projections (Unsloth's vision switch finetune_mlp_modules)
     load_in_4bit: bool = False  # QLoRA (GPU only)
     load_in_8bit: bool = False  # 8-bit base weights (GPU only, bitsandbytes)
 
 
 @dataclass(kw_only=True)
 class OptimParams:
-    """The optimiser, the schedule and the numeric precision."""
+    """The optimiser, the schedule, what one step holds and the numeric precision."""
 
     knob_section = "optimisation"
 
     learning_rate: float = 2e-4  # peak learning rate
     batch_size: int = 8  # rows per step on each device (each GPU under DDP)
+    max_seq_length: int = 256  # tokens per row (prompt + answer): with batch_size, what one step holds in memory
     gradient_accumulation_steps: int = 1  # batches summed per optimizer step: batch_size x this = effective batch
     max_steps: int = 30  # optimizer steps to train; > 0 overrides num_train_epochs
     num_train_epochs: float = 1.0  # passes over the training rows (used when max_steps <= 0)
@@ -66,20 +68,27 @@ class OptimParams:
 
 
 @dataclass(kw_only=True)
-class EvalParams:
+class AnswerParams:
+    """The greedy answers to held-out rows before and after training (every training experiment)."""
+
+    knob_section = "evaluation"
+
+    max_new_tokens: int = 48  # length of the generated answers shown before/after (and during) training
+
+
+@dataclass(kw_only=True)
+class EvalParams(AnswerParams):
     """Held-out evaluation during training (the experiments that have an eval loss)."""
 
     knob_section = "evaluation"
 
     eval_steps: int = 0  # > 0: eval loss (+ sample answers) every N steps; 0: before and after training only
     load_best: bool = False  # end with the checkpoint of lowest eval loss (needs eval_steps > 0)
-    max_new_tokens: int = 48  # length of the generated answers shown before/after (and during) training
+    eval_loss_rows: int = 64  # held-out rows the eval loss is computed on (0 = all): each is a forward pass
 
 
 @dataclass(kw_only=True)
 class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
-    """Every text SFT experiment's knobs: the shared groups plus sequence length, targets and batching."""
+    """Every text SFT experiment's knobs: the shared groups plus batching."""
 
-    max_seq_length: int = 256  # longest tokenised row; longer rows are cut
-    lora_mlp: bool = True  # also adapt gate/up/down projections
     batching: str = "padding_free"  # padding_free | padded (length-grouped)
