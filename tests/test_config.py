@@ -100,14 +100,14 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch):
     assert raised.traceback[-1].name == "<lambda>"  # the traceback reaches the line that failed
 
 
-@pytest.mark.parametrize("where", ["CUDA", "CPU"])
+@pytest.mark.parametrize("where", ["GPU", "CPU"])
 def test_out_of_memory_is_one_line_naming_what_to_lower(monkeypatch, where):
     import torch
 
     from scripts import sft_alpaca, sft_vision
 
     def out_of_memory(p):
-        if where == "CUDA":
+        if where == "GPU":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 8589934592 bytes")
@@ -120,7 +120,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(monkeypatch, where):
     assert message.startswith(f"error: out of memory on the {where}: lower batch_size (now 4), max_seq_length (now 256)"
                               ), message
     assert "gradient_checkpointing" in message and "\n" not in message
-    assert ("load_in_4bit" in message) == (where == "CUDA")  # 4-bit weights need a CUDA GPU
+    assert ("load_in_4bit" in message) == (where == "GPU")  # 4-bit weights need a CUDA GPU
     monkeypatch.setattr(sft_vision, "load_data", out_of_memory)
     with pytest.raises(SystemExit) as exit_:
         sft_vision.main(["--run_name", "oom"])

@@ -34,7 +34,7 @@ def test_parameters_cell_is_generated_from_params_with_each_knobs_help(notebook)
     cell = next(c for c in read_notebook(notebook)["cells"] if "parameters" in c["metadata"].get("tags", []))
     source = "".join(cell["source"])
     assert source == parameters_source(params_of(notebook.stem)), (
-        f"{notebook.name}: its parameters cell is stale; run `make notebook-params` (python -m scripts.notebook_params)")
+        f"{notebook.name}: stale parameters cell; run `make notebook-params` (python -m scripts.notebook_params)")
     assert all(" = " not in line or "  # " in line for line in source.splitlines())  # every literal has its help
 
 

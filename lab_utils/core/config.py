@@ -201,7 +201,9 @@ def _yaml_line(name: str, value) -> str:
     """`name: value` on one line (a multi-line string as a JSON-quoted scalar, which YAML reads back)."""
     text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=float("inf"))
     text = text.removesuffix("\n").removesuffix("\n...")  # a scalar document ends with "..."
-    return f"{name}: {text if chr(10) not in text else json.dumps(value, ensure_ascii=False)}"
+    if "\n" in text:
+        text = json.dumps(value, ensure_ascii=False)
+    return f"{name}: {text}"
 
 
 def config_yaml(params, title: str = "") -> str:
@@ -271,10 +273,10 @@ MEMORY_KNOBS = (("batch_size", "lower"), ("max_seq_length", "lower"), ("max_pixe
 
 
 def out_of_memory(err: BaseException) -> str | None:
-    """'CUDA' or 'CPU' when `err` is an out-of-memory error, else None."""
+    """'GPU' or 'CPU' when `err` is an out-of-memory error, else None."""
     torch = sys.modules.get("torch")  # never import torch here: teaching scripts run without it
     if torch is not None and isinstance(err, getattr(torch, "OutOfMemoryError", ())):
-        return "CUDA"
+        return "GPU"
     if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)):
         return "CPU"  # torch's "DefaultCPUAllocator: can't allocate memory" is a plain RuntimeError
     return None
@@ -284,7 +286,7 @@ def memory_hint(p, where: str) -> str:
     """One line naming the knobs of `p` that lower memory, with their values now."""
     lower = [f"{k} (now {getattr(p, k)})" for k, how in MEMORY_KNOBS if how == "lower" and hasattr(p, k)]
     turn_on = [k for k, how in MEMORY_KNOBS if how == "set true" and getattr(p, k, True) is False]
-    if where != "CUDA" and "load_in_4bit" in turn_on:
+    if where != "GPU" and "load_in_4bit" in turn_on:
         turn_on.remove("load_in_4bit")  # 4-bit weights need a CUDA GPU
     advice = "; ".join(filter(None, [f"lower {', '.join(lower)}" if lower else "",
                                      f"set {' and '.join(turn_on)} to true" if turn_on else ""]))
