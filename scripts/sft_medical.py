@@ -23,6 +23,7 @@ from lab_utils.core.artifacts import setup_logging
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.evaluation.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.models.chat import check_model_thinking
 from lab_utils.training.params import LoraSFTParams
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
@@ -56,6 +57,7 @@ class Params(LoraSFTParams):
 
 def load_data(p: Params):
     """Read and clean the CSV (no run folder yet: bad input leaves nothing behind)."""
+    check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     data = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
                             system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
     print(f"[lab] {data.summary()}")
