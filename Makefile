@@ -10,10 +10,12 @@ STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
 PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
+DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-browser demo lab screenshots test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-browser demo lab screenshots test test-gpu verify-gpu \
+	bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -43,6 +45,14 @@ setup-spark: $(SPARK_STAMP)
 $(SPARK_STAMP): $(STAMP) requirements-spark.txt
 	$(PIP) install -q -r requirements-spark.txt
 	@rm -f $(VENV)/.lab-spark-*
+	@touch $@
+
+# Optional: DeepSpeed for the ZeRO-2/ZeRO-3 accelerate configs (ops JIT-built on a GPU box, none at install).
+setup-deepspeed: $(DEEPSPEED_STAMP)
+
+$(DEEPSPEED_STAMP): $(STAMP) requirements-deepspeed.txt
+	DS_BUILD_OPS=0 $(PIP) install -q -r requirements-deepspeed.txt
+	@rm -f $(VENV)/.lab-deepspeed-*
 	@touch $@
 
 # Headless Chromium for the browser test and `make screenshots`: Debian's packages, as root (CI, containers);
@@ -94,6 +104,11 @@ doctor: setup
 # Every notebook headless, tiny, with a report: $$LAB_OUTPUT_DIR/batch/cpu_smoke/report.html
 batch-smoke: setup
 	$(PY) -m scripts.batch configs/batch/cpu_smoke.yaml --overwrite
+
+# Rewrite each notebook's parameters cell from its script's Params (defaults + each knob's help comment).
+# Run it after adding or changing a knob; tests/test_notebooks.py fails while a cell is stale.
+notebook-params: setup
+	$(PY) -m scripts.notebook_params
 
 clean-outputs:
 	rm -rf outputs

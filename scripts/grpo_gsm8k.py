@@ -40,56 +40,58 @@ from lab_utils.models.registry import load_tokenizer, resolve_model
 from lab_utils.core.progress import show_progress
 from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
 from lab_utils.training.lora import build_lora_model
-from lab_utils.training.params import LoraParams, LoraSFTParams, OptimParams, RunParams
+from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
 from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.batching import tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
-from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
+from lab_utils.core.errors import ParamError
+from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 
 @dataclass(kw_only=True)
-class Params(RunParams, LoraParams, OptimParams):
+class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     # data (the model, LoRA, optimisation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
-    eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
+    eval_file: str = ""  # "" = hold heldout_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
-    eval_rows: int = 16  # problems graded before and after training
+    heldout_rows: int = 16  # problems graded before and after training
     prompt_language: str = "en"  # en | zh: which format instruction (rewards.SYSTEM_PROMPT*) the prompts carry
     max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_rows.csv
-    max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
-    lora_mlp: bool = True  # also adapt gate/up/down projections
     # GRPO
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
-    max_completion_length: int = 64
+    max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
     beta: float = 0.04  # KL penalty toward the base model; 0 = none (and no reference forward pass)
     # the GSM8K recipe, plus a repetition penalty: a 135M model rarely writes a tag in 64 tokens, so the recipe
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
-    reward_names: list[str] = field(default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
-    reward_weights: list[float] = field(default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
+    reward_names: list[str] = field(  # rewards (rewards.REWARDS names) summed into each completion's score
+        default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
+    reward_weights: list[float] = field(  # one weight per reward_names entry
+        default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # rollouts
     rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
-    eval_max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
     # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
     # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
-    sft_warmup_steps: int = 24  # ~4 passes over the demo's 25 training solutions
-    sft_warmup_learning_rate: float = 5e-4
+    sft_warmup_steps: int = 24  # supervised steps on worked solutions first (0 = none); 24 = ~4 passes over 25
+    sft_warmup_learning_rate: float = 5e-4  # learning rate of the warm-up
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
     # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
     # the CPU demo's dozen steps to show movement
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak learning rate of the GRPO steps
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
     max_steps: int = 12
     max_grad_norm: float = 0.1
     save_steps: int = 6
+    max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
+    max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
@@ -97,15 +99,18 @@ class Params(RunParams, LoraParams, OptimParams):
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
+    unknown = [name for name in p.reward_names if name not in REWARDS]
+    if unknown:
+        raise ParamError(f"reward_names: unknown {unknown}; registered rewards: {', '.join(sorted(REWARDS))}")
     if len(p.reward_names) != len(p.reward_weights):
-        raise ValueError(f"reward_names has {len(p.reward_names)} entries but reward_weights {len(p.reward_weights)}")
+        raise ParamError(f"reward_names has {len(p.reward_names)} entries but reward_weights {len(p.reward_weights)}")
     if p.num_generations < 2:
-        raise ValueError("num_generations must be at least 2: GRPO compares completions within a group")
+        raise ParamError("num_generations must be at least 2: GRPO compares completions within a group")
     if (p.batch_size * p.gradient_accumulation_steps) % p.num_generations:
-        raise ValueError(f"batch_size * gradient_accumulation_steps ({p.batch_size * p.gradient_accumulation_steps}) "
+        raise ParamError(f"batch_size * gradient_accumulation_steps ({p.batch_size * p.gradient_accumulation_steps}) "
                          f"must be a multiple of num_generations ({p.num_generations})")
     if p.prompt_language not in SYSTEM_PROMPTS:
-        raise ValueError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
+        raise ParamError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
 
 
 def load_data(p: Params):
@@ -116,14 +121,15 @@ def load_data(p: Params):
     """
     check_params(p)
     report = SkipReport()
-    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=load_tokenizer(resolve_model(p.model)),
+    tokenizer = load_tokenizer(resolve_model(p.model), p.trust_remote_code)
+    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=tokenizer,
                    max_prompt_length=p.max_prompt_length, report=report)
     train_prompts = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
     if p.eval_file:
-        problems = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.eval_rows, **options)
+        problems = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.heldout_rows, **options)
     else:
         path = resolve_gsm8k_file(p.data_file, "train.jsonl")
-        train_prompts, problems = split_heldout(train_prompts, p.eval_rows, p.seed, path)
+        train_prompts, problems = split_heldout(train_prompts, p.heldout_rows, p.seed, path)
     print(f"[lab] {p.data_file}: {report.summary()}; {len(train_prompts)} train prompts, {len(problems)} eval problems")
     return train_prompts, problems, report
 
@@ -158,7 +164,7 @@ def build_dataset(p: Params, data, tokenizer):
 
 def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
     """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
-    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.eval_max_new_tokens)
+    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
     return completions, grade(completions, problems)
 
 

