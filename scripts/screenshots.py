@@ -2,12 +2,12 @@
 
 Taken in headless Chromium by the code the browser test uses (lab_utils.core.browser), from real runs:
   lab.png           JupyterLab with notebooks/sft_alpaca.ipynb mid-run, its training widget bar moving
-  grpo_rewards.png  the GRPO notebook's reward curves (the CPU demo run: SFT warm-up, then 12 GRPO steps)
-  vision_table.png  the vision notebook's before/after answers (the CPU demo run, 150 steps)
+  grpo_rewards.png  the GRPO notebook's reward curves (SFT warm-up, then GRPO steps)
+  vision_table.png  the vision notebook's before/after answers
   batch_report.png  the report.html of the batch that made those runs
 
-The runs go through scripts.batch (configs/batch/screenshots.yaml) into outputs/screenshots/ inside the
-repo, where JupyterLab can open the executed notebooks; ~15 minutes on 2 quiet CPU cores, most of it GRPO.
+The runs go through scripts.batch (configs/batch/screenshots.yaml, shortened demos) into
+outputs/screenshots/ inside the repo, where JupyterLab can open the executed notebooks.
 `--reuse` takes the pictures from an earlier batch without running it again. Each PNG stays under ~200 KB.
 """
 
@@ -27,7 +27,7 @@ BATCH_FILE = REPO_ROOT / "configs" / "batch" / "screenshots.yaml"
 # Inside the repo (and git-ignored): JupyterLab serves only the repo, and the executed notebooks must open in it
 OUTPUTS = REPO_ROOT / "outputs" / "screenshots"
 # The live run shown mid-training: long enough to catch its bar part-way, short enough to finish soon after
-LIVE_SFT = {"max_steps": "12", "batch_size": "4", "heldout_rows": "2", "max_new_tokens": "8",
+LIVE_SFT = {"max_steps": "8", "batch_size": "2", "heldout_rows": "2", "max_new_tokens": "8",
             "report_to": "'none'", "run_name": "'screenshot'", "overwrite": "True"}
 RUN_TIMEOUT_S = 1800
 
@@ -59,8 +59,7 @@ def live_lab(page: LabPage, out: Path):
     page.run_all()
     browser.wait_for(lambda: 0.25 <= bar_fraction(page) < 1, RUN_TIMEOUT_S, "the training bar part-way", 0.25)
     page.scroll_to(WIDGET_PROGRESS, block="center")
-    print(f"[screenshots] {page.screenshot(out / 'lab.png')}")
-    page.wait_finished(RUN_TIMEOUT_S)
+    print(f"[screenshots] {page.screenshot(out / 'lab.png')}")  # the run stops with the server
 
 
 def cell_output(page: LabPage, notebook: str, source: str, selector: str):
@@ -108,8 +107,8 @@ def main(argv=None) -> int:
     try:
         with LabServer(OUTPUTS / "lab", env) as server:
             page = LabPage(driver, server)
-            live_lab(page, args.out)
             pictures(page, batch_dir, args.out)
+            live_lab(page, args.out)
     finally:
         driver.quit()
     print(f"[screenshots] done in {time.monotonic() - started:.0f} s")
