@@ -79,7 +79,7 @@ lab: setup
 
 # The README's pictures (docs/images/*.png), taken in headless Chromium by the browser test's code:
 # JupyterLab mid-run, GRPO reward curves, the vision before/after table, a batch report (~15 min on 2 cores).
-screenshots: setup
+screenshots: setup setup-browser
 	$(PY) -m scripts.screenshots $(SCREENSHOT_ARGS)
 
 test: setup
