@@ -8,7 +8,8 @@ Taken in headless Chromium by the code the browser test uses (lab_utils.core.bro
 
 The runs go through scripts.batch (configs/batch/screenshots.yaml, shortened demos) into
 outputs/screenshots/ inside the repo, where JupyterLab can open the executed notebooks.
-`--reuse` takes the pictures from an earlier batch without running it again. Each PNG stays under ~200 KB.
+`--reuse` takes the pictures from an earlier batch without running it again (after, say,
+`LAB_OUTPUT_DIR=outputs/screenshots python -m scripts.batch configs/batch/screenshots.yaml --resume`). Each PNG stays under ~200 KB.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from lab_utils.core import browser
-from lab_utils.core.browser import CODE_CELL, IMAGE_OUTPUT, TABLE_OUTPUT, WIDGET_PROGRESS, LabPage
+from lab_utils.core.browser import CODE_CELL, WIDGET_PROGRESS, LabPage
 from lab_utils.core.jupyter_lab import DEFAULT_URL, LabServer
 from lab_utils.core.paths import REPO_ROOT
 
@@ -43,10 +44,14 @@ def run_batch(reuse: bool) -> Path:
     return folder
 
 
-def bar_fraction(page: LabPage) -> float:
-    """How far the newest widget bar is, 0..1 (its value over its max, as ipywidgets draws it)."""
-    width = page.js("const bars = document.querySelectorAll(arguments[0] + ' .progress-bar');"
-                    "return bars.length ? bars[bars.length - 1].style.width : ''", WIDGET_PROGRESS)
+def bar_fraction(page: LabPage, label: str = "train") -> float:
+    """How far the widget bar labelled `label` is, 0..1 (its value over its max, as ipywidgets draws it)."""
+    width = page.js("""
+        for (const box of document.querySelectorAll('.jp-OutputArea-output .widget-hbox')) {
+          const bar = box.querySelector('.widget-hprogress .progress-bar');
+          if (bar && box.textContent.trim().startsWith(arguments[0])) return bar.style.width;
+        }
+        return '';""", label)
     return float(width.rstrip("%")) / 100 if width and width.endswith("%") else 0.0
 
 
@@ -57,33 +62,31 @@ def live_lab(page: LabPage, out: Path):
     for name, value in LIVE_SFT.items():
         page.set_literal(name, value)
     page.run_all()
-    browser.wait_for(lambda: 0.25 <= bar_fraction(page) < 1, RUN_TIMEOUT_S, "the training bar part-way", 0.25)
+    browser.wait_for(lambda: 0.2 <= bar_fraction(page) < 1, RUN_TIMEOUT_S, "the training bar part-way", 0.25)
     page.scroll_to(WIDGET_PROGRESS, block="center")
     print(f"[screenshots] {page.screenshot(out / 'lab.png')}")  # the run stops with the server
 
 
 def cell_output(page: LabPage, notebook: str, source: str, selector: str):
-    """The output of the executed notebook's code cell whose source is `source` (or starts with it)."""
+    """The window box of the output holding a `selector` element (img, table) of the executed notebook's
+    code cell whose source is `source` (or a call of it)."""
     page.open(f"/lab/tree/{notebook}", CODE_CELL)
     find = """
         const [source, selector] = arguments;
         for (const cell of document.querySelectorAll('.jp-Notebook .jp-CodeCell')) {
-          const text = cell.querySelector('.cm-content').textContent.trim();
+          const text = (cell.querySelector('.cm-content') || {textContent: ''}).textContent.trim();
           const output = cell.querySelector('.jp-OutputArea-output:has(' + selector + ')');
           if ((text === source || text.startsWith(source + '(')) && output) return output;
         }
         return null;"""
-    output = browser.wait_for(lambda: page.js(find, source, selector), 60, f"the output of `{source}` in {notebook}")
-    page.js("arguments[0].scrollIntoView({block: 'center'})", output)
-    time.sleep(0.5)  # let the cells around it render
-    return page.js(find, source, selector)
+    return page.element_box(find, source, selector)
 
 
 def pictures(page: LabPage, batch_dir: Path, out: Path):
     relative = batch_dir.relative_to(REPO_ROOT)
-    rewards = cell_output(page, f"{relative}/grpo_gsm8k/grpo_gsm8k.ipynb", "plots.plot_reward_curves", IMAGE_OUTPUT)
+    rewards = cell_output(page, f"{relative}/grpo_gsm8k/grpo_gsm8k.ipynb", "plots.plot_reward_curves", "img")
     print(f"[screenshots] {page.screenshot(out / 'grpo_rewards.png', rewards, max_width=900)}")
-    table = cell_output(page, f"{relative}/sft_vision/sft_vision.ipynb", "table", TABLE_OUTPUT)
+    table = cell_output(page, f"{relative}/sft_vision/sft_vision.ipynb", "table", "table")
     print(f"[screenshots] {page.screenshot(out / 'vision_table.png', table, max_height=520, max_width=900)}")
     page.driver.get((batch_dir / "report.html").as_uri())
     browser.wait_for(lambda: page.count("table") and all(page.images_loaded("img")), 30, "the batch report")

@@ -121,7 +121,8 @@ class LabPage:
 
     def open(self, path: str, ready_selector: str, timeout: float = 120):
         """Load a lab URL (e.g. /lab/tree/notebooks/x.ipynb) and wait until `ready_selector` is drawn."""
-        self.driver.get(self.server.url(path))
+        # reset: a clean workspace, so the page holds this document alone (not the tabs of earlier pages)
+        self.driver.get(self.server.url(path) + "&reset")
         wait_for(lambda: self.count(ready_selector), timeout, f"{ready_selector} on {path}")
 
     def open_notebook(self, name: str, timeout: float = 120):
@@ -234,18 +235,30 @@ class LabPage:
                 ".scrollIntoView({block: arguments[1]})", selector, block)
         time.sleep(0.3)  # let JupyterLab render the cells scrolled into view
 
-    def screenshot(self, path, element=None, max_height: int | None = None, **kwargs) -> Path:
-        """The window, or one element (all of it: the page grows to fit), as a small PNG cut at max_height."""
-        if element is None:
-            return small_png(self.driver.get_screenshot_as_png(), path, max_height=max_height, **kwargs)
-        tall = min(4000, max(WINDOW[1], element.size["height"] + 200))
-        self.resize(WINDOW[0], tall)
-        try:
-            self.js("arguments[0].scrollIntoView({block: 'center'})", element)
-            time.sleep(0.5)
-            return small_png(element.screenshot_as_png, path, max_height=max_height, **kwargs)
-        finally:
-            self.resize(*WINDOW)
+    def screenshot(self, path, box=None, max_height: int | None = None, **kwargs) -> Path:
+        """The window, or the part of it inside box ([left, top, right, bottom] in pixels), as a small PNG
+        cut at max_height. A box, not an element: JupyterLab redraws cells as they scroll, so an element
+        handle can go stale between finding it and capturing it (see element_box)."""
+        png = self.driver.get_screenshot_as_png()
+        if box is not None:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(png)).crop(tuple(round(v) for v in box)).save(buffer, format="PNG")
+            png = buffer.getvalue()
+        return small_png(png, path, max_height=max_height, **kwargs)
+
+    def element_box(self, find_js: str, *args, timeout: float = 60):
+        """Scroll the element `find_js` returns (a script body ending in `return element`) to the top of
+        the window and return its visible box, finding it afresh until it is drawn."""
+        script = f"const element = (() => {{ {find_js} }})(); if (!element) return null;" + """
+            const r = element.getBoundingClientRect();
+            // an output not drawn yet (its cell off screen) has no size: bring its cell into view first
+            const target = r.height > 0 ? element : (element.closest('.jp-Cell') || element);
+            if (r.height === 0 || r.top < 0 || r.top > innerHeight * 0.3) {
+              target.scrollIntoView({block: 'start'}); return null; }
+            return r.width > 0 && r.height > 0 ? [r.left, r.top, r.right, Math.min(r.bottom, innerHeight)] : null;"""
+        return wait_for(lambda: self.js(script, *args), timeout, "an element to screenshot")
 
     def resize(self, width: int, height: int):
         self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
