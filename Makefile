@@ -51,11 +51,12 @@ demo: setup
 # JupyterLab on notebooks/ (outputs/ reachable too), with the paths of the active env profile:
 # the one sourced in this shell, or ENV=env/autodl.env. Kernels get them from the server's environment.
 # On a remote box: make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser". AutoDL and Colab run
-# as root, which Jupyter refuses without --allow-root.
+# as root, which Jupyter refuses without --allow-root. scripts/jupyter_lab.py starts it: bound beyond
+# localhost it always has a token or a password (a random token if none is given), and refuses an empty one.
 lab: setup
 	@set -e; $(if $(ENV),. ./$(ENV);) export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
 	$(PY) -c "from lab_utils import paths; print(f'[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}')"; \
-	exec $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	exec $(PY) -m scripts.jupyter_lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: setup

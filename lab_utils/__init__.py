@@ -13,6 +13,8 @@ core/        the run core
     progress      one progress bar per long step (training, evaluation, downloads, conversions)
     notebooks     read a notebook's parameters cell; run a notebook headless with papermill
     plots         every figure the lab draws, so notebooks and scripts show the same plots
+    secrets       which variables and fields hold credentials (HF_TOKEN, ...); masking them in what is written
+    locks         one process per run folder: the run lock (pid, host, since), stale ones taken over
 
 models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
@@ -26,6 +28,7 @@ training/    the training core
     batching      tokenised conversations; padding-free or padded batches
     loss          the label-positions-only loss (LabTrainer): the vocabulary projection only where a label is
     trainer       the one TrainingArguments builder, the SFT trainer, resume-and-time, loss history
+    checkpoints   the newest whole checkpoint to resume from; damaged ones (cut short, empty, missing) skipped
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
     preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
     rollouts      GRPO completions: vLLM when possible, else HF generate

@@ -52,6 +52,7 @@ import yaml
 
 from lab_utils.core import plots
 from lab_utils.core.config import ConfigError, load_yaml
+from lab_utils.core.locks import RunLockedError, hold_run, release_run
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 from lab_utils.core.paths import REPO_ROOT, output_dir, slug, write_then_rename
 from lab_utils.core.progress import progress_bar
@@ -261,18 +262,23 @@ def failure(err: Exception) -> dict:
             "exec_count": getattr(err, "exec_count", None)}
 
 
+def run_record(run: Run, batch_dir: Path) -> dict:
+    executed = batch_dir / run.name / run.notebook.name
+    return {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
+            "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
+            "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+
+
 def execute_run(run: Run, batch_dir: Path) -> dict:
     """Run one notebook with its own LAB_OUTPUT_DIR; never raises for a notebook's failure."""
     folder = batch_dir / run.name
     folder.mkdir(parents=True, exist_ok=True)
-    executed = folder / run.notebook.name
-    record = {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
-              "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
-              "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+    record = run_record(run, batch_dir)
     started = time.perf_counter()
     with environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"), KernelMemoryPoller() as memory:
         try:
-            execute(run.notebook, executed, run.parameters, timeout=run.timeout, log_output=True)
+            execute(run.notebook, batch_dir / record["executed_notebook"], run.parameters, timeout=run.timeout,
+                    log_output=True)
             record["status"] = "finished"
         except Exception as err:  # PapermillExecutionError, a cell timeout, a dead kernel: record, go on
             record["status"], record["error"] = "failed", failure(err)
@@ -313,6 +319,12 @@ def run_batch(batch_file, runs: list[Run], name: str, batch_dir: Path, resume: b
     with progress_bar(total=len(todo), desc=f"batch {name}", unit="run") as bar:
         for run in todo:
             bar.set_postfix_str(run.name)
+            # on disk before it starts: if this process is killed, the state (and --report) shows the run
+            # as interrupted, and --resume runs it again
+            state["runs"][run.name] = {**run_record(run, batch_dir), "status": "interrupted",
+                                       "error": {"ename": "Interrupted", "evalue": "the batch runner stopped during "
+                                                 "this run; --resume runs it again", "exec_count": None}}
+            write_state(batch_dir, state)
             record = execute_run(run, batch_dir)
             bar.update(1)
             state["runs"][run.name] = record
@@ -493,6 +505,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    batch_dir = None
     try:
         name, runs = load_batch(args.batch_file)
         batch_dir = output_dir() / "batch" / name
@@ -507,13 +520,17 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(f"[batch] dry run: {len(runs)} run(s) valid; nothing executed")
             return 0
+        hold_run(batch_dir)  # one runner per batch folder: a second one stops here, before --overwrite deletes it
         prepare_batch_dir(batch_dir, args.resume, args.overwrite)
         started = time.perf_counter()
         state = run_batch(args.batch_file, runs, name, batch_dir, args.resume)
         report = write_report(batch_dir, state)
-    except (BatchError, ConfigError) as err:
+    except (BatchError, ConfigError, RunLockedError) as err:
         print(f"[batch] error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if batch_dir is not None:
+            release_run(batch_dir)  # a no-op unless this call locked it
     failed = [n for n, r in state["runs"].items() if r["status"] != "finished"]
     print(f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
           f"in {time.perf_counter() - started:.0f} s; report: {report}")

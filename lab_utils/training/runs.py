@@ -24,12 +24,14 @@ def save_training_artifacts(p, run: Path, model, processor, outcome: dict, repor
 
     from lab_utils.core import plots
     from lab_utils.core.artifacts import write_json
+    from lab_utils.core.paths import write_then_rename
 
     metrics = run_metrics(outcome, model, report, backend)
     if not is_main_process():
         return metrics
-    model.save_pretrained(run / "adapter")
-    processor.save_pretrained(run / "adapter")
+    with write_then_rename(run / "adapter", overwrite=True) as staging:  # a kill mid-save leaves no half adapter
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     report.write_csv(run / "skipped_rows.csv")
     write_json(outcome["history"], run / "history.json")
     if outcome.get("samples_during_training"):
@@ -62,7 +64,8 @@ def open_run(experiment: str, p) -> Path:
     # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
     # so every rank sees the same checkpoints when it decides whether to resume.
     with main_process_first():
-        run = run_dir(experiment, p.run_name, overwrite=p.overwrite and is_main_process())
+        # the main rank locks the folder first: a second run with this name stops here, folder untouched
+        run = run_dir(experiment, p.run_name, overwrite=p.overwrite and is_main_process(), lock=is_main_process())
         if is_main_process():
             save_params(p, run / "params.json")
     return run

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from lab_utils.core.backend import Backend
 from lab_utils.core.distributed import launched_distributed
 from lab_utils.core.progress import show_progress
 from lab_utils.training.batching import ChatCollator
+from lab_utils.training.checkpoints import newest_whole_checkpoint
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
@@ -56,8 +56,8 @@ def evaluate_before_training(trainer) -> float:
 
 
 def last_checkpoint(output_dir) -> str | None:
-    path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    """The newest whole checkpoint to resume from (damaged ones skipped with a line; lab_utils/training/checkpoints)."""
+    return newest_whole_checkpoint(output_dir)
 
 
 def training_arguments(p, run: Path, backend: Backend, args_class=None, **method_args):
