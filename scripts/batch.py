@@ -27,8 +27,13 @@ Each run gets its own LAB_OUTPUT_DIR, $LAB_OUTPUT_DIR/batch/<batch>/<run>/, so
 its artifacts, the executed notebook (<notebook>.ipynb) and the live log
 (run.log) sit together. A failed run is recorded (exception name, message, the
 cell's execution count) and the batch goes on. batch_state.json is rewritten
-atomically after every run; the report (report.md, report.html, metrics.csv)
-is built from it and from each run's metrics.json / history.json.
+atomically before each run (the run marked "interrupted": what stays if the runner
+is killed, so --resume reruns it and --report shows where it stopped) and after it.
+One runner per batch folder: a second one stops with one line (lab_utils/core/locks).
+A notebook kernel whose runner was killed notices and exits within a second or so
+(ipykernel's parent poller), releasing its run's lock for the resumed batch. The report
+(report.md, report.html, metrics.csv) is built from batch_state.json and from each run's
+metrics.json / history.json.
 """
 
 import argparse

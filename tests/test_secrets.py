@@ -20,7 +20,8 @@ FAKE = {"HF_TOKEN": "hf_FAKEhfTOKEN0123456789abcdef", "WANDB_API_KEY": "FAKEwand
 
 def lab(*args, env) -> str:
     """Run a lab command with the fake tokens set; its stdout + stderr (what a terminal or a log would keep)."""
-    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -44,7 +45,7 @@ def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     profile = tmp_path / "box.env"  # a profile that exports a token, as env/.env.example suggests
     profile.write_text(f"export LAB_OUTPUT_DIR={output_dir()}\nexport HF_TOKEN={FAKE['HF_TOKEN']}\n")
     doctor = subprocess.run([sys.executable, "-m", "scripts.doctor", "--env", str(profile)], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)  # its exit status judges the box, not us
+                            capture_output=True, text=True, timeout=600, check=False)  # its exit status judges the box, not us
     printed += doctor.stdout + doctor.stderr
     (output_dir() / "terminal.log").write_text(printed)
 
