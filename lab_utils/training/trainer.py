@@ -55,6 +55,35 @@ def evaluate_before_training(trainer) -> float:
     return loss
 
 
+class EvalAtTrainBegin(TrainerCallback):
+    """The eval loss before the first step, measured on the model train() has just sharded."""
+
+    def __init__(self, trainer):
+        self.trainer, self.loss = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss = self.trainer.evaluate()["eval_loss"]
+
+
+def evaluate_then_train(trainer, run: Path, evaluate_first: bool = True) -> tuple:
+    """(eval loss before training or None, train_from_last_checkpoint's outcome).
+
+    Under FSDP2 accelerate cannot prepare the model for evaluation alone (it wants the optimizer
+    with it: transformers 5.17's evaluate() before train() raises), and an unsharded full copy
+    is what FSDP is there to avoid; so the loss "before" is measured once train() has sharded
+    the model, before its first step (on a resumed run: the checkpoint's loss).
+    """
+    if not evaluate_first:
+        return None, train_from_last_checkpoint(trainer, run)
+    if getattr(trainer, "is_fsdp_enabled", False):
+        first = EvalAtTrainBegin(trainer)
+        trainer.add_callback(first)
+        outcome = train_from_last_checkpoint(trainer, run)
+        return first.loss, outcome
+    eval_before = evaluate_before_training(trainer)
+    return eval_before, train_from_last_checkpoint(trainer, run)
+
+
 def last_checkpoint(output_dir) -> str | None:
     """The newest whole checkpoint to resume from (damaged ones skipped with a line; lab_utils/training/checkpoints)."""
     return newest_whole_checkpoint(output_dir)
@@ -201,7 +230,6 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
     samples = sample_answers_during_training(
         trainer, p, lambda: generate(model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))
-    eval_before = evaluate_before_training(trainer)
-    outcome = train_from_last_checkpoint(trainer, run)
+    eval_before, outcome = evaluate_then_train(trainer, run)
     return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
             "history": history.records, "samples_during_training": samples}
