@@ -15,7 +15,7 @@ first, by reading only what proves it complete, never the tensors themselves:
     other *.pt/*.pth   (rng state, scaler) whole zip archives where present
 
 DeepSpeed and FSDP keep the optimizer in their own layout (a `latest` file and
-global_step* folders, or optimizer_0/): there their folder stands in for optimizer.pt.
+global_step* folders; optimizer_0/ or optimizer*.bin): there those stand in for optimizer.pt.
 """
 
 import json
@@ -76,8 +76,10 @@ def json_problem(path: Path) -> str | None:
 
 
 def has_own_optimizer_layout(folder: Path) -> bool:
-    """DeepSpeed (`latest` + global_step*/) or FSDP (optimizer_0/) keep optimizer and scheduler themselves."""
-    return (folder / "latest").is_file() or any(folder.glob("global_step*")) or (folder / "optimizer_0").is_dir()
+    """DeepSpeed (`latest` + global_step*/) or FSDP through accelerate (optimizer_0/ sharded, optimizer*.bin
+    full or per rank) keep the optimizer (and DeepSpeed the scheduler) in their own files."""
+    return ((folder / "latest").is_file() or any(folder.glob("global_step*")) or (folder / "optimizer_0").is_dir()
+            or any(folder.glob("optimizer*.bin")))
 
 
 def checkpoint_problem(folder) -> str | None:
