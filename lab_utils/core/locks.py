@@ -24,10 +24,12 @@ import socket
 import time
 from pathlib import Path
 
+from lab_utils.core.errors import LabError
+
 _HELD = {}  # lock file path -> FileLock, the runs this process holds
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(LabError, RuntimeError):
     """Another live process is running in this run folder."""
 
 

@@ -5,9 +5,10 @@ import math
 from dataclasses import dataclass
 import torch
 from lab_utils.models.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
+from lab_utils.core.errors import LabError
 
 
-class EmptyBatchError(ValueError):
+class EmptyBatchError(LabError, ValueError):
     """A batch in which every label is masked: nothing to learn, and a NaN loss if trained on."""
 
 

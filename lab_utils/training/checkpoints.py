@@ -24,11 +24,13 @@ import struct
 import zipfile
 from pathlib import Path
 
+from lab_utils.core.errors import LabError
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LabError, RuntimeError):
     """Checkpoints exist, but none can be resumed from; the message says what to do."""
 
 
