@@ -13,7 +13,7 @@ SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | c
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark demo lab test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark demo lab lint test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ lab: setup
 	$(PY) -c "from lab_utils import paths; print(f'[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}')"; \
 	exec $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# ruff (pinned in requirements.txt), configured in pyproject.toml: 120 columns, pycodestyle + pyflakes
+lint: setup
+	$(PY) -m ruff check .
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
