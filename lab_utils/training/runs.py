@@ -14,7 +14,7 @@ def run_metrics(outcome: dict, model, report, backend: Backend) -> dict:
             "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
 
 
-def save_training_artifacts(p, run: Path, model, processor, outcome: dict, report, backend: Backend) -> dict:
+def save_training_artifacts(p, run_dir: Path, model, processor, outcome: dict, report, backend: Backend) -> dict:
     """Adapter (+ tokenizer or processor), skip report, history, its plot, answers sampled during training;
     returns the run's metrics.
 
@@ -28,26 +28,26 @@ def save_training_artifacts(p, run: Path, model, processor, outcome: dict, repor
     metrics = run_metrics(outcome, model, report, backend)
     if not is_main_process():
         return metrics
-    model.save_pretrained(run / "adapter")
-    processor.save_pretrained(run / "adapter")
-    report.write_csv(run / "skipped_rows.csv")
-    write_json(outcome["history"], run / "history.json")
+    model.save_pretrained(run_dir / "adapter")
+    processor.save_pretrained(run_dir / "adapter")
+    report.write_csv(run_dir / "skipped_rows.csv")
+    write_json(outcome["history"], run_dir / "history.json")
     if outcome.get("samples_during_training"):
-        write_json(outcome["samples_during_training"], run / "samples_during_training.json")
+        write_json(outcome["samples_during_training"], run_dir / "samples_during_training.json")
     # on disk now; a notebook has drawn its own copy and must not show this one too
-    plt.close(plots.plot_training(outcome["history"], run / "training.png", title=f"{p.model} LoRA r={p.lora_r}"))
+    plt.close(plots.plot_training(outcome["history"], run_dir / "training.png", title=f"{p.model} LoRA r={p.lora_r}"))
     return metrics
 
 
-def finish_run(run: Path, experiment: str, metrics: dict, headline: tuple = ()) -> None:
+def finish_run(run_dir: Path, experiment: str, metrics: dict, headline: tuple = ()) -> None:
     """metrics.json, then the completion marker (with the headline numbers) last; main rank only."""
     from lab_utils.core.artifacts import write_json
     from lab_utils.core.paths import mark_complete
 
     if not is_main_process():
         return
-    write_json(metrics, run / "metrics.json")
-    mark_complete(run, {"experiment": experiment, **{k: metrics.get(k) for k in headline}})
+    write_json(metrics, run_dir / "metrics.json")
+    mark_complete(run_dir, {"experiment": experiment, **{k: metrics.get(k) for k in headline}})
 
 
 def open_run(experiment: str, p) -> Path:
