@@ -10,10 +10,11 @@ STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
 PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
+DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark demo lab lint test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed demo lab lint test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -43,6 +44,14 @@ setup-spark: $(SPARK_STAMP)
 $(SPARK_STAMP): $(STAMP) requirements-spark.txt
 	$(PIP) install -q -r requirements-spark.txt
 	@rm -f $(VENV)/.lab-spark-*
+	@touch $@
+
+# Optional: DeepSpeed for the ZeRO-2/ZeRO-3 accelerate configs (ops JIT-built on a GPU box, none at install).
+setup-deepspeed: $(DEEPSPEED_STAMP)
+
+$(DEEPSPEED_STAMP): $(STAMP) requirements-deepspeed.txt
+	DS_BUILD_OPS=0 $(PIP) install -q -r requirements-deepspeed.txt
+	@rm -f $(VENV)/.lab-deepspeed-*
 	@touch $@
 
 demo: setup

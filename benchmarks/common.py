@@ -15,7 +15,7 @@ from lab_utils.core.machine import (cuda_available, environment, gpu_name, has_p
 from lab_utils.models.random_models import (GPU_MODELS, MODEL_CONFIGS, SMOKE_MODEL, VISION_CONFIGS,  # noqa: F401
                                             build_random_model, build_random_vision_model, ensure_random_model,
                                             ensure_random_vision_model, model_config, random_model_dir,
-                                            vision_model_config, vision_processor)
+                                            vision_family, vision_model_config, vision_processor)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

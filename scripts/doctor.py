@@ -37,6 +37,7 @@ OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
     "vllm": "fast GRPO rollouts on CUDA (pip install -r requirements-gpu.txt)",
     "bitsandbytes": "4/8-bit QLoRA on CUDA (pip install -r requirements-gpu.txt)",
     "llama_cpp": "run exported GGUF files locally (pip install llama-cpp-python)",
+    "deepspeed": "the ZeRO-2/ZeRO-3 accelerate configs (make setup-deepspeed)",
     "pyspark": "the ALS notebook's Spark comparison (pip install -r requirements-spark.txt, Java 17+)",
 }
 HUB_TIMEOUT_S = 3  # a reachable hub answers in well under a second; an offline box must not wait long
@@ -155,13 +156,29 @@ def check_gpu() -> list[Check]:
     import torch
 
     if not torch.cuda.is_available():
-        return [Check(OK, "gpu", f"none visible (torch {torch.__version__}); CPU runs use the embedded model")]
+        return [Check(OK, "gpu", f"none visible (torch {torch.__version__}); CPU runs use the embedded model"),
+                Check(OK, "scale-out", what_gpus_allow(0, 0.0, has_package("deepspeed")))]
     checks = []
+    memory = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
+        memory.append(props.total_memory / 2**30)
         checks.append(Check(OK, "gpu", f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GB, "
                                        f"compute {props.major}.{props.minor} (torch {torch.__version__}, CUDA {torch.version.cuda})"))
-    return checks
+    return checks + [Check(OK, "scale-out", what_gpus_allow(len(memory), min(memory), has_package("deepspeed")))]
+
+
+def what_gpus_allow(count: int, smallest_gb: float, deepspeed: bool) -> str:
+    """The GPU count and which launch it allows (README "Scale-out" has the table behind it)."""
+    if count == 0:
+        return ("0 GPUs: single-process CPU runs; DDP and FSDP2 also run on CPU ranks (gloo), for tests, not speed")
+    if count == 1:
+        return (f"1 GPU ({smallest_gb:.0f} GB): one process, Unsloth or hf, LoRA or QLoRA; "
+                "a model whose bf16 weights do not fit it needs 4-bit QLoRA or more GPUs")
+    zero3 = "ZeRO-3 (deepspeed_zero3.yaml)" if deepspeed else "ZeRO-3 after `make setup-deepspeed`"
+    return (f"{count} GPUs (smallest {smallest_gb:.0f} GB): DDP (configs/accelerate/ddp.yaml --num_processes {count}) "
+            f"for anything that fits one GPU; FSDP2 (fsdp.yaml) or {zero3} to shard 16-bit weights over "
+            f"{count} x {smallest_gb:.0f} GB (LAB_BACKEND=hf, load_in_4bit false)")
 
 
 def pinned_versions(requirements: Path) -> dict:

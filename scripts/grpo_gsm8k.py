@@ -45,7 +45,7 @@ from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, O
 from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.trainer import build_trainer, last_checkpoint, run_trainer, train_lora, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
 from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
@@ -150,7 +150,7 @@ def build_dataset(p: Params, data: GrpoData) -> GrpoData:
     tokenised here by the model's tokenizer, before any run folder exists."""
     if p.sft_warmup_steps <= 0:
         return data
-    tokenizer = load_tokenizer(resolve_model(p.model))
+    tokenizer = load_data_tokenizer(p)
     warmup = rows_left(tokenize_dataset(worked_solution_conversations(data.train), tokenizer, p.max_seq_length),
                        resolve_gsm8k_file(p.data_file, "train.jsonl"),
                        f"tokenizing the warm-up's worked solutions (all beyond max_seq_length={p.max_seq_length})",

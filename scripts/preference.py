@@ -36,12 +36,12 @@ from lab_utils.models.chat import generate, render
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
-from lab_utils.models.registry import load_tokenizer, resolve_model
 from lab_utils.training.preference import preference_summary, score_pairs
 from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
 from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.trainer import build_trainer, run_trainer, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.batching import load_data_tokenizer
 from lab_utils.training.lora import load_lora_model
 
 EXPERIMENT = "preference"
@@ -97,7 +97,7 @@ def build_dataset(p: Params, data: Data) -> Data:
     """The training pairs that fit, by the model's tokenizer (not the model), before any run folder exists.
     A pair whose prompt alone fills max_seq_length has no answer token left to compare: it is skipped and
     reported (TRL would drop it silently); none left stops the run here."""
-    tokenizer = load_tokenizer(resolve_model(p.model))
+    tokenizer = load_data_tokenizer(p)
     report = data.report
     fits = [prompt_tokens(tokenizer, prompt) < p.max_seq_length for prompt in data.train["prompt"]]
     for source, ok in zip(data.train["source"], fits):
@@ -111,7 +111,7 @@ def build_dataset(p: Params, data: Data) -> Data:
     columns = ["prompt", "chosen", "rejected"]
     # with eval_steps > 0 the trainer also logs its loss and rewards on the held-out pairs
     eval_pairs = data.heldout.select_columns(columns) if p.eval_steps > 0 and len(data.heldout) else None
-    return replace(data, train=train_pairs, eval_rows=eval_pairs)
+    return replace(data, train=train_pairs, eval_set=eval_pairs)
 
 
 def setup_run(p: Params) -> Path:
@@ -157,7 +157,7 @@ def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
                               include_num_input_tokens_seen="non_padding" if p.method == "dpo" else "no")
     columns = ["prompt", "chosen", "rejected"]
     trainer, history = build_trainer(p, trainer_class, lm.model, args, data.train.select_columns(columns),
-                                     data.eval_rows, processing_class=lm.tokenizer)
+                                     data.eval_set, processing_class=lm.tokenizer)
     return {**run_trainer(p, trainer, history, run_dir, loss_before_after=False), "method": p.method}
 
 

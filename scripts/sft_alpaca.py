@@ -24,16 +24,15 @@ import pandas as pd
 from data_loaders.alpaca import load_chat_file
 from data_loaders.common import rows_left, split_heldout
 from lab_utils.core.artifacts import setup_logging, write_table
-from lab_utils.models.chat import generate
+from lab_utils.models.chat import check_model_thinking, generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
-from lab_utils.models.registry import load_tokenizer, resolve_model
 from lab_utils.training.params import LoraSFTParams
 from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_alpaca"
@@ -53,6 +52,7 @@ class Params(LoraSFTParams):
 
 def load_data(p: Params) -> Data:
     """Train and held-out conversations and the skip report: read and split before any run folder exists."""
+    check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     dataset, report = load_chat_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
     train_rows, heldout = split_heldout(dataset, p.heldout_rows, p.seed, find_data_file(p.data_file))
     return Data(train=train_rows, heldout=heldout, report=report)
@@ -61,14 +61,14 @@ def load_data(p: Params) -> Data:
 def build_dataset(p: Params, data: Data) -> Data:
     """The training conversations and the held-out ones (the eval loss's rows) as tokens, by the model's
     tokenizer (the model itself is not needed yet): rows that leave nothing to learn stop here."""
-    tokenizer = load_tokenizer(resolve_model(p.model))
+    tokenizer = load_data_tokenizer(p)
     path = find_data_file(p.data_file)
     train_tokens = rows_left(tokenize_dataset(data.train, tokenizer, p.max_seq_length, data.report), path,
                              f"tokenizing (every answer lies beyond max_seq_length={p.max_seq_length})",
                              "raise max_seq_length or use shorter rows")
     eval_tokens = tokenize_dataset(data.heldout, tokenizer, p.max_seq_length)
     print(f"[lab] {p.data_file}: {data.report.summary()}; {len(train_tokens)} train, {len(data.heldout)} held out")
-    return replace(data, train=train_tokens, eval_rows=eval_tokens if len(eval_tokens) else None)
+    return replace(data, train=train_tokens, eval_set=eval_tokens if len(eval_tokens) else None)
 
 
 def setup_run(p: Params) -> Path:
@@ -85,7 +85,7 @@ def evaluate(p: Params, lm: LoadedModel, data: Data) -> list[str]:
 
 
 def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
-    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_rows, run_dir, lm.backend,
+    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_set, run_dir, lm.backend,
                       sample_conversations=data.heldout["messages"][:2])
 
 

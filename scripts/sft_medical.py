@@ -26,12 +26,12 @@ from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.evaluation.evaluate import (base_and_tuned_answers, compare_text_metrics, references_of,
                                           write_text_evaluation)
-from lab_utils.models.registry import load_tokenizer, resolve_model
+from lab_utils.models.chat import check_model_thinking
 from lab_utils.training.params import LoraSFTParams
 from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_medical"
@@ -67,8 +67,9 @@ class MedicalData(Data):
 def load_data(p: Params) -> MedicalData:
     """Read, clean and split the CSV (no run folder yet: bad input leaves nothing behind).
 
-    train: the training rows; eval_rows: the validation rows (eval loss); heldout: the first
+    train: the training rows; eval_set: the validation rows (eval loss); heldout: the first
     heldout_rows test rows, answered by the base and the tuned model."""
+    check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     csv = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
                            system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
     print(f"[lab] {csv.summary()}")
@@ -77,20 +78,20 @@ def load_data(p: Params) -> MedicalData:
     except ValueError as err:
         raise data_error(csv.path, str(err)) from None
     test = splits["test"].select(range(min(p.heldout_rows, len(splits["test"]))))
-    return MedicalData(train=splits["train"], heldout=test, report=csv.report, eval_rows=splits["validation"], csv=csv)
+    return MedicalData(train=splits["train"], heldout=test, report=csv.report, eval_set=splits["validation"], csv=csv)
 
 
 def build_dataset(p: Params, data: MedicalData) -> MedicalData:
     """Training and validation rows as tokens, by the model's tokenizer (not the model): rows that leave
     nothing to learn stop here, before the run folder exists."""
-    tokenizer = load_tokenizer(resolve_model(p.model))
+    tokenizer = load_data_tokenizer(p)
     train_tokens = rows_left(tokenize_dataset(data.train, tokenizer, p.max_seq_length, data.report), data.csv.path,
                              f"tokenizing (every answer lies beyond max_seq_length={p.max_seq_length})",
                              "raise max_seq_length or lower max_length")
-    validation_tokens = tokenize_dataset(data.eval_rows, tokenizer, p.max_seq_length)
+    validation_tokens = tokenize_dataset(data.eval_set, tokenizer, p.max_seq_length)
     print(f"[lab] split: {len(train_tokens)} train, {len(validation_tokens)} validation, "
           f"{len(data.heldout)} test rows evaluated")
-    return replace(data, train=train_tokens, eval_rows=validation_tokens if len(validation_tokens) else None)
+    return replace(data, train=train_tokens, eval_set=validation_tokens if len(validation_tokens) else None)
 
 
 def setup_run(p: Params) -> Path:
@@ -109,7 +110,7 @@ def evaluate(p: Params, lm: LoadedModel, data: MedicalData) -> dict:
 
 
 def train(p: Params, lm: LoadedModel, data: MedicalData, run_dir: Path) -> dict:
-    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_rows, run_dir, lm.backend,
+    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_set, run_dir, lm.backend,
                       sample_conversations=data.heldout["messages"][:2])
 
 

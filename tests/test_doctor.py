@@ -64,6 +64,17 @@ def test_unwritable_output_dir_and_missing_package_block(tmp_path, monkeypatch, 
     assert code == 1
 
 
+def test_doctor_says_how_many_gpus_and_what_that_allows(capsys):
+    assert "0 GPUs" in doctor.what_gpus_allow(0, 0.0, deepspeed=False)
+    assert "1 GPU (24 GB)" in doctor.what_gpus_allow(1, 24.0, deepspeed=False)
+    four = doctor.what_gpus_allow(4, 79.6, deepspeed=False)
+    assert "4 GPUs (smallest 80 GB)" in four and "--num_processes 4" in four and "make setup-deepspeed" in four
+    assert "deepspeed_zero3.yaml" in doctor.what_gpus_allow(2, 40.0, deepspeed=True)
+    doctor.main([])
+    out = capsys.readouterr().out
+    assert "scale-out" in out and "GPU" in out
+
+
 @pytest.mark.gpu
 def test_doctor_names_the_gpu_and_its_memory(capsys):
     import torch

@@ -3,7 +3,7 @@
 
 import torch
 from lab_utils.core.backend import Backend, import_unsloth
-from lab_utils.core.distributed import local_rank
+from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import load_tokenizer, lora_target_modules, resolve_model
 
 
@@ -60,8 +60,7 @@ def build_lora_model(p, backend: Backend):
     quant = quantization_config(p.load_in_4bit, p.load_in_8bit, backend.device)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=weights_dtype(p.precision, backend.device), quantization_config=quant,
-        # one whole copy per process: under DDP each rank's copy on its own GPU
-        device_map={"": local_rank()} if backend.device == "cuda" else None, attn_implementation="sdpa",
+        device_map=model_device_map(backend.device), attn_implementation="sdpa",
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
     # QLoRA without peft's prepare_model_for_kbit_training: it casts every weight that is not quantised
@@ -74,6 +73,9 @@ def build_lora_model(p, backend: Backend):
         model.enable_input_require_grads()
     config = LoraConfig(task_type="CAUSAL_LM", target_modules=lora_target_modules(model, p.lora_mlp),
                         use_dora=p.use_dora, **lora_kwargs(p))
+    # LoRA A starts random: seeded, the same seed gives the same adapter in every run and on every rank
+    # (FSDP2 does not broadcast rank 0's weights the way DDP does; each rank's shard comes from its own init)
+    torch.manual_seed(p.seed)
     return get_peft_model(model, config), tokenizer
 
 
@@ -106,8 +108,10 @@ def trainable_parameters(model) -> dict:
 def load_lora_model(p):
     """(LoRA model, tokenizer, backend): the backend is chosen (and announced) once."""
     from lab_utils.core.backend import get_backend
+    from lab_utils.models.chat import set_thinking
 
     backend = get_backend(p.backend)
     model, tokenizer = build_lora_model(p, backend)
+    set_thinking(tokenizer, getattr(p, "enable_thinking", None))  # every render, tokenization, generation
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, tokenizer, backend

@@ -77,4 +77,5 @@ class EvalParams(AnswerParams):
 class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
     """Every text SFT experiment's knobs: the shared groups plus batching."""
 
+    enable_thinking: bool | None = None  # Qwen3's thinking switch in rows and answers (null: template default)
     batching: str = "padding_free"  # padding_free | padded (length-grouped)

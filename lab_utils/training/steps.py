@@ -16,12 +16,12 @@ from lab_utils.core.backend import Backend
 
 @dataclass
 class Data:
-    """The rows of a run, split and checked; build_dataset replaces `train` (and `eval_rows`) with tokens."""
+    """The rows of a run, split and checked; build_dataset replaces `train` (and `eval_set`) with tokens."""
 
     train: Any  # rows to train on: conversations or their tokens, prompts, pairs, image rows
     heldout: Any  # rows kept out of training: answered (and scored) before and after training
     report: Any  # data_loaders.common.SkipReport: every row dropped, and why
-    eval_rows: Any = None  # what the trainer's eval loss is computed on (None: no eval loss)
+    eval_set: Any = None  # what the trainer's eval loss is computed on (None: no eval loss)
 
 
 @dataclass

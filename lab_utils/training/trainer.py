@@ -55,6 +55,35 @@ def evaluate_before_training(trainer) -> float:
     return loss
 
 
+class EvalAtTrainBegin(TrainerCallback):
+    """The eval loss before the first step, measured on the model train() has just sharded."""
+
+    def __init__(self, trainer):
+        self.trainer, self.loss = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss = self.trainer.evaluate()["eval_loss"]
+
+
+def evaluate_then_train(trainer, run_dir: Path, evaluate_first: bool = True) -> tuple:
+    """(eval loss before training or None, train_from_last_checkpoint's outcome).
+
+    Under FSDP2 accelerate cannot prepare the model for evaluation alone (it wants the optimizer
+    with it: transformers 5.17's evaluate() before train() raises), and an unsharded full copy
+    is what FSDP is there to avoid; so the loss "before" is measured once train() has sharded
+    the model, before its first step (on a resumed run: the checkpoint's loss).
+    """
+    if not evaluate_first:
+        return None, train_from_last_checkpoint(trainer, run_dir)
+    if getattr(trainer, "is_fsdp_enabled", False):
+        first = EvalAtTrainBegin(trainer)
+        trainer.add_callback(first)
+        outcome = train_from_last_checkpoint(trainer, run_dir)
+        return first.loss, outcome
+    eval_before = evaluate_before_training(trainer)
+    return eval_before, train_from_last_checkpoint(trainer, run_dir)
+
+
 def last_checkpoint(output_dir) -> str | None:
     path = Path(output_dir)
     return get_last_checkpoint(str(path)) if path.is_dir() else None
@@ -170,8 +199,7 @@ def run_trainer(p, trainer, history, run_dir: Path, answer=None, loss_before_aft
     every experiment records, with the loss history."""
     samples = sample_answers_during_training(trainer, p, answer) if answer else []
     with_eval = loss_before_after and trainer.eval_dataset is not None
-    eval_before = evaluate_before_training(trainer) if with_eval else None
-    outcome = train_from_last_checkpoint(trainer, run_dir)
+    eval_before, outcome = evaluate_then_train(trainer, run_dir, evaluate_first=with_eval)
     eval_after = trainer.evaluate()["eval_loss"] if with_eval else None
     drop_reference_adapter(trainer.model)
     losses = {"eval_loss_before": eval_before, "eval_loss_after": eval_after} if loss_before_after else {}
