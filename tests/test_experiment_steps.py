@@ -113,3 +113,13 @@ def test_bad_warmup_and_eval_settings_are_one_clear_error(tmp_path):
     args = training_arguments(Params(eval_steps=5, save_steps=10, load_best=True), tmp_path, CPU)
     assert (args.eval_strategy, args.eval_steps, args.load_best_model_at_end) == ("steps", 5, True)
     assert issubclass(Params, EvalParams)
+
+
+def test_the_eval_loss_reads_at_most_eval_loss_rows():
+    from datasets import Dataset
+
+    from lab_utils.training.trainer import capped_rows
+
+    rows = Dataset.from_dict({"i": list(range(10))})
+    assert capped_rows(rows, 4)["i"] == [0, 1, 2, 3] and len(capped_rows(rows, 0)) == 10
+    assert len(capped_rows(rows, 64)) == 10 and capped_rows(None, 4) is None
