@@ -14,7 +14,8 @@ DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed demo lab lint test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed demo lab lint test test-gpu verify-gpu bench doctor batch-smoke \
+	notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -93,6 +94,11 @@ doctor: setup
 # Every notebook headless, tiny, with a report: $$LAB_OUTPUT_DIR/batch/cpu_smoke/report.html
 batch-smoke: setup
 	$(PY) -m scripts.batch configs/batch/cpu_smoke.yaml --overwrite
+
+# Rewrite each notebook's parameters cell from its script's Params (defaults + each knob's help comment).
+# Run it after adding or changing a knob; tests/test_notebooks.py fails while a cell is stale.
+notebook-params: setup
+	$(PY) -m scripts.notebook_params
 
 clean-outputs:
 	rm -rf outputs

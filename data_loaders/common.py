@@ -17,20 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# DataError (one line: file, row, field, what was expected) is a lab-wide error: the shared text
+# decoder in lab_utils.core raises it too. Re-exported here for the loaders.
+from lab_utils.core.errors import DataError, data_error  # noqa: F401
+
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """Input the lab cannot use. The message is one line: file, row, field, what was expected."""
-
-
-def data_error(path, message: str, row=None, field_name=None) -> DataError:
-    where = str(Path(path).name) if path is not None else "<data>"
-    if row is not None:
-        where += f", row {row}"
-    if field_name is not None:
-        where += f", field '{field_name}'"
-    return DataError(f"{where}: {message}")
 
 
 class RowSkip(ValueError):

@@ -6,7 +6,10 @@ benchmarks/, and no script imports a benchmark (tests/test_layout.py checks this
 core/        the run core
     paths         every directory from env vars (LAB_HOME, LAB_MODELS_DIR, LAB_DATA_DIR, LAB_OUTPUT_DIR),
                   run folders and their completion marker, write_then_rename for anything written atomically
-    config        Params dataclass <-> flat YAML <-> command line; run_cli: a script's main() with one-line errors
+    config        Params dataclass <-> flat YAML <-> command line; each knob's help from its comment (--help,
+                  --print_config, notebooks); run_cli: a script's main() with one-line errors
+    errors        LabError, the base of the lab's own errors (ConfigError, DataError, ParamError, MachineError...)
+    text_decoding the one decoder for text files and configs: BOM, UTF-8, UTF-16, GB18030/GBK, Big5
     artifacts     what a run writes: JSON (write_json), tables as Markdown + CSV, logging setup
     backend       Unsloth or transformers + peft, chosen once per process with the reason; import_unsloth
     distributed   torchrun / accelerate launch: which rank writes files, who waits for whom

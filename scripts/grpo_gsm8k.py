@@ -47,7 +47,8 @@ from lab_utils.training.trainer import build_trainer, last_checkpoint, run_train
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
-from rewards import GSM8K_WEIGHTS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
+from lab_utils.core.errors import ParamError
+from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
@@ -64,13 +65,15 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_rows.csv
     # GRPO
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
-    max_completion_length: int = 64
+    max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
     beta: float = 0.04  # KL penalty toward the base model; 0 = none (and no reference forward pass)
     # the GSM8K recipe, plus a repetition penalty: a 135M model rarely writes a tag in 64 tokens, so the recipe
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
-    reward_names: list[str] = field(default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
-    reward_weights: list[float] = field(default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
+    reward_names: list[str] = field(  # rewards (rewards.REWARDS names) summed into each completion's score
+        default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
+    reward_weights: list[float] = field(  # one weight per reward_names entry
+        default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # rollouts
     rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
@@ -79,12 +82,12 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
     # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
-    sft_warmup_steps: int = 24  # ~4 passes over the demo's 25 training solutions
-    sft_warmup_learning_rate: float = 5e-4
+    sft_warmup_steps: int = 24  # supervised steps on worked solutions first (0 = none); 24 = ~4 passes over 25
+    sft_warmup_learning_rate: float = 5e-4  # learning rate of the warm-up
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
     # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
     # the CPU demo's dozen steps to show movement
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak learning rate of the GRPO steps
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
     max_steps: int = 12
     max_grad_norm: float = 0.1
@@ -98,15 +101,18 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
+    unknown = [name for name in p.reward_names if name not in REWARDS]
+    if unknown:
+        raise ParamError(f"reward_names: unknown {unknown}; registered rewards: {', '.join(sorted(REWARDS))}")
     if len(p.reward_names) != len(p.reward_weights):
-        raise ValueError(f"reward_names has {len(p.reward_names)} entries but reward_weights {len(p.reward_weights)}")
+        raise ParamError(f"reward_names has {len(p.reward_names)} entries but reward_weights {len(p.reward_weights)}")
     if p.num_generations < 2:
-        raise ValueError("num_generations must be at least 2: GRPO compares completions within a group")
+        raise ParamError("num_generations must be at least 2: GRPO compares completions within a group")
     if (p.batch_size * p.gradient_accumulation_steps) % p.num_generations:
-        raise ValueError(f"batch_size * gradient_accumulation_steps ({p.batch_size * p.gradient_accumulation_steps}) "
+        raise ParamError(f"batch_size * gradient_accumulation_steps ({p.batch_size * p.gradient_accumulation_steps}) "
                          f"must be a multiple of num_generations ({p.num_generations})")
     if p.prompt_language not in SYSTEM_PROMPTS:
-        raise ValueError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
+        raise ParamError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
 
 
 @dataclass
@@ -132,7 +138,8 @@ def load_data(p: Params) -> GrpoData:
     """
     check_params(p)
     report = SkipReport()
-    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=load_tokenizer(resolve_model(p.model)),
+    tokenizer = load_tokenizer(resolve_model(p.model), p.trust_remote_code)
+    options = dict(system_prompt=SYSTEM_PROMPTS[p.prompt_language], tokenizer=tokenizer,
                    max_prompt_length=p.max_prompt_length, report=report)
     train_prompts = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
     if p.eval_file:

@@ -43,6 +43,7 @@ from lab_utils.training.trainer import build_trainer, run_trainer, training_argu
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.batching import load_data_tokenizer
 from lab_utils.training.lora import load_lora_model
+from lab_utils.core.errors import ParamError
 
 EXPERIMENT = "preference"
 METHODS = ("dpo", "orpo")
@@ -62,7 +63,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     # preference tuning's own defaults: each pair is two sequences (plus DPO's reference pass), so a CPU step
     # holds 4 pairs; 8 steps (32 pairs: held-out accuracy 0.50 -> 0.94, under 3 minutes on 2 CPU cores)
     # keep the CPU demo short; a learning rate DPO tolerates on a LoRA
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak learning rate
     batch_size: int = 4
     max_steps: int = 8
     # max_seq_length (shared, 256): prompt + answer; longer answers are cut, longer prompts skipped
@@ -74,9 +75,9 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface deep inside TRL, or after the model has loaded."""
     if p.method not in METHODS:
-        raise ValueError(f"method={p.method!r}: expected one of {', '.join(METHODS)}")
+        raise ParamError(f"method={p.method!r}: expected one of {', '.join(METHODS)}")
     if p.beta <= 0:
-        raise ValueError(f"beta={p.beta}: expected a positive number (DPO's KL strength, ORPO's odds-ratio weight)")
+        raise ParamError(f"beta={p.beta}: expected a positive number (DPO's KL strength, ORPO's odds-ratio weight)")
     if p.init_from:
         check_adapter_base(find_adapter(p.init_from), p.model)
 

@@ -44,14 +44,14 @@ class Params(LoraSFTParams):
     encoding: str = ""  # "" = detect (utf-8, utf-8-sig, utf-16, gb18030, big5); or force one
     format: str = "auto"  # auto | csv | paired_lines (question line, answer line, blank line between blocks)
     columns: dict = field(default_factory=dict)  # {"ask": "患者提问", "answer": "医生回复"} when headers are unusual
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the system turn every conversation gets
     min_length: int = 8  # characters of question + answer; shorter rows are dropped and reported
-    max_length: int = 1024
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
+    max_length: int = 1024  # characters of question + answer; longer rows are dropped and reported
+    validation_fraction: float = 0.1  # share of rows held out for the eval loss
+    test_fraction: float = 0.1  # share of rows held out for the before/after answers and BLEU/ROUGE
     heldout_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
     # the CPU demo: 30 short rows, a few passes
-    max_seq_length: int = 384
+    max_seq_length: int = 384  # longest tokenised row; longer rows are cut
     max_steps: int = 20
     batch_size: int = 4
 

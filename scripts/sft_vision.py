@@ -42,6 +42,7 @@ from lab_utils.vision.collator import make_vision_collator, vision_sft_config
 from lab_utils.vision.lora import add_vision_lora
 from lab_utils.vision.model import load_vision_model
 from lab_utils.vision.processor import check_pixel_bounds, set_image_pixels
+from lab_utils.core.errors import ParamError
 
 EXPERIMENT = "sft_vision"
 
@@ -54,7 +55,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     image_column: str = ""  # header text or column letter ("" = detect image/file/图片...)
     question_column: str = ""  # "" = detect question/prompt/问题...; rows without one get default_question
     answer_column: str = ""  # "" = detect answer/label/reading/答案/读数...
-    default_question: str = DEFAULT_PROMPT
+    default_question: str = DEFAULT_PROMPT  # the question asked of rows that have none
     system_prompt: str = ""  # "" = the chat template's default system turn
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # longer side in pixels: fewer pixels, fewer vision tokens
     # Image size bounds: 768*768 is LLaMA-Factory's image_max_pixels (fits a 24 GB card); 56*56 Qwen2-VL's default.
@@ -66,12 +67,12 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     max_seq_length: int = 2048  # a longer row (a huge image) is an error, never silently truncated
     # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
-    finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True  # the MLP switch is the shared lora_mlp
+    finetune_language_layers: bool = True  # adapt the language model: new kinds of answers
+    finetune_attention_modules: bool = True  # LoRA on the attention projections (the MLP switch is the shared lora_mlp)
     # Trained fully next to LoRA and saved with it (peft modules_to_save). The tiny random model's
     # output layer has never learnt which of its 49k tokens are digits, and LoRA on the layers
     # cannot teach it; a pretrained model knows its vocabulary already: [] on GPU.
-    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])
+    modules_to_save: list[str] = field(default_factory=lambda: ["lm_head"])  # trained fully beside LoRA; [] on GPU
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
@@ -91,7 +92,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
 def load_data(p: Params) -> Data:
     """Train rows, held-out rows and the skip report from the sheet; fails before any model or run folder."""
     if p.load_in_8bit:
-        raise ValueError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
+        raise ParamError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
     check_pixel_bounds(p.model, p.min_pixels, p.max_pixels)
     rows, report = load_excel_vision(
         p.sheet, sheet=p.worksheet or None, image_column=p.image_column or None,
@@ -124,7 +125,7 @@ def load_model(p: Params) -> LoadedModel:
         # threads wait on each other: the 30-step demo trained in 11 s with 1 thread vs 55 s with 2 (2 shared cores).
         torch.set_num_threads(p.cpu_threads)
     model, processor = load_vision_model(p.model, backend=backend, load_in_4bit=p.load_in_4bit,
-                                         max_seq_length=p.max_seq_length,
+                                         max_seq_length=p.max_seq_length, trust_remote_code=p.trust_remote_code,
                                          gradient_checkpointing=p.gradient_checkpointing)
     set_image_pixels(processor, p.min_pixels, p.max_pixels)  # the model-side bound, whatever the loader did
     model = add_vision_lora(model, backend=backend, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,

@@ -1,7 +1,8 @@
-"""The SVD and ALS teaching notebooks and scripts: parity, headless execution in seconds, the CLI."""
+"""The SVD and ALS teaching notebooks and scripts: parity, headless execution, the CLI.
+
+How long a lesson takes is measured by benchmarks/teach_notebooks.py, not asserted here."""
 
 import json
-import time
 from dataclasses import asdict
 
 import pytest
@@ -25,12 +26,9 @@ def test_notebook_parameters_match_params_and_config(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LESSONS)
-def test_notebook_executes_in_seconds(name, tmp_path, monkeypatch):
+def test_notebook_executes_headless(name, tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "out"))
-    start = time.perf_counter()
     executed = execute(NOTEBOOKS_DIR / f"{name}.ipynb", tmp_path / f"{name}.ipynb", {"run_name": "nb"})
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"{name} took {elapsed:.1f} s; a classroom notebook must finish in seconds"
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     run = tmp_path / "out" / name / "nb"
@@ -70,3 +68,11 @@ def test_als_cli_with_config_and_override(tmp_path, monkeypatch):
     assert metrics["mean_rmse"] == row["als"]
     for figure in ("rmse_history", "rmse_vs_rank", "rmse_vs_reg", "item_embedding"):
         assert (run / f"{figure}.png").stat().st_size > 0
+
+
+def test_timing_benchmark_reports_a_failing_notebook_as_a_row(tmp_path):
+    from benchmarks.teach_notebooks import CLASSROOM_BUDGET_S, time_notebook
+
+    row = time_notebook("no_such_lesson", {}, tmp_path)
+    assert row["notebook"] == "no_such_lesson" and row["status"].startswith("failed:")
+    assert row["vs_budget"] == round(row["seconds"] / CLASSROOM_BUDGET_S, 2) or row["seconds"] == 0

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from lab_utils.core.errors import ConfigError
 
 MODES = ("auto", "widgets", "line", "log", "off")
 LOG_INTERVAL_S = 30.0  # in log mode: at most one line per this many seconds per bar
@@ -49,7 +50,7 @@ def started_by_papermill() -> bool:
 def progress_mode() -> str:
     forced = os.environ.get("LAB_PROGRESS", "auto").strip().lower() or "auto"
     if forced not in MODES:
-        raise ValueError(f"LAB_PROGRESS={forced!r}: expected one of {', '.join(MODES)}")
+        raise ConfigError(f"LAB_PROGRESS={forced!r}: expected one of {', '.join(MODES)}")
     if forced != "auto":
         return forced
     if in_notebook_kernel():

@@ -28,6 +28,7 @@ from lab_utils.training.batching import ChatCollator
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
+from lab_utils.core.errors import ParamError
 
 
 class LossHistory(TrainerCallback):
@@ -99,7 +100,7 @@ def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **me
     from transformers import TrainingArguments
 
     if not 0 <= p.warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
+        raise ParamError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     precision = resolve_precision(p.precision, backend.device)
@@ -128,9 +129,9 @@ def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **me
 def evaluation_arguments(p) -> dict:
     """Eval loss every eval_steps (else only before and after training), and the best checkpoint kept."""
     if p.load_best and p.eval_steps <= 0:
-        raise ValueError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
+        raise ParamError("load_best=true needs eval_steps > 0: the best checkpoint is chosen by its eval loss")
     if p.load_best and p.save_steps % p.eval_steps:
-        raise ValueError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
+        raise ParamError(f"load_best=true needs save_steps ({p.save_steps}) to be a multiple of "
                          f"eval_steps ({p.eval_steps}): only evaluated checkpoints can be the best")
     best = dict(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return dict(eval_strategy="steps" if p.eval_steps > 0 else "no", eval_steps=p.eval_steps or None,
