@@ -14,7 +14,7 @@ DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed demo lab test test-gpu verify-gpu bench doctor batch-smoke \
+.PHONY: setup setup-gpu setup-spark setup-deepspeed demo lab lint test test-gpu verify-gpu bench doctor batch-smoke \
 	notebook-params clean-outputs
 
 setup: $(STAMP)
@@ -68,6 +68,10 @@ lab: setup
 	$(PY) -c "from lab_utils import paths; print(f'[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}')"; \
 	exec $(PY) -m scripts.jupyter_lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# ruff (pinned in requirements.txt), configured in pyproject.toml: 120 columns, pycodestyle + pyflakes
+lint: setup
+	$(PY) -m ruff check .
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

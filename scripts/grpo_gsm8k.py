@@ -24,11 +24,13 @@ steps; step time), history.json, rewards.png, dynamics.png, training.png,
 samples.md/.csv, skipped_rows.csv, run_complete.json.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from data_loaders.common import SkipReport, split_heldout
+from data_loaders.common import SkipReport, rows_left, split_heldout
 from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file, worked_solution_conversations
 from lab_utils.core import plots
 from lab_utils.core.artifacts import setup_logging, write_table
@@ -37,13 +39,13 @@ from lab_utils.models.chat import generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.models.registry import load_tokenizer, resolve_model
-from lab_utils.core.progress import show_progress
-from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
+from lab_utils.training.rollouts import Rollouts, choose_rollouts, load_fast_inference_model, vllm_config_kwargs
 from lab_utils.training.lora import build_lora_model
 from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
-from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.steps import Data, LoadedModel
+from lab_utils.training.trainer import build_trainer, last_checkpoint, run_trainer, train_lora, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
 from lab_utils.core.errors import ParamError
 from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
@@ -95,7 +97,7 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
@@ -113,8 +115,23 @@ def check_params(p: Params) -> None:
         raise ParamError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
 
 
-def load_data(p: Params):
-    """(training prompts, evaluation problems, skip report), checked before any run folder exists.
+@dataclass
+class GrpoData(Data):
+    warmup: Any = None  # the SFT warm-up's worked solutions as tokens (None: no warm-up)
+
+
+@dataclass
+class GrpoModel(LoadedModel):
+    rollouts: Rollouts | None = None  # who samples the completions: vLLM or HF generate
+
+
+class Graded(NamedTuple):
+    answers: list[str]  # greedy completions, one per problem
+    grades: dict  # correct / tagged / formatted per problem (see grade)
+
+
+def load_data(p: Params) -> GrpoData:
+    """Training prompts and held-out problems (`heldout`), checked before any run folder exists.
 
     The model's tokenizer (not the model) is loaded here: prompts longer than max_prompt_length
     tokens are skipped and reported.
@@ -131,15 +148,29 @@ def load_data(p: Params):
         path = resolve_gsm8k_file(p.data_file, "train.jsonl")
         train_prompts, problems = split_heldout(train_prompts, p.heldout_rows, p.seed, path)
     print(f"[lab] {p.data_file}: {report.summary()}; {len(train_prompts)} train prompts, {len(problems)} eval problems")
-    return train_prompts, problems, report
+    return GrpoData(train=train_prompts, heldout=problems, report=report)
 
 
-def setup_run(p: Params):
+def build_dataset(p: Params, data: GrpoData) -> GrpoData:
+    """GRPO trains on the prompts as they are (TRL applies the chat template; the rewards read each row's
+    `answer`); the SFT warm-up trains on the same problems' worked solutions in the target layout,
+    tokenised here by the model's tokenizer, before any run folder exists."""
+    if p.sft_warmup_steps <= 0:
+        return data
+    tokenizer = load_data_tokenizer(p)
+    warmup = rows_left(tokenize_dataset(worked_solution_conversations(data.train), tokenizer, p.max_seq_length),
+                       resolve_gsm8k_file(p.data_file, "train.jsonl"),
+                       f"tokenizing the warm-up's worked solutions (all beyond max_seq_length={p.max_seq_length})",
+                       "raise max_seq_length or set sft_warmup_steps: 0")
+    return replace(data, warmup=warmup)
+
+
+def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    """(LoRA model, tokenizer, backend, rollouts); with vLLM on unsloth the engine comes with the model."""
+def load_model(p: Params) -> GrpoModel:
+    """The LoRA model, tokenizer, backend and rollouts; with vLLM on unsloth the engine comes with the model."""
     backend = get_backend(p.backend)
     rollouts = choose_rollouts(p.rollouts, backend)
     print(f"[lab] rollouts: {rollouts.engine} ({rollouts.reason})", flush=True)
@@ -148,24 +179,13 @@ def load_model(p: Params):
     else:
         model, tokenizer = build_lora_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return model, tokenizer, backend, rollouts
+    return GrpoModel(model, tokenizer, backend, rollouts)
 
 
-def build_dataset(p: Params, data, tokenizer):
-    """(training prompts, evaluation problems, skip report, warm-up tokens). GRPO trains on the prompts as
-    they are (TRL applies the chat template; the rewards read each row's `answer`); the SFT warm-up trains
-    on the same problems' worked solutions in the target layout, tokenised here."""
-    train_prompts, problems, report = data
-    warmup_tokens = None
-    if p.sft_warmup_steps > 0:
-        warmup_tokens = tokenize_dataset(worked_solution_conversations(train_prompts), tokenizer, p.max_seq_length)
-    return train_prompts, problems, report, warmup_tokens
-
-
-def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
-    """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
-    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
-    return completions, grade(completions, problems)
+def evaluate(p: Params, lm: GrpoModel, data: GrpoData) -> Graded:
+    """Greedy answers to the held-out problems (fixed decoding, so before and after are comparable), graded."""
+    completions = generate(lm.model, lm.tokenizer, data.heldout["prompt"], max_new_tokens=p.max_new_tokens)
+    return Graded(completions, grade(completions, data.heldout))
 
 
 def reward_functions(p: Params) -> list:
@@ -199,23 +219,23 @@ def accuracy(grades: dict, when: str) -> dict:
             f"format_rate_{when}": share(grades["formatted"])}
 
 
-def warm_up(p: Params, model, tokenizer, warmup_tokens, run, backend) -> dict:
+def warm_up(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
     """Supervised steps on worked solutions in the target format (see Params), by the shared SFT loop;
-    its checkpoints and logs go to <run>/sft_warmup/.
+    its checkpoints and logs go to <run_dir>/sft_warmup/.
 
     Skipped when sft_warmup_steps is 0, and when GRPO has already saved a checkpoint (resuming loads the
     warmed-up-and-trained adapter from it).
     """
-    if warmup_tokens is None or last_checkpoint(run / "checkpoints"):
+    if data.warmup is None or last_checkpoint(run_dir / "checkpoints"):
         return {"sft_warmup_steps": 0, "sft_warmup_history": []}
-    trainer, history = make_trainer(warmup_params(p), model, tokenizer, warmup_tokens, None, run / "sft_warmup", backend)
-    outcome = train_from_last_checkpoint(trainer, run / "sft_warmup")
-    losses = [r["loss"] for r in history.records if "loss" in r]
-    print(f"[lab] SFT warm-up: {outcome['global_step']} steps on {len(warmup_tokens)} worked solutions, "
+    outcome = train_lora(warmup_params(p), lm.model, lm.tokenizer, data.warmup, None, run_dir / "sft_warmup",
+                         lm.backend)
+    losses = [r["loss"] for r in outcome["history"] if "loss" in r]
+    print(f"[lab] SFT warm-up: {outcome['global_step']} steps on {len(data.warmup)} worked solutions, "
           f"loss {losses[0] if losses else None} -> {losses[-1] if losses else None}")
-    return {"sft_warmup_steps": outcome["global_step"], "sft_warmup_rows": len(warmup_tokens),
+    return {"sft_warmup_steps": outcome["global_step"], "sft_warmup_rows": len(data.warmup),
             "sft_warmup_seconds": outcome["train_seconds"], "sft_warmup_loss_first": losses[0] if losses else None,
-            "sft_warmup_loss_last": losses[-1] if losses else None, "sft_warmup_history": history.records}
+            "sft_warmup_loss_last": losses[-1] if losses else None, "sft_warmup_history": outcome["history"]}
 
 
 def warmup_params(p: Params) -> LoraSFTParams:
@@ -228,24 +248,20 @@ def warmup_params(p: Params) -> LoraSFTParams:
                             "save_steps": max(p.sft_warmup_steps, 1), "save_total_limit": 1})
 
 
-def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) -> dict:
+def train(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
     """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
     from trl import GRPOConfig, GRPOTrainer
 
     args = training_arguments(
-        p, run, backend, GRPOConfig, num_generations=p.num_generations, max_completion_length=p.max_completion_length,
-        temperature=p.temperature, beta=p.beta, reward_weights=[float(w) for w in p.reward_weights],
+        p, run_dir, lm.backend, GRPOConfig, num_generations=p.num_generations,
+        max_completion_length=p.max_completion_length, temperature=p.temperature, beta=p.beta,
+        reward_weights=[float(w) for w in p.reward_weights],
         include_num_input_tokens_seen="no",  # GRPO's batches are prompt rows, not token tensors to count
-        **vllm_config_kwargs(p, rollouts, backend))
-    history = LossHistory()
-    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p), args=args,
-                          train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model))
-    show_progress(trainer)  # one bar instead of a dict of strings printed per step
-    outcome = train_from_last_checkpoint(trainer, run)
-    if "ref" in getattr(model, "peft_config", {}):
-        # TRL keeps a frozen copy of the starting adapter as the KL reference; only the trained one is the result
-        model.delete_adapter("ref")
-    return {**outcome, "rollouts": rollouts.engine, "history": history.records}
+        **vllm_config_kwargs(p, lm.rollouts, lm.backend))
+    trainer, history = build_trainer(p, GRPOTrainer, lm.model, args, data.train, processing_class=lm.tokenizer,
+                                     reward_funcs=reward_functions(p))
+    outcome = run_trainer(p, trainer, history, run_dir, loss_before_after=False)
+    return {**outcome, "rollouts": lm.rollouts.engine}
 
 
 def all_scores(graded_before: dict, graded_warm: dict | None, graded_after: dict) -> dict:
@@ -268,44 +284,44 @@ def quarter_means(history: list[dict]) -> dict:
     return {"reward_first_quarter": share(rewards[:quarter]), "reward_last_quarter": share(rewards[-quarter:])}
 
 
-def samples_table(problems, before: list[str], after: list[str], graded_before: dict, graded_after: dict):
+def samples_table(problems, before: Graded, after: Graded) -> pd.DataFrame:
     return pd.DataFrame({
         "question": [prompt[-1]["content"] for prompt in problems["prompt"]],
         "gold": problems["answer"],
-        "before": before, "before_correct": graded_before["correct"],
-        "after": after, "after_correct": graded_after["correct"],
+        "before": before.answers, "before_correct": before.grades["correct"],
+        "after": after.answers, "after_correct": after.grades["correct"],
     })
 
 
-def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, table, report, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+def save_artifacts(p: Params, run_dir: Path, lm: GrpoModel, data: GrpoData, outcome: dict, scores: dict,
+                   table: pd.DataFrame) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     history = outcome["history"]
     rewards = [r["reward"] for r in history if "reward" in r]
     metrics.update({**scores, "reward_first": rewards[0] if rewards else None,
                     "reward_last": rewards[-1] if rewards else None, **quarter_means(history)})
     if is_main_process():  # one rank writes (DDP)
-        write_table(table, run, "samples")
-        plots.plot_reward_curves(history, run / "rewards.png", title=f"{p.model} GRPO")
-        plots.plot_grpo_dynamics(history, run / "dynamics.png")
-    finish_run(run, EXPERIMENT, metrics, headline=("accuracy_before", "accuracy_after"))
+        write_table(table, run_dir, "samples")
+        plots.plot_reward_curves(history, run_dir / "rewards.png", title=f"{p.model} GRPO")
+        plots.plot_grpo_dynamics(history, run_dir / "dynamics.png")
+    finish_run(run_dir, EXPERIMENT, metrics, headline=("accuracy_before", "accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend, rollouts = load_model(p)
-    train_prompts, problems, report, warmup_tokens = build_dataset(p, data, tokenizer)
-    before, graded_before = evaluate(p, model, tokenizer, problems)
-    warmup = warm_up(p, model, tokenizer, warmup_tokens, run_path, backend)
-    graded_warm = evaluate(p, model, tokenizer, problems)[1] if warmup["sft_warmup_steps"] else None
-    outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts), **warmup}
-    after, graded_after = evaluate(p, model, tokenizer, problems)
-    scores = all_scores(graded_before, graded_warm, graded_after)
-    table = samples_table(problems, before, after, graded_before, graded_after)
-    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "samples": table}
+    data = build_dataset(p, load_data(p))
+    run_dir = setup_run(p)
+    lm = load_model(p)
+    before = evaluate(p, lm, data)
+    warmup = warm_up(p, lm, data, run_dir)
+    warm = evaluate(p, lm, data) if warmup["sft_warmup_steps"] else None
+    outcome = {**train(p, lm, data, run_dir), **warmup}
+    after = evaluate(p, lm, data)
+    scores = all_scores(before.grades, warm.grades if warm else None, after.grades)
+    table = samples_table(data.heldout, before, after)
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, scores, table)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "samples": table}
 
 
 def main(argv=None):

@@ -57,8 +57,8 @@ class TrainedAdapter:
     run_dir: Path | None  # None for a bare adapter folder
 
 
-def _read_run_params(run: Path) -> dict:
-    params_file = run / "params.json"
+def _read_run_params(run_dir: Path) -> dict:
+    params_file = run_dir / "params.json"
     if not params_file.exists():
         return {}
     return json.loads(params_file.read_text(encoding="utf-8"))

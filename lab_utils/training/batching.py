@@ -12,6 +12,16 @@ class EmptyBatchError(LabError, ValueError):
     """A batch in which every label is masked: nothing to learn, and a NaN loss if trained on."""
 
 
+def load_data_tokenizer(p):
+    """The model's tokenizer without the model (cheap), loaded and set up as load_lora_model does it
+    (trust_remote_code, the thinking switch): what build_dataset tokenizes with, before any run folder exists."""
+    from lab_utils.models.chat import set_thinking
+    from lab_utils.models.registry import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(p.model), getattr(p, "trust_remote_code", False))
+    return set_thinking(tokenizer, getattr(p, "enable_thinking", None))
+
+
 def tokenize_dataset(dataset, tokenizer, max_length: int, report=None):
     """Tokenize conversations; drop (and report) rows whose answer lies beyond max_length."""
     def encode(row):
