@@ -19,6 +19,8 @@ core/        the run core
     plots         every figure the lab draws, so notebooks and scripts show the same plots
     secrets       which variables and fields hold credentials (HF_TOKEN, ...); masking them in what is written
     locks         one process per run folder: the run lock (pid, host, since), stale ones taken over
+    jupyter_lab   `make lab`'s JupyterLab command line (no first-run popup), and headless for tests/screenshots
+    browser       headless Chromium (selenium) driving JupyterLab as a person does: edit, Run All, read outputs
 
 models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),

@@ -20,7 +20,7 @@ A batch file is flat-ish YAML:
 
 Parameters resolve as: the config file < the run's name as `run_name` (where the
 notebook has one) < defaults.params < the run's params < its grid point. Every
-name must exist in the notebook's parameters cell (papermill.inspect_notebook):
+name must exist in the notebook's parameters cell (read as Python, as the parity test does):
 a typo is an error before anything trains, not a silently ignored value.
 
 Each run gets its own LAB_OUTPUT_DIR, $LAB_OUTPUT_DIR/batch/<batch>/<run>/, so
@@ -174,16 +174,15 @@ def type_problem(name: str, value, default) -> str | None:
 
 def validate(runs: list[Run]) -> list[str]:
     """Every problem of every run, as one line each (empty: the batch can run)."""
-    import papermill as pm
-
     problems = []
     for run in runs:
-        declared = pm.inspect_notebook(str(run.notebook))
+        # The parameters cell read as Python: papermill's inspect_notebook parses it by regex and misses
+        # lines whose help comment it cannot read (`lora_r = 16  # ... (more = more capacity ...)`)
         defaults = parameters_cell(run.notebook)
-        unknown = sorted(set(run.parameters) - set(declared))
+        unknown = sorted(set(run.parameters) - set(defaults))
         if unknown:
             problems.append(f"{run.name}: unknown parameter(s) {unknown} for {run.notebook.name}; "
-                            f"known: {sorted(declared)}")
+                            f"known: {sorted(defaults)}")
         problems += [f"{run.name}: {p}" for name, value in run.parameters.items() if name in defaults
                      if (p := type_problem(name, value, defaults[name]))]
     return problems

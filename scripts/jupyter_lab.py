@@ -56,8 +56,14 @@ def jupyter_arguments(args: list[str], env=os.environ) -> list[str]:
 
 
 def main(argv=None):
+    """Say where models, data and outputs go, then become `jupyter lab` (lab_utils.core.jupyter_lab's command)."""
+    from lab_utils.core import paths
+    from lab_utils.core.jupyter_lab import lab_command, lab_environment
+
     args = jupyter_arguments(list(sys.argv[1:] if argv is None else argv))
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", *args])
+    print(f"[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}")
+    cmd = lab_command(args)
+    os.execve(cmd[0], cmd, lab_environment())
 
 
 if __name__ == "__main__":
