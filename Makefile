@@ -10,10 +10,11 @@ STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
 PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
+TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark demo lab test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-trackers demo lab test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
 
 setup: $(STAMP)
 
@@ -43,6 +44,14 @@ setup-spark: $(SPARK_STAMP)
 $(SPARK_STAMP): $(STAMP) requirements-spark.txt
 	$(PIP) install -q -r requirements-spark.txt
 	@rm -f $(VENV)/.lab-spark-*
+	@touch $@
+
+# Optional: SwanLab (`report_to: swanlab`; offline into the run folder without SWANLAB_API_KEY).
+setup-trackers: $(TRACKERS_STAMP)
+
+$(TRACKERS_STAMP): $(STAMP) requirements-trackers.txt
+	$(PIP) install -q -r requirements-trackers.txt
+	@rm -f $(VENV)/.lab-trackers-*
 	@touch $@
 
 demo: setup
