@@ -27,7 +27,7 @@ training/    the training core
     loss          the label-positions-only loss (LabTrainer): the vocabulary projection only where a label is
     trainer       the one TrainingArguments builder, the SFT trainer, resume-and-time, loss history
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
-    preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
+    preference    DPO/ORPO/SimPO/KTO held-out scoring: preference accuracy and reward margins
     rollouts      GRPO completions: vLLM when possible, else HF generate
 
 vision/      vision-language
