@@ -47,6 +47,7 @@ class SkipReport:
 
     skipped: list = field(default_factory=list)  # dicts: source, row, reason, detail
     kept: int = 0
+    resized: int = 0  # images a loader shrank to its size bounds (vision loaders)
 
     def skip(self, source, row, reason: str, detail: str = "") -> None:
         self.skipped.append({"source": str(source), "row": row, "reason": reason, "detail": str(detail)[:200]})
@@ -55,10 +56,11 @@ class SkipReport:
         return dict(Counter(s["reason"] for s in self.skipped))
 
     def summary(self) -> str:
+        resized = f", {self.resized} image(s) resized to fit" if self.resized else ""
         if not self.skipped:
-            return f"kept {self.kept} rows, skipped none"
+            return f"kept {self.kept} rows, skipped none{resized}"
         parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts().items()))
-        return f"kept {self.kept} rows, skipped {len(self.skipped)} ({parts})"
+        return f"kept {self.kept} rows, skipped {len(self.skipped)} ({parts}){resized}"
 
     def write_csv(self, path) -> Path:
         path = Path(path)
@@ -70,7 +72,7 @@ class SkipReport:
         return path
 
     def merge(self, other: "SkipReport") -> "SkipReport":
-        return SkipReport(self.skipped + other.skipped, self.kept + other.kept)
+        return SkipReport(self.skipped + other.skipped, self.kept + other.kept, self.resized + other.resized)
 
 
 def build_messages(user: str, assistant: str, system: str | None = None) -> list[dict]:

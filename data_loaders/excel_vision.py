@@ -24,7 +24,9 @@ Every row becomes (a `datasets.Dataset`; see data_loaders/common.py for the shar
                 {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
                (a system turn first when `system` is given), the form the Qwen2.5-VL chat
                template and TRL/Unsloth vision collators expect; one {"type": "image"} per image
-    images     list of PIL RGB images, longer side <= max_image_side
+    images     list of PIL RGB images, longer side <= max_image_side and, when max_pixels is
+               given, width*height <= max_pixels (aspect ratio kept); the report counts the
+               images shrunk to fit (`resized`)
     answer     str, the answer cell as text (whole numbers without ".0"; zero-padded
                number formats such as 00000 keep their leading zeros)
     source     "<file>:<sheet>:row <n>" (n = the Excel row number a user sees)
@@ -174,8 +176,8 @@ def cell_text(cell) -> str:
 
 # ---------------------------------------------------------------- images
 
-def prepare_image(image: Image.Image, max_side: int) -> Image.Image:
-    """Upright RGB on white, longer side at most `max_side` (aspect ratio kept)."""
+def prepare_image(image: Image.Image, max_side: int, max_pixels: int | None = None) -> Image.Image:
+    """Upright RGB on white, longer side at most `max_side` and at most `max_pixels` pixels (aspect ratio kept)."""
     image = ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
@@ -184,17 +186,24 @@ def prepare_image(image: Image.Image, max_side: int) -> Image.Image:
     image = image.convert("RGB")
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if max_pixels and image.width * image.height > max_pixels:
+        scale = (max_pixels / (image.width * image.height)) ** 0.5
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                             Image.Resampling.LANCZOS)
     return image
 
 
-def open_image_bytes(data: bytes, max_side: int, what: str) -> Image.Image:
-    """Open, verify and prepare an image; SkipRow('unreadable image') if PIL cannot."""
+def open_image_bytes(data: bytes, max_side: int, what: str, max_pixels: int | None = None, report=None) -> Image.Image:
+    """Open, verify and prepare an image; SkipRow('unreadable image') if PIL cannot. A shrunk one counts in report.resized."""
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()  # catches truncated/corrupt files that open() alone accepts
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return prepare_image(image, max_side)
+            prepared = prepare_image(image, max_side, max_pixels)
+            if report is not None and prepared.width * prepared.height < image.width * image.height:
+                report.resized += 1
+            return prepared
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SkipRow("unreadable image", f"{what}: {type(err).__name__}: {err}") from None
 
@@ -223,16 +232,17 @@ def anchored_pictures(ws) -> dict:
     }
 
 
-def row_images(row_number, image_cell, pictures, sheet_folder, max_side):
+def row_images(row_number, image_cell, pictures, sheet_folder, max_side, max_pixels=None, report=None):
     """The row's images and a short reference to where they came from."""
     if pictures:
-        images = [open_image_bytes(data, max_side, f"picture at {col}{row_number}") for col, data in pictures]
+        images = [open_image_bytes(data, max_side, f"picture at {col}{row_number}", max_pixels, report)
+                  for col, data in pictures]
         return images, ", ".join(f"picture at {col}{row_number}" for col, _ in pictures)
     name = cell_text(image_cell)
     if not name:
         raise SkipRow("no image", "the image cell is empty and no picture is anchored in this row")
     path = resolve_image_path(name, sheet_folder)
-    return [open_image_bytes(path.read_bytes(), max_side, name)], name
+    return [open_image_bytes(path.read_bytes(), max_side, name, max_pixels, report)], name
 
 
 # ---------------------------------------------------------------- rows -> dataset
@@ -258,6 +268,7 @@ def load_excel_vision(
     default_prompt: str = DEFAULT_PROMPT,
     system: str | None = None,
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+    max_pixels: int | None = None,
     header_row: int = 1,
     limit: int | None = None,
 ):
@@ -279,7 +290,8 @@ def load_excel_vision(
             if not answer:
                 raise SkipRow("empty answer", f"column {get_column_letter(columns['answer'])} is empty")
             image_cell = ws.cell(row_number, columns["image"]) if columns["image"] else None
-            images, image_ref = row_images(row_number, image_cell, pictures, path.parent, max_image_side)
+            images, image_ref = row_images(row_number, image_cell, pictures, path.parent, max_image_side, max_pixels,
+                                           report)
         except SkipRow as skip:
             report.skip(where, row_number, skip.reason, skip.detail)
             continue

@@ -40,7 +40,7 @@ from lab_utils.models.registry import load_tokenizer, resolve_model
 from lab_utils.core.progress import show_progress
 from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
 from lab_utils.training.lora import build_lora_model
-from lab_utils.training.params import LoraParams, LoraSFTParams, OptimParams, RunParams
+from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
 from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.batching import tokenize_dataset
@@ -56,16 +56,14 @@ SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 
 @dataclass(kw_only=True)
-class Params(RunParams, LoraParams, OptimParams):
+class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     # data (the model, LoRA, optimisation and run knobs: lab_utils.training.params's shared groups)
     data_file: str = "gsm8k_sample.jsonl"  # JSONL, or a folder under LAB_DATA_DIR holding train.jsonl ("gsm8k")
-    eval_file: str = ""  # "" = hold eval_rows out of data_file; a folder means its test.jsonl
+    eval_file: str = ""  # "" = hold heldout_rows out of data_file; a folder means its test.jsonl
     max_rows: int = 0  # training prompts, 0 = every row
-    eval_rows: int = 16  # problems graded before and after training
+    heldout_rows: int = 16  # problems graded before and after training
     prompt_language: str = "en"  # en | zh: which format instruction (rewards.SYSTEM_PROMPT*) the prompts carry
     max_prompt_length: int = 256  # longer prompts are skipped and listed in skipped_rows.csv
-    max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
-    lora_mlp: bool = True  # also adapt gate/up/down projections
     # GRPO
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
     max_completion_length: int = 64
@@ -82,7 +80,6 @@ class Params(RunParams, LoraParams, OptimParams):
     # rollouts
     rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
-    eval_max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
     # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
@@ -98,6 +95,8 @@ class Params(RunParams, LoraParams, OptimParams):
     max_steps: int = 12
     max_grad_norm: float = 0.1
     save_steps: int = 6
+    max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
+    max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
@@ -132,10 +131,10 @@ def load_data(p: Params):
                    max_prompt_length=p.max_prompt_length, report=report)
     train_prompts = load_gsm8k(p.data_file, split_file="train.jsonl", limit=p.max_rows or None, **options)
     if p.eval_file:
-        problems = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.eval_rows, **options)
+        problems = load_gsm8k(p.eval_file, split_file="test.jsonl", limit=p.heldout_rows, **options)
     else:
         path = resolve_gsm8k_file(p.data_file, "train.jsonl")
-        train_prompts, problems = split_heldout(train_prompts, p.eval_rows, p.seed, path)
+        train_prompts, problems = split_heldout(train_prompts, p.heldout_rows, p.seed, path)
     print(f"[lab] {p.data_file}: {report.summary()}; {len(train_prompts)} train prompts, {len(problems)} eval problems")
     return train_prompts, problems, report
 
@@ -170,7 +169,7 @@ def build_dataset(p: Params, data, tokenizer):
 
 def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
     """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
-    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.eval_max_new_tokens)
+    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
     return completions, grade(completions, problems)
 
 

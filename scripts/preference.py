@@ -69,14 +69,13 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     simpo_gamma: float = 0.5  # SimPO: the margin its chosen reward must beat the rejected one by
     kto_from_pairs: bool = True  # method kto on a file of pairs: each pair -> a desirable + an undesirable row
     init_from: str = ""  # "" = a fresh LoRA; else a finished SFT run (name under sft_alpaca/, run or adapter folder)
-    max_seq_length: int = 256  # prompt + answer, in tokens; longer answers are cut, longer prompts skipped
-    lora_mlp: bool = True  # also adapt gate/up/down projections
     # preference tuning's own defaults: each pair is two sequences (plus DPO's reference pass), so a CPU step
     # holds 4 pairs; 8 steps (32 pairs: held-out accuracy 0.50 -> 0.94, under 3 minutes on 2 CPU cores)
     # keep the CPU demo short; a learning rate DPO tolerates on a LoRA
     learning_rate: float = 1e-4
     batch_size: int = 4
     max_steps: int = 8
+    # max_seq_length (shared, 256): prompt + answer; longer answers are cut, longer prompts skipped
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):

@@ -23,7 +23,7 @@ import pandas as pd
 from data_loaders.alpaca import load_chat_file
 from data_loaders.common import split_heldout
 from lab_utils.core.artifacts import setup_logging, write_table
-from lab_utils.models.chat import generate
+from lab_utils.models.chat import check_model_thinking, generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
@@ -50,6 +50,7 @@ class Params(LoraSFTParams):
 
 def load_data(p: Params):
     """(train conversations, held-out conversations, skip report): read and split before any run folder exists."""
+    check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     dataset, report = load_chat_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
     train_rows, heldout = split_heldout(dataset, p.heldout_rows, p.seed, find_data_file(p.data_file))
     return train_rows, heldout, report

@@ -23,6 +23,7 @@ from lab_utils.core.artifacts import setup_logging
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.evaluation.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.models.chat import check_model_thinking
 from lab_utils.training.params import LoraSFTParams
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
@@ -44,7 +45,7 @@ class Params(LoraSFTParams):
     max_length: int = 1024
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
-    eval_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
+    heldout_rows: int = 8  # test rows answered by base and tuned model (generation is the slow part on CPU)
     # the CPU demo: 30 short rows, a few passes
     max_seq_length: int = 384
     max_steps: int = 20
@@ -56,6 +57,7 @@ class Params(LoraSFTParams):
 
 def load_data(p: Params):
     """Read and clean the CSV (no run folder yet: bad input leaves nothing behind)."""
+    check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     data = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
                             system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
     print(f"[lab] {data.summary()}")
@@ -75,7 +77,7 @@ def build_dataset(p: Params, data, tokenizer):
     splits = split_dataset(data.dataset, seed=p.seed, validation=p.validation_fraction, test=p.test_fraction)
     train_tokens = tokenize_dataset(splits["train"], tokenizer, p.max_seq_length, data.report)
     validation_tokens = tokenize_dataset(splits["validation"], tokenizer, p.max_seq_length)
-    test = splits["test"].select(range(min(p.eval_rows, len(splits["test"]))))
+    test = splits["test"].select(range(min(p.heldout_rows, len(splits["test"]))))
     print(f"[lab] split: {len(train_tokens)} train, {len(validation_tokens)} validation, {len(test)} test rows evaluated")
     return train_tokens, validation_tokens, test
 

@@ -1,4 +1,4 @@
-"""Vision SFT with LoRA: teach a Qwen2.5-VL model to read images from an Excel sheet (image -> answer).
+"""Vision SFT with LoRA: teach a Qwen2.5-VL or Qwen3-VL model to read images from an Excel sheet (image -> answer).
 
     python -m scripts.sft_vision --config configs/sft_vision.yaml
     python -m scripts.sft_vision --config configs/sft_vision.yaml --max_steps 5 --lora_r 8
@@ -40,6 +40,7 @@ from lab_utils.vision.answers import char_accuracy, generate_answers, score_answ
 from lab_utils.vision.collator import make_vision_collator, vision_sft_config
 from lab_utils.vision.lora import add_vision_lora
 from lab_utils.vision.model import load_vision_model
+from lab_utils.vision.processor import check_pixel_bounds, set_image_pixels
 
 EXPERIMENT = "sft_vision"
 
@@ -55,14 +56,17 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     default_question: str = DEFAULT_PROMPT
     system_prompt: str = ""  # "" = the chat template's default system turn
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # longer side in pixels: fewer pixels, fewer vision tokens
+    # Image size bounds: 768*768 is LLaMA-Factory's image_max_pixels (fits a 24 GB card); 56*56 Qwen2-VL's default.
+    # One vision token per 28x28 px (32x32 on Qwen3-VL): 589824 px is at most 752 (576) tokens per image.
+    max_pixels: int = 589824  # most pixels per image (768*768): a bigger one is shrunk, bounding its vision tokens
+    min_pixels: int = 3136  # fewest pixels per image (56*56): a smaller one is enlarged
     max_rows: int = 0  # 0 = every row
     heldout_rows: int = 40  # kept out of training: eval loss and before/after answers
     max_seq_length: int = 2048  # a longer row (a huge image) is an error, never silently truncated
     # which layers get LoRA (the switches mean what they mean in Unsloth's FastVisionModel.get_peft_model)
     finetune_vision_layers: bool = True  # adapt the vision tower too: new kinds of images
     finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True
-    finetune_mlp_modules: bool = True
+    finetune_attention_modules: bool = True  # the MLP switch is the shared lora_mlp
     # Trained fully next to LoRA and saved with it (peft modules_to_save). The tiny random model's
     # output layer has never learnt which of its 49k tokens are digits, and LoRA on the layers
     # cannot teach it; a pretrained model knows its vocabulary already: [] on GPU.
@@ -70,7 +74,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
-    model: str = "tiny-qwen2.5-vl"  # registry name (qwen2.5-vl-3b on GPU), local folder or hub id
+    model: str = "tiny-qwen2.5-vl"  # registry name (tiny-qwen3-vl on CPU; qwen2.5-vl-3b, qwen3-vl-2b/4b/8b on GPU), local folder or hub id
     lora_alpha: int = 16
     learning_rate: float = 1e-2
     batch_size: int = 8
@@ -87,11 +91,12 @@ def load_data(p: Params):
     """(train rows, held-out rows, skip report) from the sheet; fails before any model or run folder."""
     if p.load_in_8bit:
         raise ValueError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
+    check_pixel_bounds(p.model, p.min_pixels, p.max_pixels)
     rows, report = load_excel_vision(
         p.sheet, sheet=p.worksheet or None, image_column=p.image_column or None,
         question_column=p.question_column or None, answer_column=p.answer_column or None,
         default_prompt=p.default_question, system=p.system_prompt or None, max_image_side=p.max_image_side,
-        limit=p.max_rows or None,
+        max_pixels=p.max_pixels, limit=p.max_rows or None,
     )
     train_rows, heldout = split_heldout(rows, p.heldout_rows, p.seed, find_data_file(p.sheet))
     print(f"[lab] {p.sheet}: {report.summary()}; {len(train_rows)} train, {len(heldout)} held out")
@@ -113,12 +118,13 @@ def load_model(p: Params):
         torch.set_num_threads(p.cpu_threads)
     model, processor = load_vision_model(p.model, backend=backend, load_in_4bit=p.load_in_4bit,
                                          max_seq_length=p.max_seq_length, gradient_checkpointing=p.gradient_checkpointing)
+    set_image_pixels(processor, p.min_pixels, p.max_pixels)  # the model-side bound, whatever the loader did
     model = add_vision_lora(model, backend=backend, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                             use_rslora=p.use_rslora, use_dora=p.use_dora,
                             finetune_vision_layers=p.finetune_vision_layers,
                             finetune_language_layers=p.finetune_language_layers,
                             finetune_attention_modules=p.finetune_attention_modules,
-                            finetune_mlp_modules=p.finetune_mlp_modules, seed=p.seed,
+                            finetune_mlp_modules=p.lora_mlp, seed=p.seed,
                             modules_to_save=p.modules_to_save)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, processor, backend

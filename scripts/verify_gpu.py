@@ -6,7 +6,7 @@
 
 Nothing is downloaded: the models are random-weight copies of real shapes built
 locally once (benchmarks/common.py: Qwen2.5-0.5B for the text paths, Qwen2.5-VL-3B for
-vision) with the embedded SmolLM2 tokenizer, and the data are the bundled samples.
+vision, Qwen3-0.6B and Qwen3-VL-2B for the Qwen3 cases) with the embedded SmolLM2 tokenizer, and the data are the bundled samples.
 Random weights check that a path *runs* (loads, trains, saves, generates, exports) and
 what it costs in memory and time, not what it learns.
 
@@ -39,6 +39,11 @@ from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
 VISION_MODEL = "qwen2.5-vl-3b"
+QWEN3_MODEL = "qwen3-0.6b"  # with Qwen3's own chat template (the thinking switch)
+QWEN3_VISION_MODEL = "qwen3-vl-2b"
+# model kind -> (the random real-shape model on a CUDA box, the CPU model under --smoke)
+MODELS = {"text": (TEXT_MODEL, "smollm2-135m"), "vision": (VISION_MODEL, "tiny-qwen2.5-vl"),
+          "text-qwen3": (QWEN3_MODEL, None), "vision-qwen3": (QWEN3_VISION_MODEL, "tiny-qwen3-vl")}
 COLUMNS = ["case", "status", "seconds", "peak_gib", "checked"]
 CASE_TIMEOUT_S = 300
 RUN_NAME = "verify-gpu"
@@ -53,7 +58,7 @@ class Case:
     smoke: dict | None = None  # CPU-sized settings for --smoke (None: the case is CUDA-only)
     after: str | None = None  # a case whose run this one reads (its run folder is passed in as run_dir)
     timeout_s: int = CASE_TIMEOUT_S
-    model: str = "text"  # which model folder the case gets: text | vision | none
+    model: str = "text"  # which model folder the case gets: a key of MODELS, or none
 
 
 # The GPU settings come from the experiments' own GPU configs (configs/*_gpu.yaml), shrunk to a few
@@ -71,7 +76,7 @@ CASES = [
                                    batch_size=4, max_seq_length=128), config="configs/sft_alpaca.yaml")),
     Case("sft_medical_gpu_config", "case_sft_medical", ["cuda", "unsloth", "bitsandbytes"],
          gpu=dict(config="configs/sft_medical_gpu.yaml",
-                  overrides=dict(data_file="medical/dialogues_gbk.csv", max_steps=3, eval_rows=2, max_new_tokens=16,
+                  overrides=dict(data_file="medical/dialogues_gbk.csv", max_steps=3, heldout_rows=2, max_new_tokens=16,
                                  max_seq_length=512))),
     Case("grpo_unsloth_hf_rollouts", "case_grpo", ["cuda", "unsloth"],
          gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="hf"),
@@ -81,6 +86,16 @@ CASES = [
     Case("vision_unsloth_qwen2.5-vl-3b", "case_vision", ["cuda", "unsloth", "bitsandbytes"], model="vision",
          gpu=dict(config="configs/sft_vision_gpu.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
                                                                       gradient_accumulation_steps=1, max_new_tokens=8)),
+         smoke=dict(config="configs/sft_vision.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
+                                                                    max_new_tokens=4, backend="hf"))),
+    # Qwen3 with the thinking switch off (its template's empty <think></think> block), 4-bit through Unsloth
+    Case("sft_alpaca_qwen3_no_thinking", "case_sft_alpaca", ["cuda", "unsloth", "bitsandbytes"], model="text-qwen3",
+         gpu=dict(config="configs/sft_alpaca_qwen3_gpu.yaml",
+                  overrides=dict(max_steps=3, heldout_rows=2, max_new_tokens=16, max_rows=64, max_seq_length=512))),
+    Case("vision_unsloth_qwen3-vl-2b", "case_vision", ["cuda", "unsloth", "bitsandbytes"], model="vision-qwen3",
+         gpu=dict(config="configs/sft_vision_qwen3_gpu.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
+                                                                            gradient_accumulation_steps=1,
+                                                                            max_new_tokens=8)),
          smoke=dict(config="configs/sft_vision.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
                                                                     max_new_tokens=4, backend="hf"))),
     Case("evaluate_export_merged", "case_evaluate_export", ["cuda"], after="hf_qlora", model="none",
@@ -195,18 +210,27 @@ def case_sft_alpaca(model_dir: str, config: str, overrides: dict) -> dict:
     """The hf backend (transformers + peft + the lab's Trainer) through scripts/sft_alpaca, 4-bit on GPU."""
     import math
 
+    from lab_utils.models.registry import load_tokenizer
     from scripts import sft_alpaca
 
     reset_peak_memory()
     p = shrink(sft_alpaca.Params, config, overrides, model_dir)
     run = sft_alpaca.run(p)
     metrics = run["metrics"]
-    assert metrics["backend"] == "hf", metrics["backend"]
+    assert p.backend in ("auto", metrics["backend"]), (p.backend, metrics["backend"])  # the backend asked for
     assert metrics["global_step"] == p.max_steps and math.isfinite(metrics["train_loss"])
     assert (Path(run["run_dir"]) / "adapter" / "adapter_config.json").exists()
     assert len(run["generations"]) == p.heldout_rows
-    checked = [f"backend hf on {metrics['device']}", f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
+    checked = [f"backend {metrics['backend']} on {metrics['device']}",
+               f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
                f"batching {p.batching}", "adapter saved", f"{p.heldout_rows} answers before/after"]
+    if p.enable_thinking is not None:  # Qwen3: the switch reached the template (the generation prompt shows it)
+        from lab_utils.models.chat import render
+
+        prompt = render(load_tokenizer(model_dir), [{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                        enable_thinking=p.enable_thinking)
+        assert prompt.endswith("<think>\n\n</think>\n\n") != p.enable_thinking, prompt[-40:]
+        checked.append(f"enable_thinking={p.enable_thinking} in the chat template")
     if p.load_in_4bit:
         checked.insert(1, quantised_note(metrics, model_dir))
     return result(checked, run_dir=run["run_dir"])
@@ -228,7 +252,7 @@ def case_sft_medical(model_dir: str, config: str, overrides: dict) -> dict:
     checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}", quantised_note(metrics, model_dir),
                f"{p.data_file} read as {metrics['data']['encoding']}, {metrics['rows_kept']} rows",
                f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
-               f"BLEU-4/ROUGE base vs tuned on {p.eval_rows} test rows"]
+               f"BLEU-4/ROUGE base vs tuned on {p.heldout_rows} test rows"]
     return result(checked)
 
 
@@ -255,9 +279,9 @@ def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto")
     from scripts import grpo_gsm8k
 
     reset_peak_memory()
-    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", eval_rows=2, max_steps=2, batch_size=4,
+    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
                      num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
-                     eval_max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
+                     max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
     p = shrink(grpo_gsm8k.Params, config, overrides, model_dir)
     run = grpo_gsm8k.run(p)
     metrics = run["metrics"]
@@ -360,11 +384,11 @@ def model_folders(cases: list[Case], smoke: bool) -> tuple[dict, list[dict]]:
     """The models the cases need, built once (random weights, real shapes); (folders, build rows)."""
     kinds = {c.model for c in cases if c.model != "none"}
     if smoke:
-        return {"text": "smollm2-135m", "vision": "tiny-qwen2.5-vl"}, []
-    builders = {"text": (TEXT_MODEL, ensure_random_model), "vision": (VISION_MODEL, ensure_random_vision_model)}
+        return {kind: cpu for kind, (_, cpu) in MODELS.items() if cpu}, []
     folders, rows = {}, []
     for kind in sorted(kinds):
-        name, build = builders[kind]
+        name = MODELS[kind][0]
+        build = ensure_random_vision_model if kind.startswith("vision") else ensure_random_model
         started = time.time()
         try:
             folders[kind] = build(name)

@@ -1,6 +1,9 @@
 """Modelfile chat templates: each family's Go template renders a multi-turn conversation exactly like the
 family's official Jinja template (applied with transformers' apply_chat_template), and the renderer itself."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lab_utils.export import ollama_templates as chat_templates
@@ -9,69 +12,22 @@ from lab_utils.export.merge import ExportError
 from lab_utils.export.ollama_templates import (FAMILIES, ChatTemplateError, choose_template, detect_family, jinja_render, ollama_render)
 from lab_utils.export.go_template import TemplateError, render
 
-# The official chat templates (tokenizer_config.json "chat_template"), text-only parts, of one model per family.
-OFFICIAL = {
-    # Qwen/Qwen2.5-1.5B-Instruct, without its tool-calling branches
-    "chatml": (
-        "{%- if messages[0]['role'] == 'system' %}\n"
-        "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
-        "{%- else %}\n"
-        "    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
-        "{%- endif %}\n"
-        "{%- for message in messages %}\n"
-        "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\") %}\n"
-        "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-        "    {%- endif %}\n"
-        "{%- endfor %}\n"
-        "{%- if add_generation_prompt %}\n"
-        "    {{- '<|im_start|>assistant\\n' }}\n"
-        "{%- endif %}\n"),
-    # meta-llama/Meta-Llama-3-8B-Instruct
-    "llama3": (
-        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
-        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
-    # google/gemma-3-1b-it, text content only
-    "gemma": (
-        "{{ bos_token }}\n"
-        "{%- if messages[0]['role'] == 'system' -%}\n"
-        "    {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
-        "    {%- set loop_messages = messages[1:] -%}\n"
-        "{%- else -%}\n"
-        "    {%- set first_user_prefix = \"\" -%}\n"
-        "    {%- set loop_messages = messages -%}\n"
-        "{%- endif -%}\n"
-        "{%- for message in loop_messages -%}\n"
-        "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-        "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
-        "    {%- endif -%}\n"
-        "    {%- if (message['role'] == 'assistant') -%}\n"
-        "        {%- set role = \"model\" -%}\n"
-        "    {%- else -%}\n"
-        "        {%- set role = message['role'] -%}\n"
-        "    {%- endif -%}\n"
-        "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
-        "    {%- if message['content'] is string -%}\n"
-        "        {{ message['content'] | trim }}\n"
-        "    {%- else -%}\n"
-        "        {{ raise_exception(\"Invalid content type\") }}\n"
-        "    {%- endif -%}\n"
-        "    {{ '<end_of_turn>\\n' }}\n"
-        "{%- endfor -%}\n"
-        "{%- if add_generation_prompt -%}\n"
-        "    {{'<start_of_turn>model\\n'}}\n"
-        "{%- endif -%}\n"),
-    # mistralai/Mistral-7B-Instruct-v0.2
-    "mistral": (
-        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
-        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
+TEMPLATES = Path(__file__).parent / "data" / "templates"  # upstream files, sources in its README.md
+# family -> (the model maker's template file it must match, its BOS and EOS tokens)
+UPSTREAM = {
+    "chatml": ("qwen2.5.jinja", "<|endoftext|>", "<|im_end|>"),
+    "qwen3": ("qwen3.jinja", "<|endoftext|>", "<|im_end|>"),
+    "llama3": ("llama3.jinja", "<|begin_of_text|>", "<|eot_id|>"),
+    "gemma": ("gemma3.jinja", "<bos>", "<eos>"),
+    "mistral": ("mistral-v1.jinja", "<s>", "</s>"),
+    "mistral-v3": ("mistral-v3.jinja", "<s>", "</s>"),
+    "mistral-legacy": ("mistral-v0.2-legacy.jinja", "<s>", "</s>"),
 }
-SPECIAL = {"chatml": ("<|endoftext|>", "<|im_end|>"), "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
-           "gemma": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>")}
+# more upstream files and the family each one must be detected as
+MORE_UPSTREAM = {"qwen3-0.6b-llamacpp.jinja": ("qwen3", "<|endoftext|>", "<|im_end|>"),
+                 "qwen3-vl.jinja": ("chatml", "<|endoftext|>", "<|im_end|>")}
+CASES = {**{name: (file, name, bos, eos) for name, (file, bos, eos) in UPSTREAM.items()},
+         **{file: (file, family, bos, eos) for file, (family, bos, eos) in MORE_UPSTREAM.items()}}
 CONVERSATION = [
     {"role": "system", "content": "你是一名耐心的医学助手。"},
     {"role": "user", "content": "最近总是头疼，怎么办？"},
@@ -89,30 +45,84 @@ def base_tokenizer():
     return load_tokenizer(resolve_model("smollm2-135m"))
 
 
-def family_tokenizer(base, family):
-    """The embedded tokenizer wearing a family's official template and BOS/EOS tokens."""
+def family_tokenizer(base, family, file=None):
+    """The embedded tokenizer wearing an upstream template file and its BOS/EOS tokens."""
     import copy
 
+    file, _, bos, eos = CASES[file or family]
     tokenizer = copy.deepcopy(base)
-    tokenizer.chat_template = OFFICIAL[family]
-    bos, eos = SPECIAL[family]
+    tokenizer.chat_template = (TEMPLATES / file).read_text(encoding="utf-8")
     tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos})
     return tokenizer
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_modelfile_template_renders_the_conversation_like_the_tokenizer(base_tokenizer, family):
-    tokenizer = family_tokenizer(base_tokenizer, family)
+def test_every_family_is_checked_against_an_upstream_file():
+    assert set(UPSTREAM) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_modelfile_template_renders_the_conversation_like_the_upstream_template(base_tokenizer, case):
+    from jinja2 import TemplateError as JinjaError
+
+    file, family, _, _ = CASES[case]
+    tokenizer = family_tokenizer(base_tokenizer, family, case)
     assert detect_family(tokenizer) == family
-    conversation = CONVERSATION if family != "mistral" else CONVERSATION[1:]  # Mistral v0.2 refuses a system role
+    try:
+        jinja_render(tokenizer, CONVERSATION[:2])
+        conversation = CONVERSATION
+    except JinjaError:
+        conversation = CONVERSATION[1:]  # the legacy Mistral template refuses a system role
+    switches = (None, False, True) if "enable_thinking" in tokenizer.chat_template else (None,)
     for turns in range(2, len(conversation) + 1):  # every prefix ending on a user turn: the generation prompt
         messages = conversation[:turns]
         if messages[-1]["role"] != "user":
             continue
-        expected = jinja_render(tokenizer, messages)
-        assert ollama_render(FAMILIES[family].go_template, messages) == expected
-    full = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    assert full.startswith(SPECIAL[family][0]) or family == "chatml"  # the BOS that llama.cpp adds itself
+        for think in switches:
+            expected = jinja_render(tokenizer, messages, **({} if think is None else {"enable_thinking": think}))
+            assert ollama_render(FAMILIES[family].go_template, messages, think=think) == expected, (file, think)
+
+
+def test_mistral_versions_differ_where_upstream_says(base_tokenizer):
+    """The details of issue 25: v1 spaces around [INST], v3 none before [/INST] and its system in the last turn."""
+    conversation = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "Capital of France?"},
+                    {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And Spain?"}]
+    v1 = ollama_render(FAMILIES["mistral"].go_template, conversation)
+    v3 = ollama_render(FAMILIES["mistral-v3"].go_template, conversation)
+    assert v1 == " [INST] SYS\n\nCapital of France? [/INST] Paris</s> [INST] And Spain? [/INST]"
+    assert v3 == "[INST] Capital of France?[/INST] Paris</s>[INST] SYS\n\nAnd Spain?[/INST]"
+
+
+@pytest.mark.parametrize("family", ["mistral", "mistral-v3"])
+def test_upstream_jinja_files_render_what_llama_cpp_expects(base_tokenizer, family):
+    """The stored template files are the ones llama.cpp tests: same conversation, same expected text."""
+    data = json.loads((TEMPLATES / "llamacpp_expected.json").read_text(encoding="utf-8"))
+    tokenizer = family_tokenizer(base_tokenizer, family)
+    text = tokenizer.apply_chat_template(data["conversation"], tokenize=False)
+    assert text.removeprefix(tokenizer.bos_token) == data["expected_jinja"][UPSTREAM[family][0].removesuffix(".jinja")]["text"]
+    if family == "mistral":  # v3's Jinja trims answers (the Go template cannot), v1's does not
+        assert ollama_render(FAMILIES[family].go_template, data["conversation"]) == text.removeprefix(tokenizer.bos_token)
+
+
+OLLAMA = TEMPLATES / "ollama"
+# the conversations of TestTemplate in ollama/ollama template/template_test.go
+OLLAMA_CONVERSATIONS = {
+    "user": [("user", "Hello, how are you?")],
+    "user-assistant-user": [("user", "Hello, how are you?"), ("assistant", "I'm doing great. How can I help you today?"),
+                            ("user", "I'd like to show off how chat templating works!")],
+}
+OLLAMA_CONVERSATIONS["system-user-assistant-user"] = ([("system", "You are a helpful assistant.")]
+                                                      + OLLAMA_CONVERSATIONS["user-assistant-user"])
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in OLLAMA.glob("*.gotmpl")))
+def test_ollama_stock_templates_render_like_ollama(template):
+    assert len(list(OLLAMA.glob("*.gotmpl"))) == 20
+    for name, turns in OLLAMA_CONVERSATIONS.items():
+        got = ollama_render((OLLAMA / template).read_text(encoding="utf-8"), [{"role": r, "content": c} for r, c in turns])
+        # Ollama's own test drops one trailing space for these five before comparing
+        if template in ("chatqa.gotmpl", "llama2-chat.gotmpl", "mistral-instruct.gotmpl", "openchat.gotmpl", "vicuna.gotmpl"):
+            got = got.removesuffix(" ")
+        assert got == (OLLAMA / "expected" / template / name).read_text(encoding="utf-8"), (template, name)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -144,7 +154,7 @@ def test_unknown_family_is_one_error_naming_the_template_option(base_tokenizer, 
 def test_a_known_family_that_renders_differently_is_caught(base_tokenizer):
     tokenizer = family_tokenizer(base_tokenizer, "llama3")
     # a Llama 3.1-style system preamble the llama3 Go template does not write
-    tokenizer.chat_template = OFFICIAL["llama3"].replace(
+    tokenizer.chat_template = tokenizer.chat_template.replace(
         "message['content'] | trim", "(('Cutting Knowledge Date: December 2023\\n\\n' if message['role'] == 'system' else '') + message['content']) | trim")
     with pytest.raises(ChatTemplateError, match=r"llama3 Modelfile template renders a conversation differently .* at character \d+"):
         choose_template(tokenizer)
@@ -173,9 +183,17 @@ def test_go_template_subset_semantics():
     assert render("{{ $n := 0 }}{{ range .Messages }}{{ $n = .Content }}{{ end }}{{ $n }}", data) == "b"
     assert render("{{ if and .System (eq 1 1) }}yes{{ else }}no{{ end }}", data) == "no"
     assert render("{{ len (slice .Messages 1) }} {{ (index .Messages 1).Role }}", data) == "1 assistant"
+    three = {"Messages": data["Messages"] + [{"Role": "user", "Content": "c"}]}
+    assert render("{{ range slice .Messages 1 }}{{ .Content }}{{ end }}|{{ range slice .Messages 0 1 }}{{ .Content }}{{ end }}",
+                  three) == "bc|a"  # Go's x[1:] and x[0:1]
+    assert render('{{ printf "%s=%d %q %v%%" "n" 3 "x" true }}', {}) == 'n=3 "x" true%'
+    assert render("{{ range .Messages }}{{ if eq .Role \"assistant\" }}{{ continue }}{{ end }}{{ .Content }}{{ end }}",
+                  three) == "ac"
+    assert render("{{ range .Messages }}{{ if eq .Role \"assistant\" }}{{ break }}{{ end }}{{ .Content }}{{ end }}",
+                  three) == "a"
     assert render("{{ range .Missing }}x{{ else }}empty{{ end }}", {"Missing": []}) == "empty"
     assert render("{{ not .System }} {{ $.System }}|", data) == "true |"
-    for bad in ("{{ if .System }}x", "{{ end }}", "{{ with .System }}x{{ end }}", "{{ printf \"%s\" .System }}",
-                "{{ $undeclared = 1 }}", "{{ .Nope }}"):
+    for bad in ("{{ if .System }}x", "{{ end }}", "{{ with .System }}x{{ end }}", "{{ .System | printf \"%s\" }}",
+                "{{ json .Messages }}", "{{ break }}", "{{ $undeclared = 1 }}", "{{ .Nope }}"):
         with pytest.raises(TemplateError):
             render(bad, data)

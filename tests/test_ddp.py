@@ -44,8 +44,8 @@ CASES = {
     "sft_alpaca": ["--max_rows", "24", "--heldout_rows", "2", "--batch_size", "2", "--max_new_tokens", "2",
                    "--max_seq_length", "96"],
     # 1 prompt x 2 completions per rank and step; GRPO gathers the group's rewards across ranks
-    "grpo_gsm8k": ["--max_rows", "12", "--eval_rows", "2", "--num_generations", "2", "--batch_size", "2",
-                   "--max_completion_length", "8", "--eval_max_new_tokens", "4",
+    "grpo_gsm8k": ["--max_rows", "12", "--heldout_rows", "2", "--num_generations", "2", "--batch_size", "2",
+                   "--max_completion_length", "8", "--max_new_tokens", "4",
                    "--sft_warmup_steps", "1", "--sft_warmup_batch_size", "2"],  # the warm-up runs under DDP too
     "sft_vision": ["--max_rows", "8", "--heldout_rows", "2", "--batch_size", "2", "--max_new_tokens", "2",
                    "--grid_images", "2"],

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
+from lab_utils.training.params import AnswerParams, EvalParams, LoraParams, OptimParams, RunParams
 from lab_utils.training.trainer import training_arguments
 from lab_utils.core.backend import Backend
 
@@ -22,7 +22,7 @@ def experiment(name):
 @pytest.mark.parametrize("name", TRAINING_EXPERIMENTS)
 def test_params_are_composed_of_the_shared_groups(name):
     params = experiment(name).Params
-    for group in (RunParams, LoraParams, OptimParams):
+    for group in (RunParams, LoraParams, OptimParams, AnswerParams):
         assert issubclass(params, group), f"{name}.Params lacks {group.__name__}"
         assert {f.name for f in dataclasses.fields(group)} <= {f.name for f in dataclasses.fields(params)}
 

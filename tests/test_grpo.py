@@ -14,13 +14,13 @@ from lab_utils.training.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
 # 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after
-TINY = dict(max_rows=12, eval_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
-            eval_max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none",
+TINY = dict(max_rows=12, heldout_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
+            max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none",
             sft_warmup_steps=1, sft_warmup_batch_size=2)
 # The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
 # where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
 # Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.
-LEARNING = dict(eval_rows=8, sft_warmup_steps=16, sft_warmup_learning_rate=8e-4, max_steps=8, save_steps=8,
+LEARNING = dict(heldout_rows=8, sft_warmup_steps=16, sft_warmup_learning_rate=8e-4, max_steps=8, save_steps=8,
                 report_to="none", precision="fp32", run_name="learns")
 REWARDS = ["correctness", "soft_format", "xml_count", "overlong_penalty"]
 

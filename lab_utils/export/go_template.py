@@ -4,20 +4,26 @@ Ollama's Modelfile TEMPLATE is a Go text/template. To check, in Python and witho
 Ollama, that a Modelfile renders a conversation exactly like the tokenizer's Jinja
 chat template, we render it here. No maintained PyPI package does this (the ones
 that exist wrap Go through CGo and are at 0.0.x), so this supports the subset the
-lab's templates (lab_utils/export/ollama_templates.py) and Ollama's stock chat templates use,
-and refuses anything else with a TemplateError instead of guessing:
+lab's templates (lab_utils/export/ollama_templates.py) and Ollama's 20 stock chat templates
+(ollama/ollama template/*.gotmpl; tests/test_chat_templates.py renders each of them and compares
+with Ollama's own expected output) use, and refuses anything else with a TemplateError instead of
+guessing:
 
-    text, {{ pipeline }}, trim markers {{- and -}}
+    text, {{ pipeline }}, trim markers {{- and -}}, comments {{/* ... */}}
     {{ if P }} ... {{ else if P }} ... {{ else }} ... {{ end }}
     {{ range P }} / {{ range $i, $m := P }} / {{ range $m := P }} ... {{ else }} ... {{ end }}
+    {{ break }} and {{ continue }} inside a range (Go >= 1.18)
     {{ $x := P }} declares, {{ $x = P }} assigns (to the nearest enclosing $x, as in Go >= 1.11)
     operands: .Field.Sub, ., $, $.Field, $x, $x.Field, "strings" (Go escapes), integers, true/false,
               ( P ) and ( P ).Field
     functions: eq (true when the first argument equals any other), ne, lt, le, gt, ge,
-               and, or (Go's short-circuit values), not, len, index, slice
+               and, or (Go's short-circuit values), not, len, index,
+               slice x i [j] (Go's x[i:j]: `slice x 1` drops the first element),
+               printf with the verbs %s %v %d %q %%
 
-Truth is Go's: false, 0, "", nil and empty collections are false. Data are dicts
-(field names are keys) and lists.
+Not covered (a TemplateError names it): pipes `P | f`, with, define/template/block, and
+Ollama's own functions (json, currentDate, yesterdayDate, toTypeScriptType). Truth is Go's:
+false, 0, "", nil and empty collections are false. Data are dicts (field names are keys) and lists.
 """
 
 import json
@@ -28,7 +34,7 @@ class TemplateError(ValueError):
     """A template this renderer cannot parse or evaluate; the message says where."""
 
 
-_ACTION = re.compile(r"\{\{(- )?(.*?)( -)?\}\}", re.S)
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
 _TOKEN = re.compile(r'\s*("(?:\\.|[^"\\])*"|\(|\)|:=|=|,|\$\w*(?:\.\w+)*|\.\w+(?:\.\w+)*|\.|-?\d+|\w+)')
 _FUNCTIONS = {
     "eq": lambda a, *rest: any(a == b for b in rest),
@@ -36,12 +42,44 @@ _FUNCTIONS = {
     "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
     "not": lambda a: not truth(a), "len": len,
     "index": lambda a, *keys: _index(a, keys),
-    "slice": lambda a, *bounds: a[slice(*bounds)],
+    "slice": lambda a, *bounds: _slice(a, bounds),
+    "printf": lambda fmt, *args: _printf(fmt, args),
 }
+_VERB = re.compile(r"%([%svdq])")
+
+
+class _Break(Exception):
+    pass
+
+
+class _Continue(Exception):
+    pass
 
 
 def truth(value) -> bool:
     return bool(value)  # Go's rule coincides with Python's for str, int, bool, None, list, dict
+
+
+def _slice(value, bounds):
+    """Go's slice: `slice x i` is x[i:], `slice x i j` is x[i:j] (Python's slice(i) would be x[:i])."""
+    if len(bounds) > 2:
+        raise TemplateError("slice with 3 indices (capacity) is not supported")
+    return value[bounds[0] if bounds else 0:bounds[1] if len(bounds) > 1 else None]
+
+
+def _printf(fmt: str, args) -> str:
+    """Go's fmt.Sprintf for %s %v %d %q %% (enough for Ollama's templates)."""
+    args = iter(args)
+
+    def verb(match):
+        if match.group(1) == "%":
+            return "%"
+        value = next(args, None)
+        if match.group(1) == "q":
+            return json.dumps(str(value), ensure_ascii=False)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return _VERB.sub(verb, fmt)
 
 
 def _index(value, keys):
@@ -55,7 +93,10 @@ def render(template: str, data: dict) -> str:
     if end is not None:
         raise TemplateError(f"unexpected {{{{ {end} }}}}")
     out = []
-    _run(nodes, data, data, [{}], out)
+    try:
+        _run(nodes, data, data, [{}], out)
+    except (_Break, _Continue):
+        raise TemplateError("{{ break }} or {{ continue }} outside a {{ range }}") from None
     return "".join(out)
 
 
@@ -96,8 +137,15 @@ def _parse(items, pos, stops):
             node, pos = _parse_block(items, pos, keyword, body[len(keyword):].strip())
             nodes.append(node)
             continue
-        if keyword in ("with", "define", "template", "block", "break", "continue"):
-            raise TemplateError(f"{{{{ {keyword} }}}} is not supported by this renderer")
+        if body in ("break", "continue"):
+            nodes.append((body,))
+            pos += 1
+            continue
+        if body.startswith("/*") and body.endswith("*/"):  # a comment
+            pos += 1
+            continue
+        if keyword in ("with", "define", "template", "block"):
+            raise TemplateError(f"{{{{ {body[:40]} }}}} is not supported by this renderer (see its docstring)")
         nodes.append(_assignment(body) or ("output", _expression(body)))
         pos += 1
     return nodes, None
@@ -164,7 +212,7 @@ def _command(tokens, text):
     """A function call or a single operand; returns (expression, remaining tokens)."""
     if not tokens:
         raise TemplateError(f"empty pipeline in {{{{ {text} }}}}")
-    if tokens[0] in ("and", "or") or tokens[0] in _FUNCTIONS:
+    if tokens[0] in ("and", "or") or tokens[0] in _FUNCTIONS:  # a function call
         name, args, rest = tokens[0], [], tokens[1:]
         while rest and rest[0] != ")":
             operand, rest = _operand(rest, text)
@@ -201,6 +249,10 @@ def _run(nodes, dot, root, scopes, out):
         kind = node[0]
         if kind == "text":
             out.append(node[1])
+        elif kind == "break":
+            raise _Break()
+        elif kind == "continue":
+            raise _Continue()
         elif kind == "output":
             value = _eval(node[1], dot, root, scopes)
             out.append("" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
@@ -228,7 +280,12 @@ def _run(nodes, dot, root, scopes, out):
                     scope = {index_var: index, element_var: element}
                 elif index_var:
                     scope = {index_var: element}
-                _run(body, element, root, scopes + [scope], out)
+                try:
+                    _run(body, element, root, scopes + [scope], out)
+                except _Continue:
+                    continue
+                except _Break:
+                    break
             if not pairs:
                 _run(otherwise, dot, root, scopes + [{}], out)
 

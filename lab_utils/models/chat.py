@@ -7,6 +7,12 @@ prefixes: render the conversation once, note where each assistant turn's text
 and label exactly the tokens inside those spans. This works for any chat
 template that renders a conversation as the concatenation of its prefixes
 (ChatML/Qwen/SmolLM2, Llama-3, Mistral...), which `assistant_spans` checks.
+
+The thinking switch: Qwen3's template takes `enable_thinking` (False writes an empty
+<think></think> block after the assistant prompt, so the model answers directly). `set_thinking`
+fixes it for every render, tokenization and generation with a tokenizer (the experiments' Params
+`enable_thinking`; None = the template's default); a template without the switch is refused with
+one line (`check_thinking_switch`), since passing it there would silently change nothing.
 """
 
 import torch
@@ -14,6 +20,7 @@ import torch
 from lab_utils.core.progress import progress_bar
 
 IGNORE_INDEX = -100
+THINKING_ATTRIBUTE = "lab_enable_thinking"  # set on a tokenizer by set_thinking
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that are not a whole UTF-8 character
 
 
@@ -21,10 +28,59 @@ class ChatTemplateError(ValueError):
     """The tokenizer has no chat template, or it does not render conversations prefix by prefix."""
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+def trl_chat_template(file: str) -> str:
+    """A model maker's original chat template as the pinned TRL ships it (trl/chat_templates/<file>, e.g.
+    qwen3.jinja, qwen3_vl.jinja; byte-identical to tests/data/templates/, whose README cites the sources)."""
+    from importlib.resources import files
+
+    path = files("trl") / "chat_templates" / file
+    if not path.is_file():
+        raise FileNotFoundError(f"trl has no chat_templates/{file}; install the pinned trl (requirements.txt)")
+    return path.read_text(encoding="utf-8")
+
+
+def has_thinking_switch(tokenizer) -> bool:
+    """Whether the chat template reads `enable_thinking` (detected from its text, as Qwen3's does)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    return "enable_thinking" in template
+
+
+def check_thinking_switch(tokenizer, enable_thinking: bool | None, model: str = "") -> None:
+    """ChatTemplateError (one line) when enable_thinking is set for a template that has no such switch."""
+    if enable_thinking is not None and not has_thinking_switch(tokenizer):
+        raise ChatTemplateError(f"enable_thinking={enable_thinking}: the chat template of "
+                                f"{model or tokenizer.name_or_path!r} has no thinking switch (it never reads "
+                                "enable_thinking); leave enable_thinking unset (null) for this model, or use Qwen3")
+
+
+def check_model_thinking(model: str, enable_thinking: bool | None) -> None:
+    """check_thinking_switch for a model name, before anything heavy is loaded (only its tokenizer)."""
+    if enable_thinking is None:
+        return
+    from lab_utils.models.registry import load_tokenizer, resolve_model
+
+    check_thinking_switch(load_tokenizer(resolve_model(model)), enable_thinking, model)
+
+
+def set_thinking(tokenizer, enable_thinking: bool | None):
+    """Use this switch in every render/tokenize/generate with `tokenizer` (None: the template's default)."""
+    check_thinking_switch(tokenizer, enable_thinking)
+    setattr(tokenizer, THINKING_ATTRIBUTE, enable_thinking)
+    return tokenizer
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+           enable_thinking: bool | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template; use an instruct/chat model")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if enable_thinking is None:
+        enable_thinking = getattr(tokenizer, THINKING_ATTRIBUTE, None)
+    check_thinking_switch(tokenizer, enable_thinking)
+    switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}  # a template kwarg
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **switch)
 
 
 def prompt_of(messages: list[dict]) -> list[dict]:

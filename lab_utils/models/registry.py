@@ -57,9 +57,18 @@ REGISTRY = {
     "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct", modelscope="Qwen/Qwen2.5-1.5B-Instruct"),
     "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct", modelscope="Qwen/Qwen2.5-7B-Instruct"),
     "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct", note="always from ModelScope (mainland China boxes)"),
+    # Qwen3: one chat template with the thinking switch (enable_thinking, lab_utils.models.chat)
+    "qwen3-0.6b": ModelSpec("unsloth/Qwen3-0.6B", modelscope="Qwen/Qwen3-0.6B"),
+    "qwen3-1.7b": ModelSpec("unsloth/Qwen3-1.7B", modelscope="Qwen/Qwen3-1.7B"),
+    "qwen3-4b": ModelSpec("unsloth/Qwen3-4B", modelscope="Qwen/Qwen3-4B"),
+    "qwen3-8b": ModelSpec("unsloth/Qwen3-8B", modelscope="Qwen/Qwen3-8B"),
     "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct", modelscope="LLM-Research/Llama-3.2-1B-Instruct"),
     "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision", modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
+    "qwen3-vl-2b": ModelSpec("unsloth/Qwen3-VL-2B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-2B-Instruct"),
+    "qwen3-vl-4b": ModelSpec("unsloth/Qwen3-VL-4B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-4B-Instruct"),
+    "qwen3-vl-8b": ModelSpec("unsloth/Qwen3-VL-8B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-8B-Instruct"),
     "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision.model), CPU tests/demo"),
+    "tiny-qwen3-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen3-VL built in code (lab_utils.vision.model), CPU tests"),
 }
 
 # Attention projections per architecture family; MLP projections are added with include_mlp.
@@ -83,6 +92,7 @@ FAMILY = {
     "phi3": "llama",
     "qwen2_5_vl": "llama",
     "qwen2_vl": "llama",
+    "qwen3_vl": "llama",
 }
 
 
@@ -205,7 +215,7 @@ def resolve_model(name: str) -> str:
         if spec.source == "tiny-vision":
             from lab_utils.vision.model import ensure_tiny_vision_model  # lazy: vision_model imports this module
 
-            return str(ensure_tiny_vision_model())
+            return str(ensure_tiny_vision_model(name=name))
         if spec.source == "embedded":
             return str(ensure_embedded_model())
         name = f"modelscope:{spec.modelscope}" if spec.modelscope and default_hub() == "modelscope" else spec.source

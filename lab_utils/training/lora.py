@@ -106,8 +106,10 @@ def trainable_parameters(model) -> dict:
 def load_lora_model(p):
     """(LoRA model, tokenizer, backend): the backend is chosen (and announced) once."""
     from lab_utils.core.backend import get_backend
+    from lab_utils.models.chat import set_thinking
 
     backend = get_backend(p.backend)
     model, tokenizer = build_lora_model(p, backend)
+    set_thinking(tokenizer, getattr(p, "enable_thinking", None))  # every render, tokenization, generation
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
     return model, tokenizer, backend

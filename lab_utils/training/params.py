@@ -4,7 +4,7 @@
 from dataclasses import dataclass
 
 
-# Every training experiment's Params is composed of these three groups (plus its own data and
+# Every training experiment's Params is composed of these groups (plus its own data and
 # method fields), so a knob has one name, one default and one meaning everywhere: configs,
 # notebooks and the batch runner speak one vocabulary. Defaults are the CPU demo's; an
 # experiment overrides a default by redeclaring the field in its own Params.
@@ -33,16 +33,18 @@ class LoraParams:
     use_rslora: bool = False  # scale by alpha/sqrt(r): stabler at large r
     use_dora: bool = False  # weight-decomposed LoRA (slower, sometimes better)
     loraplus_lr_ratio: float = 0.0  # > 0: LoRA+ (B learns this many times faster than A)
+    lora_mlp: bool = True  # also adapt gate/up/down projections (Unsloth's vision switch finetune_mlp_modules)
     load_in_4bit: bool = False  # QLoRA (GPU only)
     load_in_8bit: bool = False
 
 
 @dataclass(kw_only=True)
 class OptimParams:
-    """The optimiser, the schedule and the numeric precision."""
+    """The optimiser, the schedule, what one step holds and the numeric precision."""
 
     learning_rate: float = 2e-4
     batch_size: int = 8  # per device
+    max_seq_length: int = 256  # tokens per row (prompt + answer): with batch_size, what one step holds in memory
     gradient_accumulation_steps: int = 1
     max_steps: int = 30  # > 0 overrides num_train_epochs
     num_train_epochs: float = 1.0
@@ -56,18 +58,24 @@ class OptimParams:
 
 
 @dataclass(kw_only=True)
-class EvalParams:
-    """Held-out evaluation during training (the experiments that have an eval loss)."""
+class AnswerParams:
+    """The greedy answers to held-out rows before and after training (every training experiment)."""
 
-    eval_steps: int = 0  # > 0: eval loss (+ sample answers) every N steps; 0: before and after training only
-    load_best: bool = False  # end with the checkpoint of lowest eval loss (needs eval_steps > 0)
     max_new_tokens: int = 48  # length of the generated answers shown before/after (and during) training
 
 
 @dataclass(kw_only=True)
-class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
-    """Every text SFT experiment's knobs: the shared groups plus sequence length, targets and batching."""
+class EvalParams(AnswerParams):
+    """Held-out evaluation during training (the experiments that have an eval loss)."""
 
-    max_seq_length: int = 256
-    lora_mlp: bool = True  # also adapt gate/up/down projections
+    eval_steps: int = 0  # > 0: eval loss (+ sample answers) every N steps; 0: before and after training only
+    load_best: bool = False  # end with the checkpoint of lowest eval loss (needs eval_steps > 0)
+    eval_loss_rows: int = 64  # held-out rows the eval loss is computed on (0 = all): each is a forward pass
+
+
+@dataclass(kw_only=True)
+class LoraSFTParams(RunParams, LoraParams, OptimParams, EvalParams):
+    """Every text SFT experiment's knobs: the shared groups plus batching."""
+
+    enable_thinking: bool | None = None  # Qwen3's thinking switch in rows and answers (null: template default)
     batching: str = "padding_free"  # padding_free | padded (length-grouped)

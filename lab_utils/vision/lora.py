@@ -1,4 +1,4 @@
-"""LoRA for Qwen2.5-VL with Unsloth's four switches: vision/language layers, attention/MLP modules.
+"""LoRA for Qwen2.5-VL and Qwen3-VL with Unsloth's four switches: vision/language layers, attention/MLP modules.
 
 GPU / unsloth: `FastVisionModel.get_peft_model`. CPU / hf: peft with a target regex that
 picks the same modules (`vision_lora_target_regex`).
@@ -15,7 +15,8 @@ def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_langu
 
     Language model: q/k/v/o_proj and gate/up/down_proj under `language_model`.
     Vision tower: attn.qkv/attn.proj and the block MLPs under `visual.blocks` (Qwen2.5-VL
-    gate/up/down_proj, Qwen2-VL fc1/fc2); the patch merger stays frozen, as in Unsloth.
+    gate/up/down_proj, Qwen2-VL fc1/fc2, Qwen3-VL linear_fc1/linear_fc2); the patch merger (and
+    Qwen3-VL's DeepStack mergers) stay frozen, as in Unsloth.
     """
     if not (finetune_vision_layers or finetune_language_layers):
         raise ValueError("finetune_vision_layers and finetune_language_layers are both False: nothing to train")
@@ -28,7 +29,8 @@ def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_langu
         parts.append(rf".*language_model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(names)})")
     if finetune_vision_layers:
         names = (["attn.qkv", "attn.proj"] if finetune_attention_modules else []) + \
-                (["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp.fc1", "mlp.fc2"] if finetune_mlp_modules else [])
+                (["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp.fc1", "mlp.fc2",
+                 "mlp.linear_fc1", "mlp.linear_fc2"] if finetune_mlp_modules else [])
         parts.append(rf".*visual\.blocks\.\d+\.({'|'.join(n.replace('.', r'.') for n in names)})")
     return "|".join(f"(?:{p})" for p in parts)
 

@@ -127,3 +127,40 @@ def load_vision_processor(source: str):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(source)
+
+
+# ---------------------------------------------------------------- image size bounds (max_pixels / min_pixels)
+
+def merged_patch_side(model: str) -> int:
+    """Pixels per side of one image token (patch_size * spatial_merge_size): 28 for Qwen2/2.5-VL, 32 for Qwen3-VL.
+
+    Read from a local folder's config.json when there is one, else from the name, so the check
+    can run before any model is loaded (and before a run folder exists).
+    """
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        vision = json.loads(config.read_text(encoding="utf-8")).get("vision_config", {})
+        if vision.get("patch_size") and vision.get("spatial_merge_size"):
+            return int(vision["patch_size"]) * int(vision["spatial_merge_size"])
+    return 32 if "qwen3" in model.lower() else 28
+
+
+def check_pixel_bounds(model: str, min_pixels: int, max_pixels: int) -> None:
+    """One clear ValueError for bounds no image can meet: max_pixels below one image token, min above max."""
+    side = merged_patch_side(model)
+    if max_pixels < side * side:
+        raise ValueError(f"max_pixels={max_pixels} is smaller than one image patch of {model} ({side}x{side} = "
+                         f"{side * side} pixels); use at least {side * side}, e.g. 768*768 = 589824")
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels={min_pixels} is larger than max_pixels={max_pixels}")
+
+
+def set_image_pixels(processor, min_pixels: int, max_pixels: int):
+    """Bound every image's resized area to [min_pixels, max_pixels] (the Qwen2-VL image processors'
+    `size`, which the PIL and the torchvision variants both read); returns the processor."""
+    image_processor = getattr(processor, "image_processor", processor)
+    image_processor.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if hasattr(image_processor, name):  # older releases keep them as attributes too
+            setattr(image_processor, name, int(value))
+    return processor
