@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
+TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-browser demo lab lint screenshots test test-gpu \
-	verify-gpu bench doctor batch-smoke notebook-params clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-trackers setup-browser demo lab lint screenshots \
+	test test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -64,6 +65,14 @@ setup-browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			chromium chromium-driver fonts-wqy-microhei >/dev/null) || echo "could not install chromium: the browser tests will be skipped" >&2; \
 	else echo "no chromium and no root apt-get: the browser tests will be skipped" >&2; fi
+
+# Optional: SwanLab (`report_to: swanlab`; offline into the run folder without SWANLAB_API_KEY).
+setup-trackers: $(TRACKERS_STAMP)
+
+$(TRACKERS_STAMP): $(STAMP) requirements-trackers.txt
+	$(PIP) install -q -r requirements-trackers.txt
+	@rm -f $(VENV)/.lab-trackers-*
+	@touch $@
 
 demo: setup
 	$(PY) -m scripts.demo

@@ -39,7 +39,7 @@ training/    the training core
                   resume-and-time, loss history
     checkpoints   the newest whole checkpoint to resume from; damaged ones (cut short, empty, missing) skipped
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
-    preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
+    preference    DPO/ORPO/SimPO/KTO held-out scoring: preference accuracy and reward margins
     rollouts      GRPO completions: vLLM when possible, else HF generate
 
 vision/      vision-language

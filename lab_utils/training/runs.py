@@ -92,7 +92,9 @@ def finish_run(run: Path, experiment: str, metrics: dict, headline: tuple = ()) 
     """metrics.json, then the completion marker (with the headline numbers) last; main rank only."""
     from lab_utils.core.artifacts import write_json
     from lab_utils.core.paths import mark_complete
+    from lab_utils.training.trainer import finish_trackers
 
+    finish_trackers()
     if not is_main_process():
         return
     write_json(metrics, run / "metrics.json")
@@ -106,9 +108,11 @@ def open_run(experiment: str, p) -> Path:
     unsloth patched this kernel, Unsloth or 4-bit under FSDP/ZeRO-3) stops before leaving a folder behind."""
     from lab_utils.core.config import save_params
     from lab_utils.core.paths import run_dir
+    from lab_utils.training.trainer import check_report_to
 
     backend = choose_backend(p.backend)
     check_launch(backend.name, getattr(p, "load_in_4bit", False), getattr(p, "load_in_8bit", False), experiment)
+    check_report_to(p.report_to)
     # Under DDP the main rank creates (or overwrites) the folder before the others look at it,
     # so every rank sees the same checkpoints when it decides whether to resume.
     with main_process_first():
