@@ -32,7 +32,7 @@ ORDER = ("dapo", "grpo", "bnpo", "dr_grpo", "gspo")  # the batch's variants firs
 class Params:
     runs_dir: str = "batch/grpo_variants"  # under LAB_OUTPUT_DIR: every finished grpo_gsm8k run below it is read
     run_name: str = ""  # empty: teach_grpo_variants-<timestamp>
-    overwrite: bool = False
+    overwrite: bool = False  # a finished run with this run_name is replaced only when true
 
 
 def find_runs(p: Params) -> dict[str, Path]:
