@@ -55,8 +55,8 @@ export/      export and serving
     merge         where a run's adapter is (locate_adapter); merging it into 16-bit safetensors, text or vision
     gguf          GGUF through llama.cpp's own converter, k-quants, the Ollama Modelfile
     hub           hub upload (dry run by default)
-    ollama_templates  Ollama Modelfile templates per model family (ChatML, Qwen3, Llama 3, Gemma, Mistral v1/v3), checked
-                  against the tokenizer's own template
+    ollama_templates  Ollama Modelfile templates per model family (ChatML, Qwen3, Llama 3, Gemma,
+                  Mistral v1/v3), checked against the tokenizer's own template
     go_template   the small Go text/template renderer ollama_templates checks with
 
 evaluation/  evaluation

@@ -165,7 +165,8 @@ def check_gpu() -> list[Check]:
         props = torch.cuda.get_device_properties(index)
         memory.append(props.total_memory / 2**30)
         checks.append(Check(OK, "gpu", f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GB, "
-                                       f"compute {props.major}.{props.minor} (torch {torch.__version__}, CUDA {torch.version.cuda})"))
+                                       f"compute {props.major}.{props.minor} "
+                                       f"(torch {torch.__version__}, CUDA {torch.version.cuda})"))
     return checks + [Check(OK, "scale-out", what_gpus_allow(len(memory), min(memory), has_package("deepspeed")))]
 
 

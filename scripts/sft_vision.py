@@ -76,7 +76,9 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
-    model: str = "tiny-qwen2.5-vl"  # registry name (tiny-qwen3-vl on CPU; qwen2.5-vl-3b, qwen3-vl-2b/4b/8b on GPU), local folder or hub id
+
+    # registry name (tiny-qwen3-vl on CPU; qwen2.5-vl-3b, qwen3-vl-2b/4b/8b on GPU), local folder or hub id
+    model: str = "tiny-qwen2.5-vl"
     lora_alpha: int = 16
     learning_rate: float = 1e-2
     batch_size: int = 8

@@ -170,7 +170,8 @@ def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -
     assert metrics["global_step"] == overrides["max_steps"]
     checked = [f"papermill {path.name} with {config}", f"backend {metrics['backend']} on {metrics['device']}",
                quantised_note(metrics, model_dir), f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
-               "adapter + run_complete.json written", "peak: device memory in use, polled (the kernel is another process)"]
+               "adapter + run_complete.json written",
+               "peak: device memory in use, polled (the kernel is another process)"]
     return result(checked, peak=memory.device_gib())
 
 
@@ -278,7 +279,8 @@ def case_vision(model_dir: str, config: str, overrides: dict) -> dict:
     assert all(towers.values()), f"LoRA weights per tower: {towers}"
     answers = run["answers"]["after"].tolist()
     assert len(answers) == p.heldout_rows and metrics["global_step"] == p.max_steps
-    checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}", "LoRA on the vision and language towers",
+    checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}",
+               "LoRA on the vision and language towers",
                f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
                f"{len(answers)} answers generated (first: {answers[0][:24]!r}; random weights: noise)"]
     return result(checked)
@@ -305,7 +307,8 @@ def case_evaluate_export(run_dir: str) -> dict:
     exported = ee.export_run(p, run_path)
     merged_dir = Path(exported["out_dir"]) / "merged"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir,
+                                                  dtype=torch.bfloat16 if device == "cuda" else torch.float32,
                                                   device_map={"": 0} if device == "cuda" else None)
     answer = generate(merged, load_tokenizer(str(merged_dir)), ee.prompt_conversations(p), p.max_new_tokens)[0]
     assert len(table) == len(p.prompts) and merged.dtype in (torch.bfloat16, torch.float32)
@@ -363,7 +366,8 @@ def model_folders(cases: list[Case], smoke: bool) -> tuple[dict, list[dict]]:
             rows.append({"case": f"build {name}", "status": "ok", "seconds": round(time.time() - started, 1),
                          "checked": f"random weights, real shape: {folders[kind]}"})
         except RuntimeError as err:
-            rows.append({"case": f"build {name}", "status": f"failed: {err}", "seconds": round(time.time() - started, 1)})
+            rows.append({"case": f"build {name}", "status": f"failed: {err}",
+                         "seconds": round(time.time() - started, 1)})
     return folders, rows
 
 

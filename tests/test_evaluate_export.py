@@ -40,8 +40,9 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LAB_OUTPUT_DIR", str(out))
-        sft_alpaca.run(sft_alpaca.Params(max_rows=24, heldout_rows=2, max_steps=6, batch_size=8, lora_r=8, lora_alpha=16,
-                                         learning_rate=1e-3, max_new_tokens=4, max_seq_length=128, save_steps=100,
+        sft_alpaca.run(sft_alpaca.Params(max_rows=24, heldout_rows=2, max_steps=6, batch_size=8, lora_r=8,
+                                         lora_alpha=16, learning_rate=1e-3, max_new_tokens=4, max_seq_length=128,
+                                         save_steps=100,
                                          report_to="none", run_name="trained"))
     return out / "sft_alpaca" / "trained"
 
@@ -88,7 +89,8 @@ def test_chat_and_serve_refuse_a_missing_target(tmp_path):
 
 def test_serve_prints_lora_and_merged_commands(two_runs, tmp_path):
     command, name = serve.serve_command(serve.Params(target=str(two_runs[0]), name="tutor"))
-    assert command[:2] == ["vllm", "serve"] and "--enable-lora" in command and f"tutor={two_runs[0] / 'adapter'}" in command
+    assert command[:2] == ["vllm", "serve"] and "--enable-lora" in command
+    assert f"tutor={two_runs[0] / 'adapter'}" in command
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "config.json").write_text("{}")

@@ -31,7 +31,8 @@ def _make_run(root, lora_seed=0):
     source = resolve_model("smollm2-135m")
     torch.manual_seed(lora_seed)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     with torch.no_grad():  # random B at peft's default scale garbles the model; keep the update modest
         for name, param in peft_model.named_parameters():
@@ -57,7 +58,8 @@ def merged_f16(finished_run, tmp_path_factory):
 
 
 def _logits(model, tokenizer):
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     with torch.no_grad():
         return model(ids).logits[0]
 
@@ -80,7 +82,8 @@ def _gguf_fields(path):
 
 
 def _greedy(model, tokenizer, new_tokens=12):
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
@@ -238,7 +241,8 @@ def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
     text = path.read_text()
     assert path == tmp_path / "Modelfile"
     assert text.startswith("FROM ./model-q8_0.gguf\n")
-    assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""' in text
+    assert ('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+            '<|im_start|>assistant\n"""') in text
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     assert "PARAMETER temperature 0.2" in text and "PARAMETER top_p 0.9" in text and "PARAMETER num_ctx 4096" in text
     assert f'SYSTEM """{SYSTEM_PROMPT}"""' in text
@@ -386,9 +390,11 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
 
     from scripts import export as cli  # the same merge from the command line, 16-bit
 
-    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16", "--out_dir", str(tmp_path / "cli")])
+    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16",
+                       "--out_dir", str(tmp_path / "cli")])
     half = tmp_path / "cli" / "merged"
-    assert [a["artifact"] for a in result["artifacts"]] == ["merged"] and (tmp_path / "cli" / "run_complete.json").exists()
+    assert [a["artifact"] for a in result["artifacts"]] == ["merged"]
+    assert (tmp_path / "cli" / "run_complete.json").exists()
     assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
     assert AutoModelForImageTextToText.from_pretrained(half).dtype == torch.float16
     assert load_vision_processor(str(half)).image_processor is not None

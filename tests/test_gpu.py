@@ -89,8 +89,8 @@ def bench(module, argv, tmp_path, embedded_model_dir) -> dict:
 
 def test_sft_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_dir):
     monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
-    rows = bench("benchmarks.sft_throughput", ["--sweep", "--models", SMALL, "--seq_len", "256", "--batch_size", "2", "--steps", "4",
-                                        "--warmup_steps", "1"], tmp_path, embedded_model_dir)
+    rows = bench("benchmarks.sft_throughput", ["--sweep", "--models", SMALL, "--seq_len", "256", "--batch_size", "2",
+                                               "--steps", "4", "--warmup_steps", "1"], tmp_path, embedded_model_dir)
     for key in [("lab-hf", "lora16"), ("lab-hf", "qlora4"), ("lab-unsloth", "lora16"), ("lab-unsloth", "qlora4")]:
         assert rows[key]["status"] == "ok", (key, rows[key]["status"])
         assert rows[key]["tokens_per_s"] > 0 and rows[key]["peak_gib"] > 0

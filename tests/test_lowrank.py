@@ -187,7 +187,8 @@ def test_movielens_loader_reports_blank_and_repeated_rows(tmp_path):
     assert skips.skipped[1]["row"] == 3
 
 
-@pytest.mark.parametrize("line, column", [("1\t2\tfive\t100", "rating"), ("1\t2\t7\t100", "rating"), ("x\t2\t3\t1", "user")])
+@pytest.mark.parametrize("line, column",
+                         [("1\t2\tfive\t100", "rating"), ("1\t2\t7\t100", "rating"), ("x\t2\t3\t1", "user")])
 def test_movielens_bad_row_is_one_clear_error(tmp_path, line, column):
     path = tmp_path / "u.data"
     path.write_text("1\t1\t4\t99\n" + line + "\n")

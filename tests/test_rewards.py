@@ -113,7 +113,8 @@ CASES = [
     ("strict-preamble", "strict_format", "Sure!\n" + GOOD, {}, 0.0),
     ("strict-trailing-text", "strict_format", GOOD + "\nHope this helps", {}, 0.0),
     ("strict-two-answers", "strict_format", GOOD + "\n<answer>\n54\n</answer>", {}, 0.0),
-    ("strict-nested", "strict_format", "<reasoning>\n<reasoning>\nx\n</reasoning>\n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
+    ("strict-nested", "strict_format",
+     "<reasoning>\n<reasoning>\nx\n</reasoning>\n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
     ("strict-blank-reasoning", "strict_format", "<reasoning>\n \n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
     ("strict-empty", "strict_format", "", {}, 0.0),
     # soft format
@@ -290,7 +291,8 @@ def test_reward_names_are_unique():
 
 
 def test_accepts_the_extra_keywords_trl_passes():
-    trl_extras = {"trainer_state": None, "log_extra": print, "log_metric": print, "solution": ["..."], "source": ["x:1"]}
+    trl_extras = {"trainer_state": None, "log_extra": print, "log_metric": print, "solution": ["..."],
+                  "source": ["x:1"]}
     for name, reward in REWARDS.items():
         assert len(reward(prompts=[EN_Q], completions=[GOOD], answer=["53"], completion_ids=[[1]], **trl_extras)) == 1
 

@@ -42,7 +42,8 @@ def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
     for score in ("exact_match_before", "exact_match_after", "char_accuracy_before", "char_accuracy_after"):
         assert 0.0 <= metrics[score] <= 1.0
     answers = (run / "answers.csv").read_text().splitlines()
-    assert answers[0].startswith("source,image,reference,before,after,char_acc_before,char_acc_after") and len(answers) == 3
+    assert answers[0].startswith("source,image,reference,before,after,char_acc_before,char_acc_after")
+    assert len(answers) == 3
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "character accuracy" in capsys.readouterr().out
 
@@ -98,8 +99,9 @@ def write_sheet(path, rows):
 
 def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    digit = str(REPO_ROOT / "data/samples/vision/images/digit_001.png")
     write_sheet(tmp_path / "broken.xlsx", [["missing_1.png", "Reading?", "00123"], ["", "Reading?", "00456"],
-                                           [str(REPO_ROOT / "data/samples/vision/images/digit_001.png"), "Reading?", None]])
+                                           [digit, "Reading?", None]])
     with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet' has no usable rows \(kept 0 rows, skipped 3"):
         sft_vision.run(sft_vision.Params(**TINY, sheet="broken.xlsx", run_name="broken"))
     assert not (output_dir() / "sft_vision" / "broken").exists()

@@ -56,8 +56,8 @@ def test_smoke_runs_the_cpu_cases_each_in_its_own_process_and_reports(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LAB_OUTPUT_DIR": str(tmp_path)}
     cases = ["notebook_sft_alpaca_unsloth", "hf_qlora", "evaluate_export_merged", "export_gguf_f16",
              "grpo_unsloth_vllm_rollouts"]
-    done = subprocess.run([sys.executable, "-m", "scripts.verify_gpu", "--smoke", "--timeout_s", "1200", "--cases", *cases], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=3000)
+    command = [sys.executable, "-m", "scripts.verify_gpu", "--smoke", "--timeout_s", "1200", "--cases", *cases]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== verify_gpu --smoke" in done.stdout and "| case " in done.stdout
     report = json.loads((tmp_path / "verify_gpu" / "report.json").read_text())

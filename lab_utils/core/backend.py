@@ -81,7 +81,8 @@ def _choose_backend(forced: str | None) -> Backend:
     if not cuda:
         return Backend("hf", "no CUDA GPU visible", device)
     if not has_package("unsloth"):
-        return Backend("hf", "CUDA is available but unsloth is not installed (pip install -r requirements-gpu.txt)", device)
+        return Backend("hf", "CUDA is available but unsloth is not installed (pip install -r requirements-gpu.txt)",
+                       device)
     return Backend("unsloth", "CUDA GPU and unsloth available", device)
 
 

@@ -95,8 +95,8 @@ def accelerate_cpu_single_process() -> bool:
 # Experiments whose FSDP2 run fails (measured on 2 CPU ranks, accelerate 1.15, TRL 1.14), and what to use instead.
 FSDP_UNSUPPORTED = {
     "grpo_gsm8k": ("GRPO under FSDP fails here: its SFT warm-up's trainer shards the model and the GRPO trainer then "
-                   "meets DTensor weights; launch it with configs/accelerate/ddp.yaml (a LoRA adapter needs no sharding "
-                   "of its optimizer state) or 4-bit QLoRA on one GPU"),
+                   "meets DTensor weights; launch it with configs/accelerate/ddp.yaml (a LoRA adapter needs no "
+                   "sharding of its optimizer state) or 4-bit QLoRA on one GPU"),
 }
 
 

@@ -92,7 +92,8 @@ def load_adapters(adapters: dict, base_model: str | None = None):
     model = PeftModel.from_pretrained(base, str(located[names[0]].adapter_dir), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(located[name].adapter_dir), adapter_name=name)
-    tokenizer_dir = first.adapter_dir if (first.adapter_dir / "tokenizer_config.json").exists() else resolve_model(first.base_model)
+    has_tokenizer = (first.adapter_dir / "tokenizer_config.json").exists()
+    tokenizer_dir = first.adapter_dir if has_tokenizer else resolve_model(first.base_model)
     return model.eval(), load_tokenizer(str(tokenizer_dir))
 
 

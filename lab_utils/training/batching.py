@@ -49,7 +49,8 @@ class ChatCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         if all(count_trainable_tokens(r["labels"]) == 0 for r in rows):
-            raise EmptyBatchError("every label in this batch is masked (no assistant tokens); check the data and max_seq_length")
+            raise EmptyBatchError("every label in this batch is masked (no assistant tokens); "
+                                  "check the data and max_seq_length")
         return self.packed(rows) if self.padding_free else self.padded(rows)
 
     def packed(self, rows):

@@ -70,7 +70,8 @@ class VisionSFTCollator:
         if (labels == IGNORE_INDEX).all():
             sources = [e.get("source", "?") for e in examples]
             raise DataError(f"every label in this batch is masked (rows {sources}): no assistant answer tokens; "
-                             f"check the rows end with an assistant turn and the chat template writes '{ASSISTANT_MARKER.strip()}'")
+                             f"check the rows end with an assistant turn and the chat template writes "
+                             f"'{ASSISTANT_MARKER.strip()}'")
         batch["labels"] = labels
         if self.dtype is not None and "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
