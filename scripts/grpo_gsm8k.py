@@ -38,8 +38,9 @@ from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.models.registry import load_tokenizer, resolve_model
 from lab_utils.core.progress import show_progress
-from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training.lora import build_lora_model
+from lab_utils.training.rollouts import (VllmRolloutFunc, choose_rollouts, load_fast_inference_model,
+                                         start_rollout_engine, vllm_config_kwargs)
+from lab_utils.training.lora import build_lora_model, weights_dtype
 from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
 from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
@@ -70,7 +71,7 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     reward_names: list[str] = field(default_factory=lambda: [*GSM8K_WEIGHTS, "repetition_penalty"])
     reward_weights: list[float] = field(default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # rollouts
-    rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
+    rollouts: str = "auto"  # auto (vLLM wherever it is installed: make setup-vllm) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
     # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
@@ -131,17 +132,28 @@ def setup_run(p: Params):
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    """(LoRA model, tokenizer, backend, rollouts); with vLLM on unsloth the engine comes with the model."""
+def start_engine(p: Params):
+    """(rollouts, the lab's vLLM engine or None), before the run folder exists: vLLM missing, no room for
+    its KV cache or an architecture it cannot serve stop the run in one line and leave nothing behind.
+    The engine serves the rollouts (through TRL's rollout_func) and the before/after grading."""
     backend = get_backend(p.backend)
     rollouts = choose_rollouts(p.rollouts, backend)
     print(f"[lab] rollouts: {rollouts.engine} ({rollouts.reason})", flush=True)
-    if rollouts.uses_vllm and backend.is_unsloth:
+    if not rollouts.lab_engine:
+        return rollouts, None
+    dtype = str(weights_dtype(p.precision, backend.device)).removeprefix("torch.")
+    return rollouts, start_rollout_engine(p, str(resolve_model(p.model)), dtype)
+
+
+def load_model(p: Params, rollouts):
+    """(LoRA model, tokenizer, backend); with vLLM on unsloth the engine comes with the model."""
+    backend = get_backend(p.backend)
+    if rollouts.uses_vllm and rollouts.unsloth:
         model, tokenizer = load_fast_inference_model(p, resolve_model(p.model))
     else:
         model, tokenizer = build_lora_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return model, tokenizer, backend, rollouts
+    return model, tokenizer, backend
 
 
 def build_dataset(p: Params, data, tokenizer):
@@ -155,9 +167,15 @@ def build_dataset(p: Params, data, tokenizer):
     return train_prompts, problems, report, warmup_tokens
 
 
-def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
-    """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
-    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
+def evaluate(p: Params, model, tokenizer, problems, engine=None, base: bool = False) -> tuple[list[str], dict]:
+    """Greedy answers (fixed decoding, so before and after are comparable) and their grades: by the vLLM
+    engine when there is one (the adapter as it is now, or the base model), else HF generate."""
+    if engine is None:
+        completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
+    else:
+        if not base:
+            engine.publish(model)
+        completions = engine.greedy(tokenizer, problems["prompt"], p.max_new_tokens, base=base)
     return completions, grade(completions, problems)
 
 
@@ -221,8 +239,9 @@ def warmup_params(p: Params) -> LoraSFTParams:
                             "save_steps": max(p.sft_warmup_steps, 1), "save_total_limit": 1})
 
 
-def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) -> dict:
-    """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
+def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts, engine=None) -> dict:
+    """GRPO steps (resuming from the run's last checkpoint); every logged record kept. With the lab's vLLM
+    engine, TRL's rollout_func hands it each generation (the adapter being trained, published first)."""
     from trl import GRPOConfig, GRPOTrainer
 
     args = training_arguments(
@@ -232,7 +251,8 @@ def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) ->
         **vllm_config_kwargs(p, rollouts, backend))
     history = LossHistory()
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p), args=args,
-                          train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model))
+                          train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model),
+                          rollout_func=VllmRolloutFunc(engine) if engine else None)
     show_progress(trainer)  # one bar instead of a dict of strings printed per step
     outcome = train_from_last_checkpoint(trainer, run)
     if "ref" in getattr(model, "peft_config", {}):
@@ -286,14 +306,20 @@ def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict
 
 def run(p: Params) -> dict:
     data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend, rollouts = load_model(p)
-    train_prompts, problems, report, warmup_tokens = build_dataset(p, data, tokenizer)
-    before, graded_before = evaluate(p, model, tokenizer, problems)
-    warmup = warm_up(p, model, tokenizer, warmup_tokens, run_path, backend)
-    graded_warm = evaluate(p, model, tokenizer, problems)[1] if warmup["sft_warmup_steps"] else None
-    outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts), **warmup}
-    after, graded_after = evaluate(p, model, tokenizer, problems)
+    rollouts, engine = start_engine(p)
+    try:
+        run_path = setup_run(p)
+        model, tokenizer, backend = load_model(p, rollouts)
+        train_prompts, problems, report, warmup_tokens = build_dataset(p, data, tokenizer)
+        before, graded_before = evaluate(p, model, tokenizer, problems, engine, base=True)
+        warmup = warm_up(p, model, tokenizer, warmup_tokens, run_path, backend)
+        graded_warm = evaluate(p, model, tokenizer, problems, engine)[1] if warmup["sft_warmup_steps"] else None
+        outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts, engine), **warmup}
+        after, graded_after = evaluate(p, model, tokenizer, problems, engine)
+        outcome.update(engine.stats() if engine else {})
+    finally:
+        if engine:
+            engine.close()
     scores = all_scores(graded_before, graded_warm, graded_after)
     table = samples_table(problems, before, after, graded_before, graded_after)
     metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)
