@@ -2,16 +2,23 @@
 the lesson learning through it, and one line for each failure. Skipped in one line when vLLM is not installed."""
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
 from lab_utils.core.backend import Backend, has_package
-from lab_utils.core.paths import output_dir
+from lab_utils.core.paths import REPO_ROOT, output_dir
 from lab_utils.training.rollouts import choose_rollouts
 from lab_utils.training.vllm_engine import EngineError, explain, lora_rank_slot, vllm_build
 from scripts import grpo_gsm8k
+from tests.test_evaluate_export import fake_finished_run
 from tests.test_grpo import LEARNING, TINY
 
 needs_vllm = pytest.mark.skipif(not has_package("vllm"), reason="vLLM is not installed (make setup-vllm)")
@@ -124,3 +131,74 @@ def test_warm_up_then_grpo_with_vllm_rollouts_teach_the_format():
     assert metrics["format_rate_before"] <= 0.125
     assert metrics["format_rate_after"] >= 0.5
     assert metrics["reward_last_quarter"] > metrics["reward_first_quarter"]
+
+
+def test_serve_off_loopback_without_a_key_refuses_in_one_line(tmp_path, embedded_model_dir, monkeypatch):
+    run = fake_finished_run(tmp_path / "run", embedded_model_dir, 0)
+    env = {k: v for k, v in os.environ.items() if k != "LAB_API_KEY"}
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--target", str(run), "--host", "0.0.0.0"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "LAB_API_KEY" in done.stderr and "Traceback" not in done.stderr
+    from scripts import serve
+
+    monkeypatch.setenv("LAB_API_KEY", "k")  # with a key it may listen elsewhere, and the key stays off argv
+    command = serve.run(serve.Params(target=str(run), host="0.0.0.0"))
+    assert "k" not in command and serve.server_environment(serve.Params(target=str(run)))["VLLM_API_KEY"] == "k"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, server, log, timeout: float = 1200) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited ({server.returncode}): {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(2)
+    pytest.fail(f"the server did not answer within {timeout} s: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_serve_answers_as_the_adapter_does_and_rejects_requests_without_the_key(tmp_path, embedded_model_dir,
+                                                                               tokenizer):
+    from openai import AuthenticationError, OpenAI
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = fake_finished_run(tmp_path / "run", embedded_model_dir, 0)
+    port, log = free_port(), tmp_path / "server.log"
+    env = {**os.environ, "LAB_API_KEY": "secret-test-key", "PYTHONPATH": str(REPO_ROOT)}
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "scripts.serve", "--target", str(run), "--name", "tutor",
+                                   "--port", str(port), "--max_model_len", "512", "--start", "true"],
+                                  cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, log)
+        question = [{"role": "user", "content": QUESTIONS[0]}]
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="secret-test-key")
+        reply = client.chat.completions.create(model="tutor", messages=question, temperature=0.0, max_tokens=24)
+        with pytest.raises(AuthenticationError):  # 401
+            OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30)
+        assert refused.value.code == 401
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+    tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
+    ids = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer = tokenizer.decode(hf_greedy(tuned, tokenizer, [ids], 24)[0], skip_special_tokens=True)
+    assert reply.choices[0].message.content.strip() == answer.strip()
