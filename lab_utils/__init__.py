@@ -28,7 +28,9 @@ training/    the training core
     trainer       the one TrainingArguments builder, the SFT trainer, resume-and-time, loss history
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
     preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
-    rollouts      GRPO completions: vLLM when possible, else HF generate
+    rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate
+    vllm_engine   a vLLM engine in this process (CPU or CUDA): the adapter being trained served each step,
+                  greedy grading, one-line errors (KV cache, architecture, not installed)
 
 vision/      vision-language
     processor     the Qwen2.5-VL chat template, vision special tokens, an image-only processor (no torchvision)
