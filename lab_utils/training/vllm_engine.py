@@ -115,6 +115,10 @@ def start_engine(model_dir: str, *, max_model_len: int, lora_rank: int = 16, dty
     try:
         from vllm import LLM
 
+        if not cuda_available():
+            from lab_utils.training import vllm_cpu_lora
+
+            vllm_cpu_lora.apply()  # one matmul per projection when the whole batch uses one adapter
         llm = LLM(**engine_kwargs(model_dir, max_model_len, lora_rank, dtype, seed, gpu_memory_utilization))
     except Exception as error:  # vLLM raises ValueError / pydantic errors with long texts
         line = explain(error, model_dir)
