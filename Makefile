@@ -16,7 +16,8 @@ VLLM_STAMP := $(VENV)/.lab-vllm-$(shell echo $(VLLM_CPU) | cat - requirements-vl
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm demo lab test test-gpu verify-gpu bench doctor batch-smoke clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm demo lab lint test test-gpu verify-gpu bench doctor batch-smoke \
+	notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -84,6 +85,10 @@ lab: setup
 	exec $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# ruff (pinned in requirements.txt), configured in pyproject.toml: 120 columns, pycodestyle + pyflakes
+lint: setup
+	$(PY) -m ruff check .
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -106,6 +111,11 @@ doctor: setup
 # Every notebook headless, tiny, with a report: $$LAB_OUTPUT_DIR/batch/cpu_smoke/report.html
 batch-smoke: setup
 	$(PY) -m scripts.batch configs/batch/cpu_smoke.yaml --overwrite
+
+# Rewrite each notebook's parameters cell from its script's Params (defaults + each knob's help comment).
+# Run it after adding or changing a knob; tests/test_notebooks.py fails while a cell is stale.
+notebook-params: setup
+	$(PY) -m scripts.notebook_params
 
 clean-outputs:
 	rm -rf outputs

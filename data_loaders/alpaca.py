@@ -12,7 +12,7 @@ Every row becomes (see data_loaders/common.py):
     messages  list of {"role", "content"}; ends with an assistant turn
     source    "<file>:<row>" (row = 1-based position in the file)
 
-The file may be in any encoding data_loaders.text_decoding detects (UTF-8 with or
+The file may be in any encoding lab_utils.core.text_decoding detects (UTF-8 with or
 without BOM, UTF-16, GB18030/GBK, Big5), or the one `encoding=` names.
 
 A row that cannot be used (missing answer, empty text, unknown roles, no final
@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from data_loaders.common import RowSkip, SkipReport, build_messages, data_error, kept_rows, with_system_prompt
-from data_loaders.text_decoding import read_text
+from lab_utils.core.text_decoding import read_text
 from lab_utils.core.paths import find_data_file
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -111,7 +111,7 @@ def load_chat_file(name: str, system_prompt: str | None = None, limit: int | Non
                    encoding: str | None = None):
     """Load an alpaca / messages / ShareGPT file. Returns (Dataset, SkipReport).
 
-    encoding: None detects it (UTF-8/16 with or without BOM, GB18030/GBK, Big5: data_loaders.text_decoding).
+    encoding: None detects it (UTF-8/16 with or without BOM, GB18030/GBK, Big5: lab_utils.core.text_decoding).
     """
     path = find_data_file(name)
     report = SkipReport()

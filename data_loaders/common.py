@@ -17,20 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# DataError (one line: file, row, field, what was expected) is a lab-wide error: the shared text
+# decoder in lab_utils.core raises it too. Re-exported here for the loaders.
+from lab_utils.core.errors import DataError, data_error  # noqa: F401
+
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """Input the lab cannot use. The message is one line: file, row, field, what was expected."""
-
-
-def data_error(path, message: str, row=None, field_name=None) -> DataError:
-    where = str(Path(path).name) if path is not None else "<data>"
-    if row is not None:
-        where += f", row {row}"
-    if field_name is not None:
-        where += f", field '{field_name}'"
-    return DataError(f"{where}: {message}")
 
 
 class RowSkip(ValueError):
@@ -98,6 +89,13 @@ def kept_rows(rows: list[dict], report: SkipReport, path, none_usable: str, expe
     if not rows:
         raise data_error(path, f"{none_usable} ({report.summary()}); {expected}")
     return Dataset.from_list(rows), report
+
+
+def rows_left(dataset, path, after: str, fix: str):
+    """The dataset when rows are left after a filter; none left is one DataError naming the file."""
+    if len(dataset) == 0:
+        raise data_error(path, f"no usable row left after {after}; {fix}")
+    return dataset
 
 
 def split_heldout(dataset, heldout_rows: int, seed: int, path):

@@ -24,7 +24,7 @@ final answer that is not a number, and — when a tokenizer and
 max_prompt_length are given — a prompt longer than max_prompt_length tokens
 after the chat template (TRL no longer truncates prompts, so an overlong one
 would otherwise reach the model whole). Blank lines are not rows.
-The file may be in any encoding data_loaders.text_decoding detects (Chinese
+The file may be in any encoding lab_utils.core.text_decoding detects (Chinese
 word problems arrive as GBK too). An empty file, a file that is not JSONL at all, or one without a single
 usable row raises DataError.
 
@@ -45,8 +45,9 @@ from pathlib import Path
 from datasets import Dataset
 
 from data_loaders.common import SkipReport, data_error
-from data_loaders.text_decoding import read_text
+from lab_utils.core.text_decoding import read_text
 from lab_utils.core.paths import find_data_file
+from lab_utils.core.errors import DataError
 from rewards import SYSTEM_PROMPT
 from rewards.extract import extract_hash_answer
 from rewards.numeric import normalise_number
@@ -136,7 +137,7 @@ def worked_solution_conversations(prompts: Dataset) -> Dataset:
     rows = []
     for row in prompts:
         if not row["solution"].strip():
-            raise ValueError(f"{row['source']}: no worked solution before '####' to write into <reasoning>")
+            raise DataError(f"{row['source']}: no worked solution before '####' to write into <reasoning>")
         reply = {"role": "assistant", "content": target_format_answer(row["solution"], row["answer"])}
         rows.append({"messages": [*row["prompt"], reply], "source": row["source"]})
     return Dataset.from_list(rows)
@@ -158,7 +159,7 @@ def load_gsm8k(path_or_name, split_file: str = "train.jsonl", limit: int | None 
     system_prompt: the format instruction (None: no system message; rewards.SYSTEM_PROMPT_ZH for Chinese).
     tokenizer + max_prompt_length: skip prompts longer than that many tokens.
     report: a SkipReport to fill with the skipped rows; without one, skips are logged.
-    encoding: None detects it (UTF-8/16, GB18030/GBK, Big5: data_loaders.text_decoding).
+    encoding: None detects it (UTF-8/16, GB18030/GBK, Big5: lab_utils.core.text_decoding).
     """
     if max_prompt_length is not None and tokenizer is None:
         raise ValueError("max_prompt_length needs a tokenizer to count the prompt's tokens")

@@ -6,7 +6,7 @@ GBK/GB18030 or Big5. Hard-coding `encoding="gbk"` gives a UnicodeDecodeError
 on some files and silent mojibake on others, so this loader finds the
 encoding itself and says which it chose.
 
-Encoding: data_loaders/text_decoding.py, the one decoder every text loader shares
+Encoding: lab_utils/core/text_decoding.py, the one decoder every text loader shares
 (BOM, strict UTF-8, then GB18030 / Big5 with a plausibility check; `encoding=`
 forces one). The chosen encoding and each candidate's score are reported.
 
@@ -65,8 +65,9 @@ from datasets import Dataset, DatasetDict
 
 from data_loaders.common import DataError, SkipReport, data_error
 from data_loaders.paired_lines import UnpairedBlock, block_turns, looks_like_paired_lines, split_blocks
-from data_loaders.text_decoding import decode_file, plausibility  # noqa: F401  (plausibility: re-exported)
+from lab_utils.core.text_decoding import decode_file, plausibility  # noqa: F401  (plausibility: re-exported)
 from lab_utils.core.paths import find_data_file
+from lab_utils.core.errors import ParamError
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名耐心、专业的医学助手。请根据患者的描述给出通俗易懂的健康建议，"
@@ -335,11 +336,11 @@ def split_dataset(dataset: Dataset, seed: int = 42, validation: float = 0.05, te
     row while the training split keeps at least one.
     """
     if validation < 0 or test < 0 or validation + test >= 1:
-        raise ValueError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1")
+        raise ParamError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1")
     n = len(dataset)
     sizes = [max(1, round(n * f)) if f > 0 else 0 for f in (validation, test)]
     if n - sum(sizes) < 1:
-        raise ValueError(f"{n} rows are too few for a train/validation/test split of {validation}/{test}")
+        raise DataError(f"{n} rows are too few for a train/validation/test split of {validation}/{test}")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     n_val, n_test = sizes

@@ -32,6 +32,7 @@ import numpy as np
 
 from data_loaders.common import SkipReport, data_error
 from lab_utils.core.paths import LabPathError, data_dir
+from lab_utils.core.errors import ParamError
 
 ML100K_FOLDER = "ml-100k"
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5")
@@ -122,7 +123,7 @@ def _parse_row(path, row: int, line: str):
 def load_ml100k_split(split: str = "u1", folder=None) -> RatingsSplit:
     """One of the five official 80/20 splits (u1..u5): u<k>.base to train, u<k>.test to test."""
     if split not in ML100K_SPLITS:
-        raise ValueError(f"unknown MovieLens-100K split '{split}'; expected one of {list(ML100K_SPLITS)}")
+        raise ParamError(f"unknown MovieLens-100K split '{split}'; expected one of {list(ML100K_SPLITS)}")
     root = ml100k_folder(folder, split)
     skips = SkipReport()
     train = read_ratings_file(root / f"{split}.base", skips)

@@ -1,7 +1,7 @@
 """Preference pairs (a prompt, a chosen and a rejected answer) -> TRL's conversational preference schema.
 
 Accepted files: JSON (a list of objects) or JSONL (one object per line), in any encoding the
-lab's shared decoder detects (data_loaders.text_decoding: UTF-8 with or without a BOM, UTF-16,
+lab's shared decoder detects (lab_utils.core.text_decoding: UTF-8 with or without a BOM, UTF-16,
 GB18030/GBK, Big5) or the one `encoding=` names. Each row may be in any of three common layouts,
 detected per row:
 

@@ -1,16 +1,20 @@
 """lab_utils: the library every experiment script and notebook calls, in rooms. One module per concern.
 
 Imports flow one way: scripts/ and benchmarks/ use lab_utils/; nothing here imports scripts/ or
-benchmarks/ (tests/test_layout.py checks this index, the rooms and the module sizes).
+benchmarks/, and no script imports a benchmark (tests/test_layout.py checks this index, the rooms and the module sizes).
 
 core/        the run core
     paths         every directory from env vars (LAB_HOME, LAB_MODELS_DIR, LAB_DATA_DIR, LAB_OUTPUT_DIR),
                   run folders and their completion marker, write_then_rename for anything written atomically
-    config        Params dataclass <-> flat YAML <-> command line; run_cli: a script's main() with one-line errors
+    config        Params dataclass <-> flat YAML <-> command line; each knob's help from its comment (--help,
+                  --print_config, notebooks); run_cli: a script's main() with one-line errors
+    errors        LabError, the base of the lab's own errors (ConfigError, DataError, ParamError, MachineError...)
+    text_decoding the one decoder for text files and configs: BOM, UTF-8, UTF-16, GB18030/GBK, Big5
     artifacts     what a run writes: JSON (write_json), tables as Markdown + CSV, logging setup
     backend       Unsloth or transformers + peft, chosen once per process with the reason; import_unsloth
     distributed   torchrun / accelerate launch: which rank writes files, who waits for whom
     progress      one progress bar per long step (training, evaluation, downloads, conversions)
+    machine       the device and package versions, peak memory (counted or polled), one call per process
     notebooks     read a notebook's parameters cell; run a notebook headless with papermill
     plots         every figure the lab draws, so notebooks and scripts show the same plots
 
@@ -18,6 +22,7 @@ models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
                   Hugging Face / ModelScope hubs, tokenizer loading, LoRA target modules per architecture
     chat          chat templates in one place: render conversations, assistant-only labels, batched generation
+    random_models real model shapes with random weights, for GPU checks and benchmarks without network
 
 training/    the training core
     params        the shared Params groups (RunParams, LoraParams, OptimParams, EvalParams) every
@@ -25,7 +30,9 @@ training/    the training core
     lora          a base model with LoRA attached on either backend; precision, 4/8-bit quantisation
     batching      tokenised conversations; padding-free or padded batches
     loss          the label-positions-only loss (LabTrainer): the vocabulary projection only where a label is
-    trainer       the one TrainingArguments builder, the SFT trainer, resume-and-time, loss history
+    steps         what an experiment's steps hand each other: Data, LoadedModel
+    trainer       the one TrainingArguments builder, the one trainer builder for every training kind,
+                  resume-and-time, loss history
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
     preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
     rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate

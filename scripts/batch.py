@@ -41,7 +41,6 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ import yaml
 
 from lab_utils.core import plots
 from lab_utils.core.config import ConfigError, load_yaml
+from lab_utils.core.machine import MemoryPoller
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 from lab_utils.core.paths import REPO_ROOT, output_dir, slug, write_then_rename
 from lab_utils.core.progress import progress_bar
@@ -218,41 +218,6 @@ def log_to_file(path: Path):
         logger.level, logger.propagate = saved
 
 
-class KernelMemoryPoller:
-    """Peak resident memory of this process's children (the kernel and what it starts), polled.
-
-    The kernel is a separate process, so its peak can't be read from this one's
-    rusage until it exits; polling misses spikes shorter than the interval.
-    """
-
-    def __init__(self, interval: float = MEMORY_POLL_SECONDS):
-        import psutil
-
-        self.me, self.interval, self.peak_bytes = psutil.Process(), interval, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.poll, daemon=True)
-
-    def poll(self):
-        import psutil
-
-        while not self.stop.wait(self.interval):
-            total = 0
-            for child in self.me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:  # a child that exited between listing and reading
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-
 def failure(err: Exception) -> dict:
     """What went wrong, in the words of the notebook's own exception where papermill has them."""
     message = str(getattr(err, "evalue", err)).strip()
@@ -270,14 +235,15 @@ def execute_run(run: Run, batch_dir: Path) -> dict:
               "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
               "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
     started = time.perf_counter()
-    with environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"), KernelMemoryPoller() as memory:
+    with (environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"),
+          MemoryPoller(MEMORY_POLL_SECONDS) as memory):
         try:
             execute(run.notebook, executed, run.parameters, timeout=run.timeout, log_output=True)
             record["status"] = "finished"
         except Exception as err:  # PapermillExecutionError, a cell timeout, a dead kernel: record, go on
             record["status"], record["error"] = "failed", failure(err)
     record["duration_s"] = round(time.perf_counter() - started, 2)
-    record["peak_rss_gb"] = round(memory.peak_bytes / 2**30, 3)
+    record["peak_rss_gb"] = round(memory.peak_rss_bytes / 2**30, 3)
     return record
 
 

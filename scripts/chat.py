@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lab_utils.core.config import run_cli
 from lab_utils.core.paths import output_dir
+from lab_utils.core.errors import LabError
 
 
 @dataclass(kw_only=True)
@@ -25,12 +26,12 @@ class Params:
     server: str = ""  # instead: an OpenAI-compatible server's URL (scripts/serve.py); its key from $LAB_API_KEY
     model: str = ""  # with --server: the served model's name ("" = the last one it lists: the adapter)
     system_prompt: str = ""  # "" = the run's own system prompt, else the model's default
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 0.9
+    max_new_tokens: int = 256  # longest answer, in tokens
+    temperature: float = 0.0  # 0 = greedy (the same answer every time); higher = more varied
+    top_p: float = 0.9  # nucleus sampling: sample among the likeliest tokens holding this much probability
 
 
-class ChatError(ValueError):
+class ChatError(LabError, ValueError):
     """The target cannot be chatted with; the message says why."""
 
 

@@ -36,12 +36,12 @@ class Params:
     run_dir: str = ""  # a finished SFT run (folder, or relative to $LAB_OUTPUT_DIR); "" = newest finished sft_alpaca run
     compare_runs: list = field(default_factory=list)  # more finished runs whose adapters join the A/B table
     prompts: list = field(default_factory=lambda: ["What is the capital of Italy?", "把这个词翻译成英文。\n\n月亮",
-                                                   "What is 12 + 30?"])
+                                                   "What is 12 + 30?"])  # asked of base and tuned in the A/B table
     perplexity_rows: int = 16  # rows of the run's own training file scored by base and tuned
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # longest answer per prompt, in tokens
     formats: str = "merged,gguf-f16,modelfile"  # see scripts/export.py; gguf-q8_0 / gguf-q4_k_m too
-    serve_format: str = "gguf-f16"
-    overwrite: bool = False
+    serve_format: str = "gguf-f16"  # the export the Modelfile and the serve command point at
+    overwrite: bool = False  # replace an earlier export of this run
 
 
 def find_run(p: Params) -> Path:

@@ -33,18 +33,18 @@ SIMPLE_FORMATS = ("merged", "modelfile")
 @dataclass(kw_only=True)
 class Params:
     run_dir: str = ""  # the finished SFT run: a folder, or a path relative to $LAB_OUTPUT_DIR (e.g. sft/demo)
-    formats: str = "merged,gguf-f16,gguf-q8_0,modelfile"
+    formats: str = "merged,gguf-f16,gguf-q8_0,modelfile"  # comma-separated: merged, gguf-<type>, modelfile
     out_dir: str = ""  # default: $LAB_OUTPUT_DIR/export/<run name>
     dtype: str = "float16"  # merged weights: float16 | bfloat16 | float32
     serve_format: str = "gguf-q8_0"  # the GGUF the Modelfile points at
     system_prompt: str = ""  # Modelfile SYSTEM; default: the run's own system_prompt, else the template's
     template: str = ""  # Modelfile chat template: "" = from the tokenizer (chatml, llama3, gemma, mistral), a family name, or a Go template file
-    temperature: float = 0.7
-    top_p: float = 0.9
-    num_ctx: int = 2048
+    temperature: float = 0.7  # Modelfile sampling temperature
+    top_p: float = 0.9  # Modelfile nucleus-sampling top_p
+    num_ctx: int = 2048  # Modelfile context window, in tokens
     hub_repo: str = ""  # e.g. me/smollm2-tutor; empty: no upload
     hub_dry_run: bool = True  # list what would be pushed; false pushes with $HF_TOKEN
-    overwrite: bool = False
+    overwrite: bool = False  # replace a finished export in out_dir
 
 
 def parse_formats(p: Params) -> list[str]:

@@ -22,11 +22,12 @@ pairs.md/.csv, answers.md/.csv, skipped_rows.csv, run_complete.json.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pandas as pd
 
-from data_loaders.common import split_heldout
+from data_loaders.common import rows_left, split_heldout
 from data_loaders.preference import load_preference_file
 from lab_utils.core import plots
 from lab_utils.export.adapters import check_adapter_base, find_adapter, start_from_adapter
@@ -37,9 +38,12 @@ from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
 from lab_utils.training.preference import preference_summary, score_pairs
 from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
-from lab_utils.training.trainer import (LossHistory, lora_plus_optimizers, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.steps import Data, LoadedModel
+from lab_utils.training.trainer import build_trainer, run_trainer, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
+from lab_utils.training.batching import load_data_tokenizer
 from lab_utils.training.lora import load_lora_model
+from lab_utils.core.errors import ParamError
 
 EXPERIMENT = "preference"
 METHODS = ("dpo", "orpo")
@@ -59,67 +63,74 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     # preference tuning's own defaults: each pair is two sequences (plus DPO's reference pass), so a CPU step
     # holds 4 pairs; 8 steps (32 pairs: held-out accuracy 0.50 -> 0.94, under 3 minutes on 2 CPU cores)
     # keep the CPU demo short; a learning rate DPO tolerates on a LoRA
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak learning rate
     batch_size: int = 4
     max_steps: int = 8
     # max_seq_length (shared, 256): prompt + answer; longer answers are cut, longer prompts skipped
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface deep inside TRL, or after the model has loaded."""
     if p.method not in METHODS:
-        raise ValueError(f"method={p.method!r}: expected one of {', '.join(METHODS)}")
+        raise ParamError(f"method={p.method!r}: expected one of {', '.join(METHODS)}")
     if p.beta <= 0:
-        raise ValueError(f"beta={p.beta}: expected a positive number (DPO's KL strength, ORPO's odds-ratio weight)")
+        raise ParamError(f"beta={p.beta}: expected a positive number (DPO's KL strength, ORPO's odds-ratio weight)")
     if p.init_from:
         check_adapter_base(find_adapter(p.init_from), p.model)
 
 
-def load_data(p: Params):
-    """(train pairs, held-out pairs, skip report): read, checked and split before any run folder exists."""
+def load_data(p: Params) -> Data:
+    """Train pairs, held-out pairs and the skip report: read, checked and split before any run folder exists."""
     check_params(p)
     pairs, report = load_preference_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
     train_pairs, heldout = split_heldout(pairs, p.heldout_rows, p.seed, find_data_file(p.data_file))
-    return train_pairs, heldout, report
-
-
-def setup_run(p: Params):
-    return open_run(EXPERIMENT, p)
-
-
-def load_model(p: Params):
-    """(LoRA model, tokenizer, backend): a fresh LoRA, or the adapter of the SFT run named by init_from."""
-    model, tokenizer, backend = load_lora_model(p)
-    if p.init_from:
-        model = start_from_adapter(model, p.init_from, p.model)
-    return model, tokenizer, backend
+    return Data(train=train_pairs, heldout=heldout, report=report)
 
 
 def prompt_tokens(tokenizer, prompt: list[dict]) -> int:
     return len(tokenizer(render(tokenizer, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
 
 
-def build_dataset(p: Params, data, tokenizer):
-    """(train pairs, held-out pairs, skip report). A pair whose prompt alone fills max_seq_length has no
-    answer token left to compare: it is skipped and reported (TRL would drop it silently)."""
-    train_pairs, heldout, report = data
-    fits = [prompt_tokens(tokenizer, prompt) < p.max_seq_length for prompt in train_pairs["prompt"]]
-    for source, ok in zip(train_pairs["source"], fits):
+def build_dataset(p: Params, data: Data) -> Data:
+    """The training pairs that fit, by the model's tokenizer (not the model), before any run folder exists.
+    A pair whose prompt alone fills max_seq_length has no answer token left to compare: it is skipped and
+    reported (TRL would drop it silently); none left stops the run here."""
+    tokenizer = load_data_tokenizer(p)
+    report = data.report
+    fits = [prompt_tokens(tokenizer, prompt) < p.max_seq_length for prompt in data.train["prompt"]]
+    for source, ok in zip(data.train["source"], fits):
         if not ok:
             report.skip(source, None, "prompt beyond max_seq_length", f"max_seq_length={p.max_seq_length}")
     report.kept -= fits.count(False)
-    train_pairs = train_pairs.select([i for i, ok in enumerate(fits) if ok])
-    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_pairs)} train pairs, {len(heldout)} held out")
-    return train_pairs, heldout, report
+    train_pairs = rows_left(data.train.select([i for i, ok in enumerate(fits) if ok]), find_data_file(p.data_file),
+                            f"the length filter (every prompt fills max_seq_length={p.max_seq_length})",
+                            "raise max_seq_length or shorten the prompts")
+    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_pairs)} train pairs, {len(data.heldout)} held out")
+    columns = ["prompt", "chosen", "rejected"]
+    # with eval_steps > 0 the trainer also logs its loss and rewards on the held-out pairs
+    eval_pairs = data.heldout.select_columns(columns) if p.eval_steps > 0 and len(data.heldout) else None
+    return replace(data, train=train_pairs, eval_set=eval_pairs)
 
 
-def evaluate(p: Params, model, tokenizer, heldout) -> dict:
+def setup_run(p: Params) -> Path:
+    return open_run(EXPERIMENT, p)
+
+
+def load_model(p: Params) -> LoadedModel:
+    """The LoRA model, tokenizer and backend: a fresh LoRA, or the adapter of the SFT run named by init_from."""
+    model, tokenizer, backend = load_lora_model(p)
+    if p.init_from:
+        model = start_from_adapter(model, p.init_from, p.model)
+    return LoadedModel(model, tokenizer, backend)
+
+
+def evaluate(p: Params, lm: LoadedModel, data: Data) -> dict:
     """Log-probs of every held-out pair's two answers, and greedy answers to the first answer_rows prompts."""
-    scores = score_pairs(model, tokenizer, heldout, max_length=p.max_seq_length, batch_size=p.batch_size)
-    answers = generate(model, tokenizer, heldout["prompt"][: p.answer_rows], max_new_tokens=p.max_new_tokens)
+    scores = score_pairs(lm.model, lm.tokenizer, data.heldout, max_length=p.max_seq_length, batch_size=p.batch_size)
+    answers = generate(lm.model, lm.tokenizer, data.heldout["prompt"][: p.answer_rows], max_new_tokens=p.max_new_tokens)
     return {"scores": scores, "answers": answers}
 
 
@@ -139,25 +150,16 @@ def preference_trainer(method: str, backend):
     return ORPOConfig, ORPOTrainer
 
 
-def train(p: Params, model, tokenizer, train_pairs, heldout, run, backend) -> dict:
-    """DPO or ORPO steps (resuming from the run's last checkpoint); every logged record kept.
-
-    With eval_steps > 0 the trainer also logs its loss and rewards on the held-out pairs."""
-    config_class, trainer_class = preference_trainer(p.method, backend)
-    args = training_arguments(p, run, backend, config_class, beta=p.beta, max_length=p.max_seq_length,
+def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
+    """DPO or ORPO steps (resuming from the run's last checkpoint); every logged record kept."""
+    config_class, trainer_class = preference_trainer(p.method, lm.backend)
+    args = training_arguments(p, run_dir, lm.backend, config_class, beta=p.beta, max_length=p.max_seq_length,
                               # ORPO's batches hold chosen_/rejected_input_ids, no input_ids to count
                               include_num_input_tokens_seen="non_padding" if p.method == "dpo" else "no")
     columns = ["prompt", "chosen", "rejected"]
-    history = LossHistory()
-    trainer = trainer_class(model=model, args=args, processing_class=tokenizer, callbacks=[history],
-                            train_dataset=train_pairs.select_columns(columns),
-                            eval_dataset=heldout.select_columns(columns) if p.eval_steps > 0 else None,
-                            optimizers=lora_plus_optimizers(p, model))
-    outcome = train_from_last_checkpoint(trainer, run)
-    if "ref" in getattr(model, "peft_config", {}):
-        # DPO keeps a frozen copy of the starting adapter as its reference; only the trained one is the result
-        model.delete_adapter("ref")
-    return {**outcome, "method": p.method, "history": history.records}
+    trainer, history = build_trainer(p, trainer_class, lm.model, args, data.train.select_columns(columns),
+                                     data.eval_set, processing_class=lm.tokenizer)
+    return {**run_trainer(p, trainer, history, run_dir, loss_before_after=False), "method": p.method}
 
 
 def compare(p: Params, heldout, before: dict, after: dict) -> tuple[dict, pd.DataFrame]:
@@ -186,36 +188,38 @@ def answers_table(heldout, before: dict, after: dict) -> pd.DataFrame:
     })
 
 
-def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, pairs: pd.DataFrame,
-                   answers: pd.DataFrame, report, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: Data, outcome: dict, scores: dict,
+                   pairs: pd.DataFrame, answers: pd.DataFrame) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     metrics.update(scores)
     if is_main_process():  # one rank writes (DDP)
         import matplotlib.pyplot as plt
 
-        write_table(pairs, run, "pairs")
-        write_table(answers, run, "answers")
-        plt.close(plots.plot_preference_rewards(outcome["history"], run / "rewards.png", title=f"{p.model} {p.method}"))
+        write_table(pairs, run_dir, "pairs")
+        write_table(answers, run_dir, "answers")
+        plt.close(plots.plot_preference_rewards(outcome["history"], run_dir / "rewards.png",
+                                                title=f"{p.model} {p.method}"))
         plt.close(plots.plot_preference_margins(
-            pairs["margin_before"], pairs["margin_after"], run / "margins.png", measure=scores["preference_measure"],
+            pairs["margin_before"], pairs["margin_after"], run_dir / "margins.png",
+            measure=scores["preference_measure"],
             accuracy=(scores["preference_accuracy_before"], scores["preference_accuracy_after"])))
-    finish_run(run, EXPERIMENT, metrics, headline=("method", "preference_accuracy_before", "preference_accuracy_after"))
+    finish_run(run_dir, EXPERIMENT, metrics,
+               headline=("method", "preference_accuracy_before", "preference_accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend = load_model(p)
-    train_pairs, heldout, report = build_dataset(p, data, tokenizer)
-    before = evaluate(p, model, tokenizer, heldout)
-    outcome = train(p, model, tokenizer, train_pairs, heldout, run_path, backend)
-    after = evaluate(p, model, tokenizer, heldout)
-    scores, pairs = compare(p, heldout, before, after)
-    answers = answers_table(heldout, before, after)
-    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, pairs, answers, report, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "pairs": pairs, "answers": answers}
+    data = build_dataset(p, load_data(p))
+    run_dir = setup_run(p)
+    lm = load_model(p)
+    before = evaluate(p, lm, data)
+    outcome = train(p, lm, data, run_dir)
+    after = evaluate(p, lm, data)
+    scores, pairs = compare(p, data.heldout, before, after)
+    answers = answers_table(data.heldout, before, after)
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, scores, pairs, answers)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "pairs": pairs, "answers": answers}
 
 
 def main(argv=None):

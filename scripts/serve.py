@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from lab_utils.core.backend import cuda_available, has_package
 from lab_utils.core.config import run_cli
+from lab_utils.core.errors import ParamError
 from lab_utils.export.merge import locate_adapter
 from lab_utils.models.registry import resolve_model
 from lab_utils.training.vllm_engine import SETUP_HINT, lora_rank_slot
@@ -47,7 +48,7 @@ class Params:
     start: bool = False  # run the command instead of printing it
 
 
-class ServeError(ValueError):
+class ServeError(ParamError):
     """The server must not start as asked; the message says why and what to do."""
 
 

@@ -32,6 +32,7 @@ from lab_utils.core import plots
 from lab_utils.core.artifacts import write_json
 from lab_utils.core.config import run_cli, save_params
 from lab_utils.core.paths import default_run_name, mark_complete, run_dir
+from lab_utils.core.errors import ParamError
 
 
 @dataclass(kw_only=True)
@@ -39,33 +40,33 @@ class Params:
     data: str = "synthetic"  # "synthetic" (generated in code) or "ml-100k" (folder under LAB_DATA_DIR)
     splits: list = field(default_factory=lambda: ["u1", "u2", "u3", "u4", "u5"])  # ml-100k only
     # synthetic ratings: a rank-`true_rank` matrix, `density` of it observed, Gaussian noise
-    n_users: int = 500
-    n_items: int = 400
-    true_rank: int = 5
-    density: float = 0.3
-    noise_std: float = 0.5
+    n_users: int = 500  # synthetic ratings: users
+    n_items: int = 400  # synthetic ratings: items
+    true_rank: int = 5  # rank of the hidden rating matrix
+    density: float = 0.3  # share of the matrix observed
+    noise_std: float = 0.5  # Gaussian noise added to each rating
     # the model
     rank: int = 10  # used as given when choose_by_validation is false
     reg: float = 0.1  # per-rating L2 on factors (scaled by each row's rating count: ALS-WR)
     bias_reg: float = 2.0  # L2 on biases: a user with 3 ratings should not get an extreme bias
-    use_biases: bool = True
-    n_iters: int = 15
+    use_biases: bool = True  # fit a global mean + user and item biases besides the factors
+    n_iters: int = 15  # ALS sweeps of the final fit
     # rank and reg chosen per split on a validation set carved from its training ratings
-    choose_by_validation: bool = True
-    choice_ranks: list = field(default_factory=lambda: [20, 40])
-    choice_regs: list = field(default_factory=lambda: [0.1, 0.15, 0.2])
-    valid_fraction: float = 0.1
-    choice_iters: int = 5
+    choose_by_validation: bool = True  # pick rank and reg per split on validation data carved from its training ratings
+    choice_ranks: list = field(default_factory=lambda: [20, 40])  # ranks tried
+    choice_regs: list = field(default_factory=lambda: [0.1, 0.15, 0.2])  # regularisations tried
+    valid_fraction: float = 0.1  # share of each training split held out for the choice
+    choice_iters: int = 5  # ALS sweeps per tried pair
     # sweeps drawn on the first split
-    sweep_ranks: list = field(default_factory=lambda: [1, 2, 5, 10, 20])
-    sweep_regs: list = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3])
-    sweep_iters: int = 10
+    sweep_ranks: list = field(default_factory=lambda: [1, 2, 5, 10, 20])  # ranks of the sweep drawn on split 1
+    sweep_regs: list = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3])  # regularisations of the reg sweep
+    sweep_iters: int = 10  # ALS sweeps per sweep point
     # scale-out comparison (needs requirements-spark.txt and Java 17+)
-    spark: bool = False
+    spark: bool = False  # also fit with Spark MLlib's ALS to compare (needs requirements-spark.txt and Java 17+)
     spark_master: str = ""  # empty: $LAB_SPARK_MASTER, else local[*]
-    seed: int = 0
+    seed: int = 0  # random seed for the synthetic data and the factor init
     run_name: str = ""  # empty: teach_als-<timestamp>
-    overwrite: bool = False
+    overwrite: bool = False  # replace a finished run with this name
 
 
 @dataclass
@@ -81,7 +82,7 @@ def load_splits(p: Params) -> list[RatingsSplit]:
         return [synthetic_ratings(p.n_users, p.n_items, p.true_rank, p.density, p.noise_std, seed=p.seed)]
     if p.data == "ml-100k":
         return [load_ml100k_split(name) for name in p.splits]
-    raise ValueError(f"unknown data '{p.data}'; expected 'synthetic' or 'ml-100k'")
+    raise ParamError(f"unknown data '{p.data}'; expected 'synthetic' or 'ml-100k'")
 
 
 def fit_model(p: Params, split: RatingsSplit, rank=None, reg=None, n_iters=None, use_biases=None, center=True,

@@ -37,23 +37,24 @@ from lab_utils.core.artifacts import write_json
 from lab_utils.core.config import run_cli, save_params
 from lab_utils.models.registry import lora_target_modules, resolve_model
 from lab_utils.core.paths import default_run_name, mark_complete, run_dir
+from lab_utils.core.errors import ParamError
 
 
 @dataclass(kw_only=True)
 class Params:
     model: str = "smollm2-135m"  # whose layer shapes the parameter count uses (config only, no weights)
-    table_ranks: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    table_ranks: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # ranks in the parameter-count table
     max_rank: int = 64  # the parameter plot runs over r = 1..max_rank
     adapter_run: str = ""  # run name under $LAB_OUTPUT_DIR/sft_alpaca/, a path, or "" = the newest finished run
     # when no adapter exists: a tiny sft_alpaca run trained on the spot
-    demo_steps: int = 3
-    demo_lora_r: int = 8
-    demo_lora_alpha: int = 16
+    demo_steps: int = 3  # when no adapter exists: steps of the tiny sft_alpaca run trained on the spot
+    demo_lora_r: int = 8  # that run's LoRA rank
+    demo_lora_alpha: int = 16  # that run's LoRA alpha
     energy_fraction: float = 0.9  # effective rank: fewest singular values keeping this much of sum(s_i^2)
     check_module: str = "model.layers.0.self_attn.q_proj"  # "" = the first adapted module
-    prompt: str = "Give three tips for staying healthy."
+    prompt: str = "Give three tips for staying healthy."  # asked of base and adapted model
     run_name: str = ""  # empty: teach_lora_rank-<timestamp>
-    overwrite: bool = False
+    overwrite: bool = False  # replace a finished run with this name
 
 
 # ---------------------------------------------------------------- 1. parameter counts
@@ -144,7 +145,7 @@ def adapter_ranks(adapter, energy_fraction: float) -> tuple[pd.DataFrame, dict]:
 def pick_module(p: Params, adapter) -> str:
     module = p.check_module or next(iter(adapter.modules))
     if module not in adapter.modules:
-        raise KeyError(f"check_module '{module}' is not adapted; choose one of e.g. {list(adapter.modules)[:3]}")
+        raise ParamError(f"check_module '{module}' is not adapted; choose one of e.g. {list(adapter.modules)[:3]}")
     return module
 
 

@@ -32,10 +32,10 @@ class Params:
     image: str = "grace_hopper.jpg"  # a matplotlib sample image, a file under LAB_DATA_DIR, or "synthetic"
     grayscale: bool = True  # one matrix instead of three: the spectrum and the bound are easier to read
     max_side: int = 512  # downscale larger images first (the SVD costs O(m n min(m, n)))
-    grid_ranks: list = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])
+    grid_ranks: list = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # ranks drawn side by side
     seed: int = 0  # only for the synthetic image
     run_name: str = ""  # empty: teach_svd-<timestamp>
-    overwrite: bool = False
+    overwrite: bool = False  # replace a finished run with this name
 
 
 def synthetic_image(size: int = 256, seed: int = 0):

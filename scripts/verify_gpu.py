@@ -5,12 +5,13 @@
     python -m scripts.verify_gpu --smoke            # CPU, CI: the same harness on CPU-sized cases
 
 Nothing is downloaded: the models are random-weight copies of real shapes built
-locally once (benchmarks/common.py: Qwen2.5-0.5B for the text paths, Qwen2.5-VL-3B for
-vision, Qwen3-0.6B and Qwen3-VL-2B for the Qwen3 cases) with the embedded SmolLM2 tokenizer, and the data are the bundled samples.
+locally once (lab_utils/models/random_models.py: Qwen2.5-0.5B for the text paths, Qwen2.5-VL-3B for
+vision, Qwen3-0.6B and Qwen3-VL-2B for the Qwen3 cases) with the embedded SmolLM2 tokenizer, and the data are
+the bundled samples.
 Random weights check that a path *runs* (loads, trains, saves, generates, exports) and
 what it costs in memory and time, not what it learns.
 
-Every case runs in its own Python process (benchmarks.common.run_isolated), so Unsloth's
+Every case runs in its own Python process (lab_utils.core.machine.run_isolated), so Unsloth's
 patching of transformers never reaches another case and each case's peak GPU memory is
 its own (torch.cuda.max_memory_allocated, read inside the case; for the notebook, whose
 kernel is yet another process, the device memory in use is polled instead). A case has a
@@ -28,13 +29,13 @@ import argparse
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import (environment, ensure_random_model, ensure_random_vision_model, peak_memory_gib,
-                               reset_peak_memory, run_isolated, skip_reasons)
+from lab_utils.core.machine import (MemoryPoller, environment, peak_memory_gib, reset_peak_memory, run_isolated,
+                                    skip_reasons)
+from lab_utils.models.random_models import ensure_random_model, ensure_random_vision_model
 from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
@@ -152,39 +153,6 @@ def quantised_note(metrics: dict, model_dir: str) -> str:
     return f"4-bit base ({loaded / 1e6:.0f}M packed vs {full / 1e6:.0f}M params)"
 
 
-class DeviceMemoryPoller:
-    """Peak device memory in use (all processes), polled: for work in another process (a notebook kernel)."""
-
-    def __init__(self, interval_s: float = 0.2):
-        self.interval_s, self.peak, self.base = interval_s, 0, None
-        self._stop = threading.Event()
-
-    def _used(self) -> int:
-        import torch
-
-        free, total = torch.cuda.mem_get_info()
-        return total - free
-
-    def __enter__(self):
-        import torch
-
-        if torch.cuda.is_available():
-            self.base = self._used()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, self._used())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-
-    def gib(self) -> float | None:
-        return None if self.base is None else round(max(0, self.peak - self.base) / 2**30, 3)
-
-
 # ---------------------------------------------------------------- the cases (each in its own process)
 
 def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -> dict:
@@ -199,7 +167,7 @@ def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -
     unknown = set(parameters) - set(parameters_cell(path))
     assert not unknown, f"{config} sets {sorted(unknown)}, which the notebook's parameters cell lacks"
     executed = output_dir() / "notebooks" / path.name  # not inside the run folder, which the notebook recreates
-    with DeviceMemoryPoller() as memory:
+    with MemoryPoller(interval_s=0.2, device=True) as memory:
         execute(path, executed, parameters, timeout=CASE_TIMEOUT_S)
     run = output_dir() / notebook / RUN_NAME
     metrics = read_json(run / "metrics.json")
@@ -209,7 +177,7 @@ def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -
     checked = [f"papermill {path.name} with {config}", f"backend {metrics['backend']} on {metrics['device']}",
                quantised_note(metrics, model_dir), f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
                "adapter + run_complete.json written", "peak: device memory in use, polled (the kernel is another process)"]
-    return result(checked, peak=memory.gib())
+    return result(checked, peak=memory.device_gib())
 
 
 def case_sft_alpaca(model_dir: str, config: str, overrides: dict) -> dict:

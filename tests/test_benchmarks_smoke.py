@@ -47,9 +47,9 @@ def test_length_search_stops_at_the_cap_and_at_a_failing_start():
     assert longest_fitting(lambda n: False, start=100, cap=1000, resolution=10) == (0, [(100, False)])
 
 
-def run_smoke(module: str, tmp_path) -> tuple[str, dict]:
+def run_smoke(module: str, tmp_path, *args) -> tuple[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", module, *args, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
@@ -65,7 +65,7 @@ def by(rows, **match):
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
-    out, result = run_smoke("benchmarks.gpu_sft", tmp_path)
+    out, result = run_smoke("benchmarks.sft_throughput", tmp_path, "--sweep")
     assert "== LoRA SFT" in out and "| smoke-llama | lora16  | trl" in out
     rows = result["rows"]
     for backend in ("trl", "lab-hf"):
@@ -131,13 +131,13 @@ def test_vision_shape_gives_the_published_parameter_count():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_sft", "--smoke", "--lengths", "natural",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.sft_throughput", "--sweep", "--smoke", "--lengths", "natural",
                            "--data_file", "medical/dialogues_gbk.csv", "--backends", "trl", "lab-hf", "--quants",
                            "lora16", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "natural lengths from medical/dialogues_gbk.csv" in done.stdout and "mfu_pct" in done.stdout
-    result = json.loads(next(tmp_path.glob("gpu_sft-*.json")).read_text())
+    result = json.loads(next(tmp_path.glob("sft_throughput-*.json")).read_text())
     assert result["settings"]["lengths"] == "natural"
     rows = {r["backend"]: r for r in result["rows"]}
     for backend in ("trl", "lab-hf"):

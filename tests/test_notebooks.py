@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab_utils.core.notebooks import NOTEBOOKS_DIR, code_cells, parameters_cell, read_notebook
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, code_cells, parameters_cell, parameters_source, read_notebook
 from lab_utils.core.paths import REPO_ROOT
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -27,6 +27,15 @@ def params_of(name: str):
 def test_parameters_cell_equals_script_params(notebook):
     defaults = dataclasses.asdict(params_of(notebook.stem)())
     assert parameters_cell(notebook) == defaults
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_generated_from_params_with_each_knobs_help(notebook):
+    cell = next(c for c in read_notebook(notebook)["cells"] if "parameters" in c["metadata"].get("tags", []))
+    source = "".join(cell["source"])
+    assert source == parameters_source(params_of(notebook.stem)), (
+        f"{notebook.name}: stale parameters cell; run `make notebook-params` (python -m scripts.notebook_params)")
+    assert all(" = " not in line or "  # " in line for line in source.splitlines())  # every literal has its help
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)

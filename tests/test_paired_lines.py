@@ -112,6 +112,6 @@ def test_medical_experiment_reads_paired_lines_through_its_format_parameter():
     from scripts import sft_medical
 
     data = sft_medical.load_data(sft_medical.Params(data_file=SAMPLE, format="auto"))
-    assert data.layout == "paired_lines" and sft_medical.encoding_report(data)["format"] == "paired_lines"
+    assert data.csv.layout == "paired_lines" and sft_medical.encoding_report(data.csv)["format"] == "paired_lines"
     with pytest.raises(DataError, match="malformed CSV|missing required column"):
         sft_medical.load_data(sft_medical.Params(data_file=SAMPLE, format="csv"))

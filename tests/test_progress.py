@@ -110,6 +110,8 @@ def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_pa
     assert len(train) == 1 and "100%" in train[0] and "2/2" in train[0] and "loss=" in train[0]
     generation = [bar for bar in closed_bars if bar.startswith("generate:")]
     assert len(generation) == 2 and all("100%" in bar for bar in generation)  # before and after training
+    evaluation = [bar for bar in closed_bars if bar.startswith("eval loss:")]
+    assert len(evaluation) == 2 and all("100%" in bar for bar in evaluation)  # the held-out loss, before and after
     metrics = read_json(output_dir() / "sft_alpaca" / "bars" / "metrics.json")
     assert isinstance(metrics["train_tokens_per_second"], float) and metrics["train_tokens_per_second"] > 0
     assert metrics["train_tokens_per_second"] == pytest.approx(metrics["tokens_seen"] / metrics["train_seconds"], rel=0.01, abs=0.05)  # rounded to 0.1

@@ -392,3 +392,13 @@ def test_combine_rejects_bad_arguments():
 def test_describe_has_a_line_per_reward():
     table = rewards.describe()
     assert set(table) == set(REWARDS) and all(table.values())
+
+
+@pytest.mark.parametrize("module", ["rewards.correctness", "rewards.format", "rewards.language", "rewards.penalties"])
+def test_the_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{module}: no >>> examples"
+    assert result.failed == 0, f"{module}: {result.failed} of {result.attempted} examples failed (see the output above)"

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from data_loaders import text_decoding
+from lab_utils.core import text_decoding
 from data_loaders.alpaca import load_chat_file
 from data_loaders.common import DataError
 from data_loaders.gsm8k import load_gsm8k
 from data_loaders.medical_csv import load_medical_csv
-from data_loaders.text_decoding import decode_file, plausibility, read_text
+from lab_utils.core.text_decoding import decode_file, plausibility, read_text
 
 SIMPLIFIED = [{"instruction": "用一句话解释什么是光合作用。", "input": "", "output": "植物利用阳光把水和二氧化碳变成糖和氧气。"},
               {"instruction": "把下面的句子翻译成英文。", "input": "我喜欢喝茶。", "output": "I like drinking tea."}]

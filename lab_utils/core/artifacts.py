@@ -40,10 +40,10 @@ def read_json(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_table(frame: pd.DataFrame, run: Path, name: str) -> Path:
+def write_table(frame: pd.DataFrame, run_dir: Path, name: str) -> Path:
     """Save a table as <name>.csv (for pandas) and <name>.md (for people)."""
-    frame.to_csv(Path(run) / f"{name}.csv", index=False)
-    markdown = Path(run) / f"{name}.md"
+    frame.to_csv(Path(run_dir) / f"{name}.csv", index=False)
+    markdown = Path(run_dir) / f"{name}.md"
     # a newline inside a cell would end the Markdown row; <br> keeps it in the cell
     cells = frame.apply(lambda col: col.map(lambda v: v.replace("\n", "<br>") if isinstance(v, str) else v))
     markdown.write_text(cells.to_markdown(index=False), encoding="utf-8")

@@ -18,6 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from lab_utils.core.errors import MachineError, ParamError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-class UnslothAlreadyImported(RuntimeError):
+class UnslothAlreadyImported(MachineError):
     """The hf backend was asked for in a process where unsloth has already patched transformers."""
 
 
@@ -68,14 +69,14 @@ def _choose_backend(forced: str | None) -> Backend:
     cuda = cuda_available()
     device = "cuda" if cuda else "cpu"
     if forced not in (None, "auto", "hf", "unsloth"):
-        raise ValueError(f"backend={forced!r} (LAB_BACKEND or the backend parameter): expected auto, hf or unsloth")
+        raise ParamError(f"backend={forced!r} (LAB_BACKEND or the backend parameter): expected auto, hf or unsloth")
     if forced == "hf":
         return Backend("hf", "forced: backend=hf", device)
     if forced == "unsloth":
         if not cuda:
-            raise RuntimeError("backend=unsloth needs a CUDA GPU and none is visible; use backend auto or hf")
+            raise MachineError("backend=unsloth needs a CUDA GPU and none is visible; use backend auto or hf")
         if not has_package("unsloth"):
-            raise RuntimeError("backend=unsloth but unsloth is not installed: pip install -r requirements-gpu.txt")
+            raise MachineError("backend=unsloth but unsloth is not installed: pip install -r requirements-gpu.txt")
         return Backend("unsloth", "forced: backend=unsloth", device)
     if not cuda:
         return Backend("hf", "no CUDA GPU visible", device)
@@ -99,7 +100,7 @@ def get_backend(forced: str | None = None) -> Backend:
 def import_unsloth():
     """Import unsloth (it must patch transformers before models are built). GPU only."""
     if not cuda_available():
-        raise RuntimeError("unsloth needs a CUDA GPU; this machine has none")
+        raise MachineError("unsloth needs a CUDA GPU; this machine has none")
     import unsloth  # noqa: F401  (import side effect: patches transformers/trl)
 
     return unsloth

@@ -1,9 +1,12 @@
-"""Notebook helpers: read a parameters cell, execute a notebook headless with papermill.
+"""Notebook helpers: read and write a parameters cell, execute a notebook headless with papermill.
 
 Every notebook in notebooks/ has exactly one cell tagged `parameters` made of
-plain literal assignments (`name = value`), with the same names and defaults
-as its script's Params. These helpers are what the tests, `make demo` and the
-batch runner use, so the rule is checked in one place.
+plain literal assignments (`name = value  # help`), with the same names and defaults
+as its script's Params. The cell is generated from the Params (`parameters_source`:
+values = defaults, comments = each knob's help, lab_utils.core.config.field_help), by
+`python -m scripts.notebook_params` (`make notebook-params`); a test fails when a cell is
+stale. These helpers are what the tests, `make demo` and the batch runner use, so the
+rule is checked in one place.
 """
 
 import ast
@@ -12,6 +15,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from lab_utils.core.config import defaults, field_help, knob_sections
 from lab_utils.core.paths import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -28,18 +32,45 @@ def read_notebook(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def parameters_cell(path) -> dict:
-    """The literal values assigned in the cell tagged `parameters`."""
-    cells = [c for c in read_notebook(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+def _parameters_cell(notebook: dict, path) -> dict:
+    cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    source = "".join(cells[0]["source"])
+    return cells[0]
+
+
+def parameters_cell(path) -> dict:
+    """The literal values assigned in the cell tagged `parameters`."""
+    source = "".join(_parameters_cell(read_notebook(path), path)["source"])
     values = {}
     for node in ast.parse(source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise ValueError(f"{path}: parameters cell may only hold `name = literal` lines")
         values[node.targets[0].id] = ast.literal_eval(node.value)
     return values
+
+
+def parameters_source(params_cls) -> str:
+    """The parameters cell a notebook of `params_cls` holds: one `name = default  # help` line per knob,
+    grouped under the same headings as --help and --print_config."""
+    values, helps, lines = defaults(params_cls), field_help(params_cls), []
+    for section, names in knob_sections(params_cls):
+        lines += [f"# {section}"] if section else []
+        lines += [f"{name} = {values[name]!r}  # {helps[name]}".rstrip(" #") for name in names]
+    return "\n".join(lines)
+
+
+def write_parameters_cell(path, params_cls) -> bool:
+    """Rewrite the notebook's parameters cell from `params_cls`; True if it changed. Outputs stay stripped."""
+    notebook = read_notebook(path)
+    cell = _parameters_cell(notebook, path)
+    source = parameters_source(params_cls)
+    if "".join(cell["source"]) == source:
+        return False
+    cell["source"] = source.splitlines(keepends=True)
+    # the layout Jupyter itself writes (nbformat: indent 1, unescaped text, final newline): minimal diffs
+    Path(path).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
 
 
 def code_cells(path) -> list[str]:

@@ -19,12 +19,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from lab_utils.core.errors import LabError, RunExistsError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # lab_utils/core/paths.py -> the repository
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"  # small files we wrote ourselves, always present
 COMPLETE_MARKER = "run_complete.json"  # written last; a run dir without it is unfinished
 
 
-class LabPathError(FileNotFoundError):
+class LabPathError(LabError, FileNotFoundError):
     """A file or folder the user pointed at is missing; the message says what to set."""
 
 
@@ -92,7 +94,7 @@ def run_dir(experiment: str, run_name: str, output_root=None, overwrite: bool = 
     path = output_dir(output_root) / slug(experiment) / slug(run_name)
     if is_complete(path):
         if not overwrite:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"run '{path}' already finished; choose another run_name or pass overwrite=True"
             )
         shutil.rmtree(path)
@@ -120,7 +122,7 @@ def build_lock(target):
 
 
 @contextmanager
-def write_then_rename(target, overwrite: bool = False, exists_error: type[Exception] = FileExistsError):
+def write_then_rename(target, overwrite: bool = False, exists_error: type[Exception] = RunExistsError):
     """Yield `<target>.partial` to write a file or folder into; rename it to `target` when the block ends well.
 
     A crash never leaves something half-written that looks finished: the staging path is

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lab_utils.teaching.lowrank import lora_scale
 from lab_utils.core.paths import COMPLETE_MARKER, LabPathError, is_complete, output_dir
+from lab_utils.core.errors import DataError, ParamError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -100,7 +101,7 @@ def read_lora_adapter(folder) -> LoraAdapter:
         raise LabPathError(f"'{folder}' is not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
     if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{folder / ADAPTER_CONFIG}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+        raise DataError(f"{folder / ADAPTER_CONFIG}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
     halves: dict = {}
     # framework="pt": bf16 adapters exist and numpy has no bf16; float() makes every dtype readable
     with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as weights:
@@ -110,7 +111,7 @@ def read_lora_adapter(folder) -> LoraAdapter:
                 halves.setdefault(match["module"], {})[match["side"]] = weights.get_tensor(key).float().numpy()
     unpaired = sorted(m for m, h in halves.items() if set(h) != {"A", "B"})
     if unpaired:
-        raise ValueError(f"{folder / ADAPTER_WEIGHTS}: lora_A without lora_B (or the reverse) for {unpaired[:3]}")
+        raise DataError(f"{folder / ADAPTER_WEIGHTS}: lora_A without lora_B (or the reverse) for {unpaired[:3]}")
     modules = {m: (h["A"], h["B"]) for m, h in halves.items()}
     scale = lora_scale(config["lora_alpha"], config["r"], config.get("use_rslora", False))
     return LoraAdapter(folder, config, scale, modules)
@@ -136,7 +137,7 @@ def check_adapter_base(folder, model: str) -> None:
     if not trained_on:  # a bare adapter folder: its config names the base (a hub id or a local path)
         trained_on = json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
     if trained_on and trained_on != model and str(trained_on) != str(resolve_model(model)):
-        raise ValueError(f"adapter {folder} was trained on {trained_on!r}, but this run's model is {model!r}; "
+        raise ParamError(f"adapter {folder} was trained on {trained_on!r}, but this run's model is {model!r}; "
                          f"set model: {trained_on} (or start from an adapter of {model})")
 
 

@@ -28,9 +28,10 @@ false, 0, "", nil and empty collections are false. Data are dicts (field names a
 
 import json
 import re
+from lab_utils.core.errors import LabError
 
 
-class TemplateError(ValueError):
+class TemplateError(LabError, ValueError):
     """A template this renderer cannot parse or evaluate; the message says where."""
 
 

@@ -38,12 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from lab_utils.export.adapters import ADAPTER_CONFIG, adapter_folder_problem
 from lab_utils.core.paths import COMPLETE_MARKER, is_complete, write_then_rename
+from lab_utils.core.errors import LabError
 
 
 MERGE_DTYPES = ("float16", "bfloat16", "float32")
 
 
-class ExportError(RuntimeError):
+class ExportError(LabError, RuntimeError):
     """An export that cannot proceed; the message says what is wrong and what to do."""
 
 
@@ -56,8 +57,8 @@ class TrainedAdapter:
     run_dir: Path | None  # None for a bare adapter folder
 
 
-def _read_run_params(run: Path) -> dict:
-    params_file = run / "params.json"
+def _read_run_params(run_dir: Path) -> dict:
+    params_file = run_dir / "params.json"
     if not params_file.exists():
         return {}
     return json.loads(params_file.read_text(encoding="utf-8"))

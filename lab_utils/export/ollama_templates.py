@@ -39,10 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.export.go_template import TemplateError, render
-
-
-class ChatTemplateError(ValueError):
-    """No Go template fits this tokenizer; the message says how to pass one."""
+from lab_utils.models.chat import ChatTemplateError  # the one class for every chat-template problem
 
 
 @dataclass(frozen=True)

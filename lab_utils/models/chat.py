@@ -18,14 +18,16 @@ one line (`check_thinking_switch`), since passing it there would silently change
 import torch
 
 from lab_utils.core.progress import progress_bar
+from lab_utils.core.errors import LabError
 
 IGNORE_INDEX = -100
 THINKING_ATTRIBUTE = "lab_enable_thinking"  # set on a tokenizer by set_thinking
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that are not a whole UTF-8 character
 
 
-class ChatTemplateError(ValueError):
-    """The tokenizer has no chat template, or it does not render conversations prefix by prefix."""
+class ChatTemplateError(LabError, ValueError):
+    """A chat template the lab cannot use: none at all, one that does not render conversations prefix by
+    prefix (no prompt masking), or (export) none of the Ollama templates renders like it."""
 
 
 def trl_chat_template(file: str) -> str:

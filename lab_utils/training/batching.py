@@ -5,10 +5,21 @@ import math
 from dataclasses import dataclass
 import torch
 from lab_utils.models.chat import IGNORE_INDEX, count_trainable_tokens, tokenize_conversation
+from lab_utils.core.errors import LabError
 
 
-class EmptyBatchError(ValueError):
+class EmptyBatchError(LabError, ValueError):
     """A batch in which every label is masked: nothing to learn, and a NaN loss if trained on."""
+
+
+def load_data_tokenizer(p):
+    """The model's tokenizer without the model (cheap), loaded and set up as load_lora_model does it
+    (trust_remote_code, the thinking switch): what build_dataset tokenizes with, before any run folder exists."""
+    from lab_utils.models.chat import set_thinking
+    from lab_utils.models.registry import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(p.model), getattr(p, "trust_remote_code", False))
+    return set_thinking(tokenizer, getattr(p, "enable_thinking", None))
 
 
 def tokenize_dataset(dataset, tokenizer, max_length: int, report=None):

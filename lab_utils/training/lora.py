@@ -5,6 +5,7 @@ import torch
 from lab_utils.core.backend import Backend, import_unsloth
 from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import load_tokenizer, lora_target_modules, resolve_model
+from lab_utils.core.errors import MachineError, ParamError
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -15,7 +16,7 @@ def resolve_precision(precision: str, device: str) -> str:
     """
     if precision != "auto":
         if precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision={precision!r}: expected auto, bf16, fp16 or fp32")
+            raise ParamError(f"precision={precision!r}: expected auto, bf16, fp16 or fp32")
         return precision
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -35,7 +36,7 @@ def quantization_config(load_in_4bit: bool, load_in_8bit: bool, device: str):
     if not (load_in_4bit or load_in_8bit):
         return None
     if device != "cuda":
-        raise RuntimeError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; set both to false on CPU")
+        raise MachineError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; set both to false on CPU")
     from transformers import BitsAndBytesConfig
 
     if load_in_8bit:
@@ -56,11 +57,12 @@ def build_lora_model(p, backend: Backend):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, p.trust_remote_code)
     quant = quantization_config(p.load_in_4bit, p.load_in_8bit, backend.device)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=weights_dtype(p.precision, backend.device), quantization_config=quant,
         device_map=model_device_map(backend.device), attn_implementation="sdpa",
+        trust_remote_code=p.trust_remote_code,
     )
     model.config.use_cache = False  # a KV cache in training disables the packed-sequence mask
     # QLoRA without peft's prepare_model_for_kbit_training: it casts every weight that is not quantised
@@ -87,7 +89,7 @@ def load_unsloth_model(p, source: str, **engine):
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=p.max_seq_length, dtype=None,
-        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit, **engine,
+        load_in_4bit=p.load_in_4bit, load_in_8bit=p.load_in_8bit, trust_remote_code=p.trust_remote_code, **engine,
     )
     model = FastLanguageModel.get_peft_model(
         model, target_modules=lora_target_modules(model, p.lora_mlp), bias="none",

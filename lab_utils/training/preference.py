@@ -29,7 +29,8 @@ import math
 
 import torch
 
-from lab_utils.models.chat import render
+from lab_utils.models.chat import ChatTemplateError, render
+from lab_utils.core.errors import ParamError
 
 TIE = 1e-6  # rewards closer than this are a tie (the policy and its reference agree)
 
@@ -39,7 +40,7 @@ def encode_pair_side(tokenizer, prompt: list[dict], answer: list[dict], max_leng
     prompt_text = render(tokenizer, prompt, add_generation_prompt=True)
     full_text = render(tokenizer, prompt + answer)
     if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template does not render prompt + answer as an extension of the prompt")
+        raise ChatTemplateError("the chat template does not render prompt + answer as an extension of the prompt")
     # the answer's ids are the full text's ids after the prompt's, as TRL's trainers tokenize them
     n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
@@ -107,7 +108,7 @@ def pair_margins(scores: dict, reference: dict | None, method: str, beta: float)
             rejected = mean_logp(scores["rejected_logp"][i], scores["rejected_tokens"][i])
             margins.append((chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected)))
         return margins
-    raise ValueError(f"method={method!r}: expected dpo or orpo")
+    raise ParamError(f"method={method!r}: expected dpo or orpo")
 
 
 def share_right(margins: list[float]) -> float:

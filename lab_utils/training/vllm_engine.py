@@ -36,14 +36,15 @@ import time
 from pathlib import Path
 
 from lab_utils.core.backend import cuda_available, has_package
+from lab_utils.core.errors import MachineError
 
 SETUP_HINT = "make setup-vllm"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_SEQUENCES = 16  # KV cache room on a CPU: this many sequences of max_model_len
 
 
-class EngineError(RuntimeError):
-    """vLLM could not start or serve; the message is the one line to show."""
+class EngineError(MachineError):
+    """vLLM is missing, could not start or cannot serve this model; the message is the one line to show."""
 
 
 def vllm_build() -> str | None:

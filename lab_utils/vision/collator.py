@@ -8,9 +8,9 @@ TRL, turns them into tensors: `vision_sft_config` tells TRL to leave the rows al
 import torch
 
 from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.models.chat import IGNORE_INDEX
 from lab_utils.vision.processor import ASSISTANT_MARKER, USER_MARKER, VISION_SPECIAL_TOKENS
-
-IGNORE_INDEX = -100
+from lab_utils.core.errors import DataError
 
 
 def assistant_token_mask(input_ids: list[int], start_ids: list[int], end_id: int) -> list[bool]:
@@ -69,7 +69,7 @@ class VisionSFTCollator:
         labels[torch.isin(batch["input_ids"], self.never_label) | (batch["attention_mask"] == 0)] = IGNORE_INDEX
         if (labels == IGNORE_INDEX).all():
             sources = [e.get("source", "?") for e in examples]
-            raise ValueError(f"every label in this batch is masked (rows {sources}): no assistant answer tokens; "
+            raise DataError(f"every label in this batch is masked (rows {sources}): no assistant answer tokens; "
                              f"check the rows end with an assistant turn and the chat template writes '{ASSISTANT_MARKER.strip()}'")
         batch["labels"] = labels
         if self.dtype is not None and "pixel_values" in batch:
@@ -83,7 +83,7 @@ class VisionSFTCollator:
             return
         lengths = batch["attention_mask"].sum(-1).tolist()
         too_long = [(e.get("source", "?"), n) for e, n in zip(examples, lengths) if n > self.max_length]
-        raise ValueError(f"rows longer than max_length={self.max_length} tokens: {too_long}; "
+        raise DataError(f"rows longer than max_length={self.max_length} tokens: {too_long}; "
                          "lower the loader's max_image_side or raise max_length")
 
 

@@ -7,6 +7,7 @@ picks the same modules (`vision_lora_target_regex`).
 import torch
 
 from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.core.errors import ParamError
 
 
 def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_language_layers: bool = True,
@@ -19,9 +20,9 @@ def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_langu
     Qwen3-VL's DeepStack mergers) stay frozen, as in Unsloth.
     """
     if not (finetune_vision_layers or finetune_language_layers):
-        raise ValueError("finetune_vision_layers and finetune_language_layers are both False: nothing to train")
+        raise ParamError("finetune_vision_layers and finetune_language_layers are both False: nothing to train")
     if not (finetune_attention_modules or finetune_mlp_modules):
-        raise ValueError("finetune_attention_modules and finetune_mlp_modules are both False: nothing to train")
+        raise ParamError("finetune_attention_modules and finetune_mlp_modules are both False: nothing to train")
     parts = []
     if finetune_language_layers:
         names = (["q_proj", "k_proj", "v_proj", "o_proj"] if finetune_attention_modules else []) + \

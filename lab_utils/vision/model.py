@@ -26,6 +26,7 @@ from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import save_model_folder
 from lab_utils.core.paths import build_lock, models_dir
 from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS, ImageTextProcessor, load_vision_processor)
+from lab_utils.core.errors import MachineError
 
 log = logging.getLogger("lab")
 
@@ -173,24 +174,26 @@ def ensure_tiny_vision_model(seed: int = 0, name: str = TINY_VISION_NAME) -> Pat
 
 
 def load_vision_model(name: str = TINY_VISION_NAME, backend=None, load_in_4bit: bool = False,
-                      max_seq_length: int = 2048, gradient_checkpointing: bool = True):
-    """(model, processor) for a registry name, folder or hub id, on the chosen backend."""
+                      max_seq_length: int = 2048, gradient_checkpointing: bool = True, trust_remote_code: bool = False):
+    """(model, processor) for a registry name, folder or hub id, on the chosen backend (trust_remote_code:
+    run Python code the model's repository ships; off unless the run's knob says so)."""
     from lab_utils.models.registry import resolve_model
 
     backend = backend or get_backend()
     source = resolve_model(name)
     if backend.is_unsloth:
-        return load_vision_model_unsloth(source, load_in_4bit, max_seq_length, gradient_checkpointing)
-    return load_vision_model_hf(source, backend.device, load_in_4bit)
+        return load_vision_model_unsloth(source, load_in_4bit, max_seq_length, gradient_checkpointing,
+                                         trust_remote_code)
+    return load_vision_model_hf(source, backend.device, load_in_4bit, trust_remote_code)
 
 
-def load_vision_model_hf(source: str, device: str = "cpu", load_in_4bit: bool = False):
+def load_vision_model_hf(source: str, device: str = "cpu", load_in_4bit: bool = False, trust_remote_code: bool = False):
     from transformers import AutoModelForImageTextToText
 
-    kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
+    kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
         if device != "cuda":
-            raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); on CPU set load_in_4bit=False")
+            raise MachineError("load_in_4bit needs a CUDA GPU (bitsandbytes); on CPU set load_in_4bit=False")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
@@ -199,11 +202,11 @@ def load_vision_model_hf(source: str, device: str = "cpu", load_in_4bit: bool = 
     model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     if not load_in_4bit and model_device_map(device):
         model = model.to(device)
-    return model, load_vision_processor(source)
+    return model, load_vision_processor(source, trust_remote_code)
 
 
 def load_vision_model_unsloth(source: str, load_in_4bit: bool = False, max_seq_length: int = 2048,
-                              gradient_checkpointing: bool = True):
+                              gradient_checkpointing: bool = True, trust_remote_code: bool = False):
     """Unsloth's FastVisionModel (GPU only; import_unsloth says so clearly on CPU)."""
     import_unsloth()
     from unsloth import FastVisionModel
@@ -213,5 +216,6 @@ def load_vision_model_unsloth(source: str, load_in_4bit: bool = False, max_seq_l
         load_in_4bit=load_in_4bit,
         max_seq_length=max_seq_length,
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        trust_remote_code=trust_remote_code,
     )
     return model, processor

@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from lab_utils.core.errors import ParamError
+
 VISION_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 IMAGE_TOKEN = "<|image_pad|>"
 USER_MARKER = "<|im_start|>user\n"
@@ -118,7 +120,7 @@ def flatten_images(images) -> list:
     return flat
 
 
-def load_vision_processor(source: str):
+def load_vision_processor(source: str, trust_remote_code: bool = False):
     """Our image-only processor for lab-built folders or where torchvision is missing, else AutoProcessor."""
     from lab_utils.core.backend import has_package
 
@@ -126,7 +128,7 @@ def load_vision_processor(source: str):
         return ImageTextProcessor.from_pretrained(source)
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(source)
+    return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------- image size bounds (max_pixels / min_pixels)
@@ -146,13 +148,13 @@ def merged_patch_side(model: str) -> int:
 
 
 def check_pixel_bounds(model: str, min_pixels: int, max_pixels: int) -> None:
-    """One clear ValueError for bounds no image can meet: max_pixels below one image token, min above max."""
+    """One clear ParamError (a ValueError) for bounds no image can meet: max_pixels below one image token, min above max."""
     side = merged_patch_side(model)
     if max_pixels < side * side:
-        raise ValueError(f"max_pixels={max_pixels} is smaller than one image patch of {model} ({side}x{side} = "
+        raise ParamError(f"max_pixels={max_pixels} is smaller than one image patch of {model} ({side}x{side} = "
                          f"{side * side} pixels); use at least {side * side}, e.g. 768*768 = 589824")
     if min_pixels > max_pixels:
-        raise ValueError(f"min_pixels={min_pixels} is larger than max_pixels={max_pixels}")
+        raise ParamError(f"min_pixels={min_pixels} is larger than max_pixels={max_pixels}")
 
 
 def set_image_pixels(processor, min_pixels: int, max_pixels: int):

@@ -1,16 +1,16 @@
 """One decoder for every text file the lab reads: BOM, UTF-8, UTF-16, GB18030 (GBK), Big5.
 
-Chinese training data arrives in whatever encoding the exporter used (AutoDL users
+Chinese training data (and configs saved by Windows Notepad) arrive in whatever encoding the exporter used (AutoDL users
 meet GBK CSVs, Big5 forum dumps, UTF-16 files saved by Excel), and a hard-coded
 `encoding="utf-8"` gives a UnicodeDecodeError on some files and silent mojibake on
 others. Every text loader (alpaca / messages / ShareGPT JSON and JSONL, preference
-pairs, GSM8K, the medical CSV and paired-lines files) reads through here:
+pairs, GSM8K, the medical CSV and paired-lines files) and the YAML configs (core.config) read through here:
 
     text, encoding = read_text(path)                 # detect
     text, encoding = read_text(path, "gbk")          # force one, decoded strictly
     text, encoding, scores = decode_file(path)       # also the plausibility of each candidate
 
-Bad input is one DataError line naming the file (data_loaders.common).
+Bad input is one DataError line naming the file (lab_utils.core.errors).
 
 Encoding choice (an explicit `encoding=` skips all of this and is decoded strictly):
   1. A byte-order mark decides: EF BB BF -> utf-8-sig, FF FE / FE FF -> utf-16.
@@ -48,7 +48,7 @@ zip/xlsx, PDF, gzip, old Office files, NUL bytes) and empty files, each with one
 import unicodedata
 from pathlib import Path
 
-from data_loaders.common import data_error
+from lab_utils.core.errors import data_error
 
 ENCODING_ORDER = ("utf-8", "utf-8-sig", "utf-16", "gb18030", "big5")  # the documented order
 LEGACY_ENCODINGS = ("gb18030", "big5")  # decode almost anything: need a plausibility check
