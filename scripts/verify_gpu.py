@@ -248,14 +248,15 @@ def case_preference(model_dir: str, config: str, overrides: dict) -> dict:
     return result(checked)
 
 
-def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto", overrides: dict | None = None) -> dict:
+def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto",
+              overrides: dict | None = None) -> dict:
     """GRPO (TRL GRPOTrainer, Unsloth model on a GPU box) on the bundled GSM8K sample, 2 steps."""
     from scripts import grpo_gsm8k
 
     reset_peak_memory()
-    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
-                     num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
-                     max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512, **(overrides or {}))
+    overrides = {**dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
+                        num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
+                        max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512), **(overrides or {})}
     p = shrink(grpo_gsm8k.Params, config, overrides, model_dir)
     run = grpo_gsm8k.run(p)
     metrics = run["metrics"]

@@ -60,7 +60,8 @@ def choose_rollouts(requested: str, backend: Backend) -> Rollouts:
             raise EngineError(f"rollouts=vllm but vLLM is not installed: run `{SETUP_HINT}` (or use rollouts: hf)")
         return Rollouts("hf", f"vLLM is not installed: HF generate (`{SETUP_HINT}` for the fast path)")
     unsloth = backend.is_unsloth and backend.device == "cuda"
-    via = "inside Unsloth's model (fast_inference)" if unsloth else "the lab's in-process engine, adapter served each step"
+    via = ("inside Unsloth's model (fast_inference)" if unsloth
+           else "the lab's in-process engine, adapter served each step")
     return Rollouts("vllm", f"{'forced' if requested == 'vllm' else 'installed'}: {vllm_build()} on "
                             f"{backend.device}, {via}", unsloth)
 
