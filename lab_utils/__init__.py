@@ -17,6 +17,10 @@ core/        the run core
     machine       the device and package versions, peak memory (counted or polled), one call per process
     notebooks     read a notebook's parameters cell; run a notebook headless with papermill
     plots         every figure the lab draws, so notebooks and scripts show the same plots
+    secrets       which variables and fields hold credentials (HF_TOKEN, ...); masking them in what is written
+    locks         one process per run folder: the run lock (pid, host, since), stale ones taken over
+    jupyter_lab   `make lab`'s JupyterLab command line (no first-run popup), and headless for tests/screenshots
+    browser       headless Chromium (selenium) driving JupyterLab as a person does: edit, Run All, read outputs
 
 models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
@@ -33,8 +37,9 @@ training/    the training core
     steps         what an experiment's steps hand each other: Data, LoadedModel
     trainer       the one TrainingArguments builder, the one trainer builder for every training kind,
                   resume-and-time, loss history
+    checkpoints   the newest whole checkpoint to resume from; damaged ones (cut short, empty, missing) skipped
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
-    preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
+    preference    DPO/ORPO/SimPO/KTO held-out scoring: preference accuracy and reward margins
     rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate
     vllm_engine   a vLLM engine in this process (CPU or CUDA): the adapter being trained served each step,
                   greedy grading, one-line errors (KV cache, architecture, not installed)

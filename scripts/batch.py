@@ -20,15 +20,20 @@ A batch file is flat-ish YAML:
 
 Parameters resolve as: the config file < the run's name as `run_name` (where the
 notebook has one) < defaults.params < the run's params < its grid point. Every
-name must exist in the notebook's parameters cell (papermill.inspect_notebook):
+name must exist in the notebook's parameters cell (read as Python, as the parity test does):
 a typo is an error before anything trains, not a silently ignored value.
 
 Each run gets its own LAB_OUTPUT_DIR, $LAB_OUTPUT_DIR/batch/<batch>/<run>/, so
 its artifacts, the executed notebook (<notebook>.ipynb) and the live log
 (run.log) sit together. A failed run is recorded (exception name, message, the
 cell's execution count) and the batch goes on. batch_state.json is rewritten
-atomically after every run; the report (report.md, report.html, metrics.csv)
-is built from it and from each run's metrics.json / history.json.
+atomically before each run (the run marked "interrupted": what stays if the runner
+is killed, so --resume reruns it and --report shows where it stopped) and after it.
+One runner per batch folder: a second one stops with one line (lab_utils/core/locks).
+A notebook kernel whose runner was killed notices and exits within a second or so
+(ipykernel's parent poller), releasing its run's lock for the resumed batch. The report
+(report.md, report.html, metrics.csv) is built from batch_state.json and from each run's
+metrics.json / history.json.
 """
 
 import argparse
@@ -51,6 +56,7 @@ import yaml
 
 from lab_utils.core import plots
 from lab_utils.core.config import ConfigError, load_yaml
+from lab_utils.core.locks import RunLockedError, hold_run, release_run
 from lab_utils.core.machine import MemoryPoller
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 from lab_utils.core.paths import REPO_ROOT, output_dir, slug, write_then_rename
@@ -168,16 +174,15 @@ def type_problem(name: str, value, default) -> str | None:
 
 def validate(runs: list[Run]) -> list[str]:
     """Every problem of every run, as one line each (empty: the batch can run)."""
-    import papermill as pm
-
     problems = []
     for run in runs:
-        declared = pm.inspect_notebook(str(run.notebook))
+        # The parameters cell read as Python: papermill's inspect_notebook parses it by regex and misses
+        # lines whose help comment it cannot read (`lora_r = 16  # ... (more = more capacity ...)`)
         defaults = parameters_cell(run.notebook)
-        unknown = sorted(set(run.parameters) - set(declared))
+        unknown = sorted(set(run.parameters) - set(defaults))
         if unknown:
             problems.append(f"{run.name}: unknown parameter(s) {unknown} for {run.notebook.name}; "
-                            f"known: {sorted(declared)}")
+                            f"known: {sorted(defaults)}")
         problems += [f"{run.name}: {p}" for name, value in run.parameters.items() if name in defaults
                      if (p := type_problem(name, value, defaults[name]))]
     return problems
@@ -226,19 +231,24 @@ def failure(err: Exception) -> dict:
             "exec_count": getattr(err, "exec_count", None)}
 
 
+def run_record(run: Run, batch_dir: Path) -> dict:
+    executed = batch_dir / run.name / run.notebook.name
+    return {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
+            "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
+            "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+
+
 def execute_run(run: Run, batch_dir: Path) -> dict:
     """Run one notebook with its own LAB_OUTPUT_DIR; never raises for a notebook's failure."""
     folder = batch_dir / run.name
     folder.mkdir(parents=True, exist_ok=True)
-    executed = folder / run.notebook.name
-    record = {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
-              "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
-              "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+    record = run_record(run, batch_dir)
     started = time.perf_counter()
     with (environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"),
           MemoryPoller(MEMORY_POLL_SECONDS) as memory):
         try:
-            execute(run.notebook, executed, run.parameters, timeout=run.timeout, log_output=True)
+            execute(run.notebook, batch_dir / record["executed_notebook"], run.parameters, timeout=run.timeout,
+                    log_output=True)
             record["status"] = "finished"
         except Exception as err:  # PapermillExecutionError, a cell timeout, a dead kernel: record, go on
             record["status"], record["error"] = "failed", failure(err)
@@ -279,6 +289,12 @@ def run_batch(batch_file, runs: list[Run], name: str, batch_dir: Path, resume: b
     with progress_bar(total=len(todo), desc=f"batch {name}", unit="run") as bar:
         for run in todo:
             bar.set_postfix_str(run.name)
+            # on disk before it starts: if this process is killed, the state (and --report) shows the run
+            # as interrupted, and --resume runs it again
+            state["runs"][run.name] = {**run_record(run, batch_dir), "status": "interrupted",
+                                       "error": {"ename": "Interrupted", "evalue": "the batch runner stopped during "
+                                                 "this run; --resume runs it again", "exec_count": None}}
+            write_state(batch_dir, state)
             record = execute_run(run, batch_dir)
             bar.update(1)
             state["runs"][run.name] = record
@@ -459,6 +475,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    batch_dir = None
     try:
         name, runs = load_batch(args.batch_file)
         batch_dir = output_dir() / "batch" / name
@@ -473,13 +490,17 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(f"[batch] dry run: {len(runs)} run(s) valid; nothing executed")
             return 0
+        hold_run(batch_dir)  # one runner per batch folder: a second one stops here, before --overwrite deletes it
         prepare_batch_dir(batch_dir, args.resume, args.overwrite)
         started = time.perf_counter()
         state = run_batch(args.batch_file, runs, name, batch_dir, args.resume)
         report = write_report(batch_dir, state)
-    except (BatchError, ConfigError) as err:
+    except (BatchError, ConfigError, RunLockedError) as err:
         print(f"[batch] error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if batch_dir is not None:
+            release_run(batch_dir)  # a no-op unless this call locked it
     failed = [n for n, r in state["runs"].items() if r["status"] != "finished"]
     print(f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
           f"in {time.perf_counter() - started:.0f} s; report: {report}")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lab_utils.core import paths
 from lab_utils.core.backend import choose_backend, has_package
+from lab_utils.core.secrets import redact
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
@@ -309,7 +310,8 @@ def main(argv=None) -> int:
     if args.env:
         assigned = parse_env_file(args.env)
         os.environ.update(assigned)  # this process only: the paths below resolve as after `source`
-        print(f"[doctor] applied {args.env}: " + ", ".join(f"{k}={v}" for k, v in assigned.items()))
+        shown = redact(assigned)  # a profile may export HF_TOKEN: say that it is set, never its value
+        print(f"[doctor] applied {args.env}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     checks = diagnose(Path(args.requirements))
     print_report(checks, args.verbose)
     blocking = [c for c in checks if c.level == FAIL]

@@ -52,6 +52,10 @@ from lab_utils.core.errors import ParamError
 from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
+# TRL 1.14's GRPOConfig values (trl/trainer/grpo_config.py); TRL itself only fails on an unknown one mid-training
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+SCALE_REWARDS = ("group", "batch", "none")
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 
@@ -69,6 +73,10 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
     beta: float = 0.0  # KL penalty toward the starting policy; 0 = none (and no reference forward pass)
+    # the policy loss, TRL's (notebooks/teach_grpo_variants.ipynb runs them side by side); defaults = TRL 1.14's
+    loss_type: str = "dapo"  # token losses averaged per answer (grpo), per batch (bnpo, dapo), / a constant (dr_grpo)
+    importance_sampling_level: str = "token"  # policy ratio per token, or one per answer: sequence (GSPO, with grpo)
+    scale_rewards: str = "group"  # advantage = (reward - group mean) / std of: group | batch | none (Dr. GRPO's choice)
     # the GSM8K recipe, plus a repetition penalty: a 135M model rarely writes a tag in 64 tokens, so the recipe
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
     reward_names: list[str] = field(  # rewards (rewards.REWARDS names) summed into each completion's score
@@ -114,6 +122,10 @@ def check_params(p: Params) -> None:
                          f"must be a multiple of num_generations ({p.num_generations})")
     if p.prompt_language not in SYSTEM_PROMPTS:
         raise ParamError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
+    for name, allowed in (("loss_type", LOSS_TYPES), ("importance_sampling_level", IMPORTANCE_SAMPLING_LEVELS),
+                          ("scale_rewards", SCALE_REWARDS)):
+        if getattr(p, name) not in allowed:
+            raise ParamError(f"{name}={getattr(p, name)!r}: expected one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -278,6 +290,7 @@ def train(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
         p, run_dir, lm.backend, GRPOConfig, num_generations=p.num_generations,
         max_completion_length=p.max_completion_length, temperature=p.temperature, beta=p.beta,
         reward_weights=[float(w) for w in p.reward_weights],
+        loss_type=p.loss_type, importance_sampling_level=p.importance_sampling_level, scale_rewards=p.scale_rewards,
         include_num_input_tokens_seen="no",  # GRPO's batches are prompt rows, not token tensors to count
         **vllm_config_kwargs(p, lm.rollouts, lm.backend))
     trainer, history = build_trainer(p, GRPOTrainer, lm.model, args, data.train, processing_class=lm.tokenizer,

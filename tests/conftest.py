@@ -61,3 +61,16 @@ def real_data_dir():
     if not path.is_dir():
         pytest.skip(f"shared datasets not found at {path} (set LAB_SHARED_DATA)")
     return path
+
+
+@pytest.fixture
+def lab_server(tmp_path):
+    """`make lab`'s JupyterLab started headless for one test (lab_utils.core.jupyter_lab.LabServer):
+    a first-time user, runs under tmp_path/outputs, progress drawn as it would be for a person."""
+    from lab_utils.core.jupyter_lab import LabServer
+
+    env = {**os.environ, "LAB_OUTPUT_DIR": str(tmp_path / "outputs"),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env.pop("LAB_PROGRESS", None)  # decided by where the kernel runs, as for a user
+    with LabServer(tmp_path / "lab", env) as server:
+        yield server

@@ -42,11 +42,76 @@ def test_rollouts_are_vllm_where_installed_else_hf_generate():
     (dict(num_generations=1), "at least 2"),
     (dict(num_generations=4, batch_size=2), "multiple of num_generations"),
     (dict(prompt_language="fr"), "prompt_language"),
+    (dict(loss_type="ppo"), "loss_type='ppo': expected one of grpo, bnpo, dr_grpo, dapo"),
+    (dict(importance_sampling_level="batch"), "importance_sampling_level='batch'"),
+    (dict(scale_rewards="std"), "scale_rewards='std': expected one of group, batch, none"),
 ])
 def test_bad_params_fail_before_any_model_loads(change, message):
     with pytest.raises(ValueError, match=message):
         grpo_gsm8k.check_params(grpo_gsm8k.Params(**{**TINY, "reward_names": REWARDS,
                                                      "reward_weights": [2.0, 0.5, 0.5, 1.0], **change}))
+
+
+def test_unknown_loss_type_stops_in_one_line_before_the_run_folder():
+    with pytest.raises(SystemExit, match=r"^error: loss_type='ppo': expected one of grpo, bnpo, dr_grpo, dapo"):
+        grpo_gsm8k.main(["--loss_type", "ppo", "--run_name", "bad-loss"])
+    assert not (output_dir() / "grpo_gsm8k").exists()
+
+
+# (loss_type, importance_sampling_level, scale_rewards): the batch's variants and bnpo
+VARIANTS = [("dapo", "token", "group"), ("grpo", "token", "group"), ("bnpo", "token", "batch"),
+            ("dr_grpo", "token", "none"), ("grpo", "sequence", "group")]
+
+
+@pytest.fixture(scope="module")
+def grpo_model():
+    """One LoRA model for the variant tests: each trains 2 GRPO steps on it (the weights need not be fresh)."""
+    return grpo_gsm8k.load_model(grpo_gsm8k.Params(**TINY))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type, level, scale", VARIANTS, ids=["-".join(v) for v in VARIANTS])
+def test_each_loss_variant_trains_and_reaches_trl(grpo_model, loss_type, level, scale):
+    """2 GRPO steps (1 prompt x 2 completions x 16 tokens) per variant; TRL's saved config holds the variant."""
+    import torch
+
+    p = grpo_gsm8k.Params(**{**TINY, "sft_warmup_steps": 0}, loss_type=loss_type, importance_sampling_level=level,
+                          scale_rewards=scale, run_name=f"{loss_type}-{level}")
+    model, tokenizer, backend, rollouts = grpo_model
+    train_prompts, _, _ = grpo_gsm8k.load_data(p)
+    run = grpo_gsm8k.setup_run(p)
+    outcome = grpo_gsm8k.train(p, model, tokenizer, train_prompts, run, backend, rollouts)
+    assert [r["step"] for r in outcome["history"] if "reward" in r] == [1, 2]
+    args = torch.load(run / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert (args.loss_type, args.importance_sampling_level, args.scale_rewards) == (loss_type, level, scale)
+    assert read_json(run / "params.json")["loss_type"] == loss_type
+
+
+@pytest.mark.slow
+def test_variant_runs_then_the_lesson_compares_them(tmp_path):
+    """Dr. GRPO and GSPO end to end on CPU (tiny), then the teach_grpo_variants notebook reads and plots both."""
+    for name, change in (("dr_grpo", dict(loss_type="dr_grpo", scale_rewards="none")),
+                         ("gspo", dict(loss_type="grpo", importance_sampling_level="sequence"))):
+        metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**TINY, **change, run_name=name))["metrics"]
+        assert metrics["global_step"] == 2 and 0 <= metrics["format_rate_after"] <= 1
+    out = tmp_path / "lesson.ipynb"
+    execute(NOTEBOOKS_DIR / "teach_grpo_variants.ipynb", out, {"runs_dir": "", "run_name": "lesson"})
+    lesson = output_dir() / "teach_grpo_variants" / "lesson"
+    table = (lesson / "variants.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in table[1:]] == ["dr_grpo", "gspo"]
+    assert "dr_grpo, token ratios, std over none" in table[1] and "grpo, sequence ratios" in table[2]
+    assert (lesson / "rewards.png").exists() and (lesson / "format_rates.png").exists()
+    images = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the reward curves and the format rates are shown"
+
+
+def test_lesson_without_runs_is_one_line():
+    from scripts import teach_grpo_variants
+
+    with pytest.raises(SystemExit, match=r"^error: no finished grpo_gsm8k runs under .*scripts.batch"):
+        teach_grpo_variants.main(["--runs_dir", "nothing-here"])
+    assert not (output_dir() / "teach_grpo_variants").exists()
 
 
 @pytest.mark.slow

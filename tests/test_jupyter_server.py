@@ -1,87 +1,25 @@
 """The interactive path, exercised: JupyterLab started headless, a notebook run through its kernel API.
 
-Not papermill: the test starts `jupyter lab` the way `make lab` does (loopback, a random
-port, a token, no browser), asks its REST API for a kernel, sends a real notebook's code
-cells over the kernel's websocket channel one by one, as the JupyterLab frontend does, and
+Not papermill: the test starts `jupyter lab` the way `make lab` does (the `lab_server` fixture in
+conftest.py: loopback, a random port, a token, no browser), asks its REST API for a kernel, sends a
+real notebook's code cells over the kernel's websocket channel one by one, as the JupyterLab frontend does, and
 checks what came back: printed text, figures, the cell's result, the files the run wrote.
 Then it asks the same kernel how it draws progress (widgets: a Jupyter frontend is there).
 """
 
 import asyncio
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
 from lab_utils.core.notebooks import KERNEL_NAME, NOTEBOOKS_DIR, code_cells, read_notebook
-from lab_utils.core.paths import REPO_ROOT
 
-STARTUP_TIMEOUT_S = 180  # JupyterLab starts in a few seconds on a quiet machine; this one is shared
 CELL_TIMEOUT_S = 120
 # Small parameters, injected after the parameters cell as papermill would (a synthetic 96x96 image)
 SMALL_SVD = 'image = "synthetic"\nmax_side = 96\ngrid_ranks = [1, 4]\nrun_name = "server"\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LabServer:
-    """`jupyter lab` on 127.0.0.1 with a token; REST calls and websocket URLs against it."""
-
-    def __init__(self, root, env, runtime_dir):
-        self.port, self.token = free_port(), uuid.uuid4().hex
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={root}", "--LabApp.default_url=/lab/tree/notebooks"]
-        if os.geteuid() == 0:
-            cmd.append("--allow-root")  # as `make lab` does (AutoDL, Colab and containers run as root)
-        self.log = open(runtime_dir / "server.log", "w")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def request(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
-                                         headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text = response.read().decode()
-            return response.status, (json.loads(text) if text and "json" in response.headers.get("Content-Type", "") else text)
-
-    def wait_until_ready(self):
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                if self.request("GET", "/api/status")[0] == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"jupyter lab not ready after {STARTUP_TIMEOUT_S} s; see {self.log.name}")
-
-    def channels_url(self, kernel_id: str, session: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?session_id={session}&token={self.token}"
-
-    def stop(self):
-        self.process.terminate()  # the server shuts its kernels down on SIGTERM
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
 
 def execute_request(code: str, session: str) -> dict:
@@ -126,20 +64,6 @@ def text_of(outputs: list[dict]) -> str:
 
 def errors_in(results) -> list[str]:
     return [f"{o['ename']}: {o['evalue']}" for outputs in results for o in outputs if o["type"] == "error"]
-
-
-@pytest.fixture
-def lab_server(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "LAB_OUTPUT_DIR": str(tmp_path / "outputs"),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    env.pop("LAB_PROGRESS", None)  # decided by where the kernel runs, as for a user
-    server = LabServer(REPO_ROOT, env, tmp_path)
-    try:
-        server.wait_until_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -30,9 +30,12 @@ def _plain(value):
 
 
 def write_json(data, path) -> Path:
+    """Write, then rename: a killed run never leaves a JSON file that is cut short."""
+    from lab_utils.core.paths import write_then_rename
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2, ensure_ascii=False), encoding="utf-8")
+    with write_then_rename(path, overwrite=True) as staging:
+        staging.write_text(json.dumps(_plain(data), indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
 

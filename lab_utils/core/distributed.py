@@ -16,6 +16,8 @@ In a single plain process every function here is a no-op that says "main".
 import os
 from contextlib import contextmanager
 
+from lab_utils.core.errors import MachineError
+
 
 def launched_distributed() -> bool:
     """True under torchrun / accelerate launch with more than one process (on any number of nodes)."""
@@ -118,12 +120,12 @@ def scale_out_refusal(engine: str, backend: str, load_in_4bit: bool = False, loa
 def check_launch(backend: str, load_in_4bit: bool = False, load_in_8bit: bool = False, experiment: str = "") -> str:
     """The engine this process was launched with; raises one line for a launch that cannot work."""
     if accelerate_cpu_single_process():
-        raise RuntimeError("accelerate launch --cpu starts ONE process and ignores the config's FSDP/DeepSpeed "
+        raise MachineError("accelerate launch --cpu starts ONE process and ignores the config's FSDP/DeepSpeed "
                            "settings: drop --cpu (on a machine without CUDA the ranks run on CPU anyway)")
     engine = launch_engine()
     refusal = scale_out_refusal(engine, backend, load_in_4bit, load_in_8bit, experiment)
     if refusal:
-        raise RuntimeError(refusal)
+        raise MachineError(refusal)
     if engine == "fsdp":
         shard_on_cpu_ranks()
     return engine

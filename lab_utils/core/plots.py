@@ -187,14 +187,15 @@ def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "", 
 # --- batch runs (scripts/batch.py) ---
 
 
-def plot_loss_curves(histories: dict, path=None, title: str = "training loss by run"):
-    """Train loss of several runs on one axis ({run name: history records}), for comparing a grid."""
+def plot_loss_curves(histories: dict, path=None, title: str = "training loss by run", key: str = "loss",
+                     ylabel: str = "train loss", xlabel: str = "step"):
+    """One logged value (train loss, GRPO's reward, ...) of several runs on one axis ({run name: records}), by step."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, history in histories.items():
-        points = [(r["step"], r["loss"]) for r in history if "loss" in r and "step" in r]
+        points = [(r["step"], r[key]) for r in history if r.get(key) is not None and "step" in r]
         if points:
             ax.plot(*zip(*points), marker=".", label=name)
-    ax.set(xlabel="step", ylabel="train loss", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from lab_utils.core.backend import Backend
 from lab_utils.core.distributed import launched_distributed
 from lab_utils.core.progress import show_progress
 from lab_utils.training.batching import ChatCollator
+from lab_utils.training.checkpoints import newest_whole_checkpoint
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
@@ -86,8 +86,8 @@ def evaluate_then_train(trainer, run_dir: Path, evaluate_first: bool = True) -> 
 
 
 def last_checkpoint(output_dir) -> str | None:
-    path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    """The newest whole checkpoint to resume from (damaged ones skipped with a line; lab_utils/training/checkpoints)."""
+    return newest_whole_checkpoint(output_dir)
 
 
 def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **method_args):
@@ -103,6 +103,8 @@ def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **me
         raise ParamError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
     # transformers 5 reads the TensorBoard folder from the environment only
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if p.report_to == "swanlab":
+        start_swanlab(run_dir)
     precision = resolve_precision(p.precision, backend.device)
     shared = dict(
         output_dir=str(run_dir / "checkpoints"), seed=p.seed, data_seed=p.seed,
@@ -124,6 +126,48 @@ def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **me
         **(evaluation_arguments(p) if isinstance(p, EvalParams) else {}),
     )
     return (args_class or TrainingArguments)(**{**shared, **method_args})
+
+
+TRACKERS = {"wandb": "wandb", "swanlab": "swanlab"}  # report_to -> the package it needs (tensorboard is core)
+
+
+def check_report_to(report_to: str) -> None:
+    """A tracker that is not installed stops here, before a run folder exists (transformers would fail later)."""
+    import importlib.util
+
+    package = TRACKERS.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(f"report_to={report_to!r} needs the {package} package, not installed here "
+                         f"(make setup-trackers installs swanlab; pip install wandb); or report_to: tensorboard | none")
+
+
+def swanlab_mode() -> str:
+    """offline (the log stays in the run folder) unless SWANLAB_API_KEY is set: then online, to the cloud too."""
+    return "online" if os.environ.get("SWANLAB_API_KEY") else "offline"
+
+
+def start_swanlab(run: Path) -> str:
+    """Opens the SwanLab run, logging into <run>/swanlog in swanlab_mode(); returns the mode. An offline log
+    uploads later with `swanlab sync <run>/swanlog/run-...`. The key is only read from the environment.
+
+    The lab opens the run itself: transformers 5.17's SwanLabCallback asks `swanlab.get_run() is None`, which
+    swanlab >= 0.8 answers with an exception when no run is open; with one open, the callback logs into it."""
+    import swanlab
+
+    mode = swanlab_mode()
+    if not swanlab.has_run():
+        swanlab.init(project=os.environ.get("SWANLAB_PROJECT", "finetune-lab"), experiment_name=run.name,
+                     mode=mode, log_dir=str(run / "swanlog"))
+    return mode
+
+
+def finish_trackers() -> None:
+    """Close an open SwanLab run: transformers never does, so the next run in this process would log into it."""
+    import sys
+
+    swanlab = sys.modules.get("swanlab")
+    if swanlab is not None and swanlab.has_run():
+        swanlab.finish()
 
 
 def evaluation_arguments(p) -> dict:
