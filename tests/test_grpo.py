@@ -200,8 +200,8 @@ def test_vllm_rollouts_train_and_log_rewards(tmp_path):
     else the lab's engine through rollout_func), the rewards are logged per step, and the adapter is saved."""
     if not vllm_available():
         pytest.skip("needs vllm (make setup-vllm)")
-    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4},
-                          rollouts="vllm", vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
+    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4,
+                             "rollouts": "vllm"}, vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
     metrics = grpo_gsm8k.run(p)["metrics"]
     assert metrics["rollouts"] == "vllm" and metrics["device"] == "cuda" and metrics["global_step"] == 2
     history = read_json(output_dir() / "grpo_gsm8k" / "vllm" / "history.json")
