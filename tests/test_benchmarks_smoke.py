@@ -81,15 +81,24 @@ def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
-def test_rollout_smoke_generates_with_hf_and_skips_vllm(tmp_path):
-    out, result = run_smoke("benchmarks.gpu_grpo_rollout", tmp_path)
-    assert "== GRPO rollouts" in out
+def test_rollout_smoke_times_hf_and_vllm_with_the_adapter_and_skips_unsloth(tmp_path, capsys):
+    from benchmarks import grpo_rollout
+    from lab_utils.core.backend import has_package
+
+    result = grpo_rollout.main(["--smoke", "--out", str(tmp_path)])  # in this process: CPU cases run in process
+    out = capsys.readouterr().out
+    assert "== GRPO rollouts" in out and "LoRA r=8" in out
+    assert json.loads(next(tmp_path.glob("grpo_rollout-*.json")).read_text())["rows"] == result["rows"]
     (hf,) = by(result["rows"], engine="hf")
-    assert hf["status"] == "ok" and hf["tokens"] == 2 * 2 * 8 and hf["tokens_per_s"] > 0  # prompts x group x tokens
-    for engine in ("vllm", "unsloth-vllm"):
-        (row,) = by(result["rows"], engine=engine)
-        assert row["status"].startswith("skipped:") and "no CUDA GPU" in row["status"]
-    assert "vllm" not in sys.modules
+    assert hf["status"] == "ok" and hf["tokens"] == 1 * 2 * 8 and hf["tokens_per_s"] > 0  # prompts x group x tokens
+    (vllm,) = by(result["rows"], engine="vllm")
+    if has_package("vllm"):
+        assert vllm["status"] == "ok" and vllm["tokens"] == hf["tokens"] and vllm["start_s"] > 0
+        assert vllm["speed_vs_hf"] > 0 and "vllm / HF generate" in out
+    else:
+        assert vllm["status"] == "skipped: vllm not installed"
+    (unsloth,) = by(result["rows"], engine="unsloth-vllm")
+    assert unsloth["status"].startswith("skipped:") and "no CUDA GPU" in unsloth["status"]
 
 
 @pytest.mark.slow

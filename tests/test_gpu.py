@@ -101,8 +101,8 @@ def test_rollout_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_d
     from lab_utils.core.backend import has_package
 
     monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
-    rows = bench("benchmarks.gpu_grpo_rollout", ["--models", SMALL, "--prompts", "4", "--group_size", "4",
-                                                 "--new_tokens", "32"], tmp_path, embedded_model_dir)
+    rows = bench("benchmarks.grpo_rollout", ["--models", SMALL, "--prompts", "4", "--group_sizes", "4",
+                                             "--new_tokens", "32"], tmp_path, embedded_model_dir)
     assert rows[("hf", None)]["status"] == "ok" and rows[("hf", None)]["tokens"] == 4 * 4 * 32
     if has_package("vllm"):
         assert rows[("vllm", None)]["status"] == "ok" and rows[("vllm", None)]["tokens"] == 4 * 4 * 32

