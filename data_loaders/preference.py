@@ -39,8 +39,6 @@ in the SkipReport with its reason; a file that is not JSON/JSONL, or in no plaus
 is one DataError naming the file and line.
 """
 
-import json
-from pathlib import Path
 
 from data_loaders.alpaca import SHAREGPT_ROLES, read_records
 from data_loaders.common import ROLES, RowSkip, SkipReport, kept_rows, with_system_prompt
@@ -62,7 +60,9 @@ def message(turn) -> dict:
     else:
         role = content = None
     if role not in ROLES:
-        raise RowSkip("unknown role", f"{str(turn)[:60]!r}; expected role system/user/assistant or from human/gpt/system")
+        raise RowSkip(
+            "unknown role", f"{str(turn)[:60]!r}; expected role system/user/assistant or from human/gpt/system"
+        )
     return {"role": role, "content": _text(content)}
 
 
@@ -152,8 +152,9 @@ def is_unpaired(record) -> bool:
     return isinstance(record, dict) and "label" in record and "completion" in record
 
 
-def load_preference_file(name: str, system_prompt: str | None = None, limit: int | None = None,
-                         encoding: str | None = None):
+def load_preference_file(
+    name: str, system_prompt: str | None = None, limit: int | None = None, encoding: str | None = None
+):
     """Load a preference file: pairs (pairs / UltraFeedback / ShareGPT layouts) or unpaired rows, as its
     first object says (`is_unpaired`). Returns (Dataset, SkipReport); `"label" in dataset.column_names`
     tells the two apart."""
@@ -178,16 +179,24 @@ def load_preference_file(name: str, system_prompt: str | None = None, limit: int
         rows.append({"prompt": with_system_prompt(prompt, system_prompt), **row, "source": f"{path.name}:{number}"})
         if limit and len(rows) >= limit:
             break
-    return kept_rows(rows, report, path, f"no usable {'unpaired rows' if unpaired else 'preference pairs'}",
-                     "expected rows with prompt/completion/label (unpaired) or prompt/chosen/rejected, "
-                     "UltraFeedback conversations or ShareGPT conversations (pairs)")
+    return kept_rows(
+        rows,
+        report,
+        path,
+        f"no usable {'unpaired rows' if unpaired else 'preference pairs'}",
+        "expected rows with prompt/completion/label (unpaired) or prompt/chosen/rejected, "
+        "UltraFeedback conversations or ShareGPT conversations (pairs)",
+    )
 
 
 def unpair(pairs):
     """Pairs -> unpaired rows (KTO): each pair's chosen answer labelled true, then its rejected one false."""
     from datasets import Dataset
 
-    rows = [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen", "source": pair["source"]}
-            for pair in pairs for side in ("chosen", "rejected")]
+    rows = [
+        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen", "source": pair["source"]}
+        for pair in pairs
+        for side in ("chosen", "rejected")
+    ]
     columns = ("prompt", "completion", "label", "source")
     return Dataset.from_list(rows) if rows else Dataset.from_dict({name: [] for name in columns})

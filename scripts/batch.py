@@ -348,17 +348,26 @@ def run_row(record: dict, batch_dir: Path, varied: list[str]) -> tuple[dict, lis
     metric_name, metric_value = key_metric(metrics, summary)
     cuda_peak = next((metrics[k] for k in CUDA_PEAK_KEYS if number(metrics.get(k)) is not None), None)
     error = record.get("error") or {}
-    row = {"run": record["name"], "status": record["status"], "duration_s": record.get("duration_s"),
-           **{k: json.dumps(parameters.get(k)) if isinstance(parameters.get(k), (list, dict))
-              else parameters.get(k) for k in varied},
-           "train_loss": losses[-1] if losses else number(metrics.get("train_loss")),
-           "eval_loss": next((metrics[k] for k in ("eval_loss_after", "eval_loss") if number(metrics.get(k)) is not None),
-                             evals[-1] if evals else None),
-           "key_metric": metric_name or None, "key_metric_value": metric_value,
-           "peak_memory_gb": cuda_peak if cuda_peak is not None else record.get("peak_rss_gb"),
-           "peak_memory_source": "cuda (metrics.json)" if cuda_peak is not None else "kernel RSS (polled)",
-           "error": f"{error['ename']}: {error['evalue']} (cell {error['exec_count']})" if error else "",
-           "notebook": record["executed_notebook"]}
+    row = {
+        "run": record["name"],
+        "status": record["status"],
+        "duration_s": record.get("duration_s"),
+        **{
+            k: json.dumps(parameters.get(k)) if isinstance(parameters.get(k), (list, dict)) else parameters.get(k)
+            for k in varied
+        },
+        "train_loss": losses[-1] if losses else number(metrics.get("train_loss")),
+        "eval_loss": next(
+            (metrics[k] for k in ("eval_loss_after", "eval_loss") if number(metrics.get(k)) is not None),
+            evals[-1] if evals else None,
+        ),
+        "key_metric": metric_name or None,
+        "key_metric_value": metric_value,
+        "peak_memory_gb": cuda_peak if cuda_peak is not None else record.get("peak_rss_gb"),
+        "peak_memory_source": "cuda (metrics.json)" if cuda_peak is not None else "kernel RSS (polled)",
+        "error": f"{error['ename']}: {error['evalue']} (cell {error['exec_count']})" if error else "",
+        "notebook": record["executed_notebook"],
+    }
     return row, history
 
 
@@ -410,25 +419,36 @@ def html_report(name: str, frame: pd.DataFrame, images: dict, wall_s: float) -> 
                 text = f'<a href="{html.escape(str(value))}">{text}</a>'
             cells.append(f'<td class="{column}">{text}</td>')
         rows.append(f'<tr class="{html.escape(str(record["status"]))}">{"".join(cells)}</tr>')
-    figures = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                      for title, data in images.items())
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>batch {html.escape(name)}</title>"
-            f"<style>{HTML_STYLE}</style></head><body><h1>batch {html.escape(name)}</h1>"
-            f"<p>{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
-            f"run time {wall_s:.0f} s. Key metric: first of {', '.join(KEY_METRICS)} in metrics.json.</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{figures}</body></html>")
+    figures = "".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        for title, data in images.items()
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>batch {html.escape(name)}</title>"
+        f"<style>{HTML_STYLE}</style></head><body><h1>batch {html.escape(name)}</h1>"
+        f"<p>{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
+        f"run time {wall_s:.0f} s. Key metric: first of {', '.join(KEY_METRICS)} in metrics.json.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{figures}</body></html>"
+    )
 
 
 def markdown_report(name: str, frame: pd.DataFrame, wall_s: float, plot_files: list[str]) -> str:
     shown = frame.assign(notebook=[f"[{n}]({n})" for n in frame["notebook"]])
     shown = shown.astype(object).where(shown.notna(), "")  # an empty cell, not "nan", where a run has no value
-    lines = [f"# batch {name}", "",
-             f"{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
-             f"run time {wall_s:.0f} s.", "",
-             f"Key metric: the first of {', '.join(KEY_METRICS)} found in the run's metrics.json "
-             "(then run_complete.json); empty if none. Peak memory: torch CUDA peak from metrics.json "
-             "if the run recorded one, else the kernel's resident memory polled every "
-             f"{MEMORY_POLL_SECONDS} s.", "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+    lines = [
+        f"# batch {name}",
+        "",
+        f"{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
+        f"run time {wall_s:.0f} s.",
+        "",
+        f"Key metric: the first of {', '.join(KEY_METRICS)} found in the run's metrics.json "
+        "(then run_complete.json); empty if none. Peak memory: torch CUDA peak from metrics.json "
+        "if the run recorded one, else the kernel's resident memory polled every "
+        f"{MEMORY_POLL_SECONDS} s.",
+        "",
+        shown.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
     lines += [f"![{p}]({p})" for p in plot_files]
     return "\n".join(lines) + "\n"
 
@@ -446,22 +466,32 @@ def write_report(batch_dir: Path, state: dict) -> Path:
     frame = pd.DataFrame(list(rows))
     frame.to_csv(batch_dir / "metrics.csv", index=False)
     wall_s = sum(r.get("duration_s") or 0 for r in records)
-    figures = {"run durations": plots.plot_batch_durations(names, frame["duration_s"].tolist(), frame["status"].tolist(),
-                                                           batch_dir / "durations.png")}
+    figures = {
+        "run durations": plots.plot_batch_durations(
+            names, frame["duration_s"].tolist(), frame["status"].tolist(), batch_dir / "durations.png"
+        )
+    }
     curves = {n: h for n, h in zip(names, histories) if any("loss" in r for r in h if isinstance(r, dict))}
     if curves:
         figures["training loss"] = plots.plot_loss_curves(curves, batch_dir / "loss_curves.png")
     images = {title: png_base64(fig) for title, fig in figures.items()}
     plt.close("all")
-    (batch_dir / "report.md").write_text(markdown_report(state.get("batch", batch_dir.name), frame, wall_s,
-                                                         ["durations.png"] + (["loss_curves.png"] if curves else [])),
-                                         encoding="utf-8")
+    (batch_dir / "report.md").write_text(
+        markdown_report(
+            state.get("batch", batch_dir.name),
+            frame,
+            wall_s,
+            ["durations.png"] + (["loss_curves.png"] if curves else []),
+        ),
+        encoding="utf-8",
+    )
     report = batch_dir / "report.html"
     report.write_text(html_report(state.get("batch", batch_dir.name), frame, images, wall_s), encoding="utf-8")
     return report
 
 
 # --- command line ----------------------------------------------------------------------------
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -502,8 +532,10 @@ def main(argv=None) -> int:
         if batch_dir is not None:
             release_run(batch_dir)  # a no-op unless this call locked it
     failed = [n for n, r in state["runs"].items() if r["status"] != "finished"]
-    print(f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
-          f"in {time.perf_counter() - started:.0f} s; report: {report}")
+    print(
+        f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
+        f"in {time.perf_counter() - started:.0f} s; report: {report}"
+    )
     return 1 if failed else 0
 
 

@@ -41,7 +41,9 @@ def resolve_target(target: str) -> Path:
     path = Path(target).expanduser()
     path = path if path.exists() or path.is_absolute() else output_dir() / path
     if not path.exists():
-        raise ChatError(f"'{path}' does not exist (a run dir, a merged folder or a .gguf file; relative to $LAB_OUTPUT_DIR)")
+        raise ChatError(
+            f"'{path}' does not exist (a run dir, a merged folder or a .gguf file; relative to $LAB_OUTPUT_DIR)"
+        )
     return path
 
 
@@ -60,7 +62,11 @@ class HFChat:
             self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
             self.system = None
         elif (path / "config.json").exists():
-            self.tokenizer, self.model, self.system = load_tokenizer(str(path)), AutoModelForCausalLM.from_pretrained(path), None
+            self.tokenizer, self.model, self.system = (
+                load_tokenizer(str(path)),
+                AutoModelForCausalLM.from_pretrained(path),
+                None,
+            )
         else:
             from lab_utils.evaluation.evaluate import load_adapters
             from lab_utils.export.merge import locate_adapter
@@ -77,9 +83,19 @@ class HFChat:
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": self.p.temperature, "top_p": self.p.top_p} if self.p.temperature > 0 else {"do_sample": False}
-        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=self.p.max_new_tokens,
-                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        sampling = (
+            {"do_sample": True, "temperature": self.p.temperature, "top_p": self.p.top_p}
+            if self.p.temperature > 0
+            else {"do_sample": False}
+        )
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=self.p.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **sampling,
+        )
         worker = threading.Thread(target=self.model.generate, kwargs=kwargs)
         worker.start()
         yield from streamer
@@ -96,8 +112,13 @@ class LlamaCppChat:
         self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
 
     def stream(self, messages: list[dict]):
-        chunks = self.llm.create_chat_completion(messages=messages, max_tokens=self.p.max_new_tokens,
-                                                 temperature=self.p.temperature, top_p=self.p.top_p, stream=True)
+        chunks = self.llm.create_chat_completion(
+            messages=messages,
+            max_tokens=self.p.max_new_tokens,
+            temperature=self.p.temperature,
+            top_p=self.p.top_p,
+            stream=True,
+        )
         for chunk in chunks:
             yield chunk["choices"][0]["delta"].get("content", "")
 
@@ -115,9 +136,14 @@ class ServerChat:
         self.model = p.model or self.client.models.list().data[-1].id  # LoRA modules are listed after the base
 
     def stream(self, messages: list[dict]):
-        chunks = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
-                                                     max_tokens=self.p.max_new_tokens,
-                                                     temperature=self.p.temperature, top_p=self.p.top_p)
+        chunks = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,
+            stream=True,
+            max_tokens=self.p.max_new_tokens,
+            temperature=self.p.temperature,
+            top_p=self.p.top_p,
+        )
         for chunk in chunks:
             if chunk.choices:
                 yield chunk.choices[0].delta.content or ""

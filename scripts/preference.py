@@ -62,7 +62,8 @@ MEASURES = {"dpo": "implicit reward", "orpo": "log odds ratio", "simpo": "length
 
 @dataclass(kw_only=True)
 class Params(RunParams, LoraParams, OptimParams, EvalParams):
-    # data and method (the model, LoRA, optimisation, evaluation and run knobs: lab_utils.training.params's shared groups)
+    # data and method (the model, LoRA, optimisation, evaluation and run knobs: the shared groups of
+    # lab_utils.training.params)
     data_file: str = "preference_sample.jsonl"  # under LAB_DATA_DIR or data/samples/
     system_prompt: str = ""  # added to every prompt that has none ("" = the model's default)
     max_rows: int = 0  # 0 = every pair
@@ -85,6 +86,7 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
 # load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
+
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface deep inside TRL, or after the model has loaded."""
     if p.method not in METHODS:
@@ -105,16 +107,22 @@ def load_data(p: Params) -> Data:
     rows, report = load_preference_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
     unpaired = "label" in rows.column_names
     if unpaired and p.method != "kto":
-        raise ParamError(f"{p.data_file}: unpaired rows (prompt/completion/label) need method kto; "
-                         f"{p.method} learns from pairs (prompt/chosen/rejected)")
+        raise ParamError(
+            f"{p.data_file}: unpaired rows (prompt/completion/label) need method kto; "
+            f"{p.method} learns from pairs (prompt/chosen/rejected)"
+        )
     if p.method == "kto" and not unpaired and not p.kto_from_pairs:
-        raise ParamError(f"{p.data_file}: method kto needs unpaired rows (prompt/completion/label), this file holds "
-                         "pairs; set kto_from_pairs: true to make each pair a desirable and an undesirable row")
+        raise ParamError(
+            f"{p.data_file}: method kto needs unpaired rows (prompt/completion/label), this file holds "
+            "pairs; set kto_from_pairs: true to make each pair a desirable and an undesirable row"
+        )
     train, heldout = split_heldout(rows, p.heldout_rows, p.seed, find_data_file(p.data_file))
     if p.method == "kto" and not unpaired:
         train, heldout = unpair(train), unpair(heldout)
-        print(f"[lab] kto_from_pairs: {len(train) // 2} + {len(heldout) // 2} pairs -> {len(train)} + {len(heldout)} "
-              "unpaired rows (chosen = desirable, rejected = undesirable)")
+        print(
+            f"[lab] kto_from_pairs: {len(train) // 2} + {len(heldout) // 2} pairs -> {len(train)} + {len(heldout)} "
+            "unpaired rows (chosen = desirable, rejected = undesirable)"
+        )
     if p.method == "kto":
         # TRL's KTO reads rows in order (its KL estimate pairs each row with a neighbour's answer): shuffle, seeded,
         # so a batch mixes prompts and labels instead of holding a pair's two answers side by side; the held-out
@@ -138,9 +146,12 @@ def build_dataset(p: Params, data: Data) -> Data:
         if not ok:
             report.skip(source, None, "prompt beyond max_seq_length", f"max_seq_length={p.max_seq_length}")
     report.kept -= fits.count(False)
-    train_rows = rows_left(data.train.select([i for i, ok in enumerate(fits) if ok]), find_data_file(p.data_file),
-                           f"the length filter (every prompt fills max_seq_length={p.max_seq_length})",
-                           "raise max_seq_length or shorten the prompts")
+    train_rows = rows_left(
+        data.train.select([i for i, ok in enumerate(fits) if ok]),
+        find_data_file(p.data_file),
+        f"the length filter (every prompt fills max_seq_length={p.max_seq_length})",
+        "raise max_seq_length or shorten the prompts",
+    )
     unit = "rows" if p.method == "kto" else "pairs"
     print(f"[lab] {p.data_file}: {report.summary()}; {len(train_rows)} train {unit}, {len(data.heldout)} held out")
     # with eval_steps > 0 the trainer also logs its loss and rewards on the held-out rows
@@ -209,19 +220,33 @@ def preference_trainer(method: str, backend):
 
 def method_arguments(p: Params) -> dict:
     """The method's own TRL config fields, on top of the shared ones (training_arguments)."""
-    simpo = {"loss_type": "simpo", "simpo_gamma": p.simpo_gamma,
-             "cpo_alpha": 0.0}  # 0: SimPO alone (CPO's default 1.0 adds an SFT term on the chosen answer)
-    return {"beta": p.beta, "max_length": p.max_seq_length, **(simpo if p.method == "simpo" else {}),
-            # ORPO's and CPO's batches hold chosen_/rejected_input_ids, no input_ids to count
-            "include_num_input_tokens_seen": "non_padding" if p.method in ("dpo", "kto") else "no"}
+    simpo = {
+        "loss_type": "simpo",
+        "simpo_gamma": p.simpo_gamma,
+        "cpo_alpha": 0.0,
+    }  # 0: SimPO alone (CPO's default 1.0 adds an SFT term on the chosen answer)
+    return {
+        "beta": p.beta,
+        "max_length": p.max_seq_length,
+        **(simpo if p.method == "simpo" else {}),
+        # ORPO's and CPO's batches hold chosen_/rejected_input_ids, no input_ids to count
+        "include_num_input_tokens_seen": "non_padding" if p.method in ("dpo", "kto") else "no",
+    }
 
 
 def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
     """DPO, ORPO, SimPO or KTO steps (resuming from the run's last checkpoint); every logged record kept."""
     config_class, trainer_class = preference_trainer(p.method, lm.backend)
     args = training_arguments(p, run_dir, lm.backend, config_class, **method_arguments(p))
-    trainer, history = build_trainer(p, trainer_class, lm.model, args, data.train.select_columns(method_columns(p)),
-                                     data.eval_set, processing_class=lm.tokenizer)
+    trainer, history = build_trainer(
+        p,
+        trainer_class,
+        lm.model,
+        args,
+        data.train.select_columns(method_columns(p)),
+        data.eval_set,
+        processing_class=lm.tokenizer,
+    )
     return {**run_trainer(p, trainer, history, run_dir, loss_before_after=False), "method": p.method}
 
 
@@ -232,16 +257,29 @@ def compare(p: Params, heldout, before: dict, after: dict) -> tuple[dict, pd.Dat
     last = preference_summary(after["scores"], start, p.method, p.beta)
     metrics = {"preference_measure": MEASURES[p.method]}
     for when, summary in (("before", first), ("after", last)):
-        metrics.update({f"preference_accuracy_{when}": summary["accuracy"], f"preference_margin_{when}": summary["margin"],
-                        f"likelihood_accuracy_{when}": summary["likelihood_accuracy"]})
-    answers = ({"completion": [a[0]["content"] for a in heldout["completion"]], "label": heldout["label"]}
-               if p.method == "kto" else
-               {"chosen": [a[0]["content"] for a in heldout["chosen"]],
-                "rejected": [a[0]["content"] for a in heldout["rejected"]]})
-    table = pd.DataFrame({
-        "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"]], **answers,
-        "margin_before": [round(m, 4) for m in first["margins"]], "margin_after": [round(m, 4) for m in last["margins"]],
-    })
+        metrics.update(
+            {
+                f"preference_accuracy_{when}": summary["accuracy"],
+                f"preference_margin_{when}": summary["margin"],
+                f"likelihood_accuracy_{when}": summary["likelihood_accuracy"],
+            }
+        )
+    answers = (
+        {"completion": [a[0]["content"] for a in heldout["completion"]], "label": heldout["label"]}
+        if p.method == "kto"
+        else {
+            "chosen": [a[0]["content"] for a in heldout["chosen"]],
+            "rejected": [a[0]["content"] for a in heldout["rejected"]],
+        }
+    )
+    table = pd.DataFrame(
+        {
+            "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"]],
+            **answers,
+            "margin_before": [round(m, 4) for m in first["margins"]],
+            "margin_after": [round(m, 4) for m in last["margins"]],
+        }
+    )
     return metrics, table
 
 
@@ -254,15 +292,26 @@ def good_answer(row) -> str:
 
 def answers_table(heldout, before: dict, after: dict) -> pd.DataFrame:
     n = len(before["answers"])
-    return pd.DataFrame({
-        "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"][:n]],
-        "chosen": [good_answer(heldout[i]) for i in range(n)],
-        "before": before["answers"], "after": after["answers"],
-    })
+    return pd.DataFrame(
+        {
+            "prompt": [prompt[-1]["content"] for prompt in heldout["prompt"][:n]],
+            "chosen": [good_answer(heldout[i]) for i in range(n)],
+            "before": before["answers"],
+            "after": after["answers"],
+        }
+    )
 
 
-def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: Data, outcome: dict, scores: dict,
-                   pairs: pd.DataFrame, answers: pd.DataFrame) -> dict:
+def save_artifacts(
+    p: Params,
+    run_dir: Path,
+    lm: LoadedModel,
+    data: Data,
+    outcome: dict,
+    scores: dict,
+    pairs: pd.DataFrame,
+    answers: pd.DataFrame,
+) -> dict:
     metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     metrics.update(scores)
     if is_main_process():  # one rank writes (DDP)
@@ -270,14 +319,21 @@ def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: Data, outcom
 
         write_table(pairs, run_dir, "pairs")
         write_table(answers, run_dir, "answers")
-        plt.close(plots.plot_preference_rewards(outcome["history"], run_dir / "rewards.png",
-                                                title=f"{p.model} {p.method}"))
-        plt.close(plots.plot_preference_margins(
-            pairs["margin_before"], pairs["margin_after"], run_dir / "margins.png",
-            measure=scores["preference_measure"],
-            accuracy=(scores["preference_accuracy_before"], scores["preference_accuracy_after"])))
-    finish_run(run_dir, EXPERIMENT, metrics,
-               headline=("method", "preference_accuracy_before", "preference_accuracy_after"))
+        plt.close(
+            plots.plot_preference_rewards(outcome["history"], run_dir / "rewards.png", title=f"{p.model} {p.method}")
+        )
+        plt.close(
+            plots.plot_preference_margins(
+                pairs["margin_before"],
+                pairs["margin_after"],
+                run_dir / "margins.png",
+                measure=scores["preference_measure"],
+                accuracy=(scores["preference_accuracy_before"], scores["preference_accuracy_after"]),
+            )
+        )
+    finish_run(
+        run_dir, EXPERIMENT, metrics, headline=("method", "preference_accuracy_before", "preference_accuracy_after")
+    )
     return metrics
 
 
@@ -299,9 +355,11 @@ def main(argv=None):
     setup_logging()
     result = run_cli(run, Params, argv, description=__doc__)
     m = result["metrics"]
-    print(f"{m['method']}: held-out preference accuracy {m['preference_accuracy_before']} -> "
-          f"{m['preference_accuracy_after']}, margin {m['preference_margin_before']} -> {m['preference_margin_after']} "
-          f"({m['preference_measure']}); {m['steps_trained']} steps in {m['train_seconds']} s")
+    print(
+        f"{m['method']}: held-out preference accuracy {m['preference_accuracy_before']} -> "
+        f"{m['preference_accuracy_after']}, margin {m['preference_margin_before']} -> {m['preference_margin_after']} "
+        f"({m['preference_measure']}); {m['steps_trained']} steps in {m['train_seconds']} s"
+    )
     print(result["answers"].head(3).to_string(index=False))
 
 

@@ -43,14 +43,23 @@ def test_length_search_doubles_then_bisects_to_the_resolution():
 
 
 def test_length_search_stops_at_the_cap_and_at_a_failing_start():
-    assert longest_fitting(lambda n: True, start=100, cap=1000, resolution=10) == (1000, [(100, True), (200, True), (400, True), (800, True), (1000, True)])
+    assert longest_fitting(lambda n: True, start=100, cap=1000, resolution=10) == (
+        1000,
+        [(100, True), (200, True), (400, True), (800, True), (1000, True)],
+    )
     assert longest_fitting(lambda n: False, start=100, cap=1000, resolution=10) == (0, [(100, False)])
 
 
 def run_smoke(module: str, tmp_path, *args) -> tuple[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", module, *args, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
     assert len(written) == 1
@@ -59,7 +68,6 @@ def run_smoke(module: str, tmp_path, *args) -> tuple[str, dict]:
 
 def by(rows, **match):
     return [r for r in rows if all(r[k] == v for k, v in match.items())]
-
 
 
 @pytest.mark.slow
@@ -131,10 +139,31 @@ def test_vision_shape_gives_the_published_parameter_count():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.sft_throughput", "--sweep", "--smoke", "--lengths", "natural",
-                           "--data_file", "medical/dialogues_gbk.csv", "--backends", "trl", "lab-hf", "--quants",
-                           "lora16", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.sft_throughput",
+            "--sweep",
+            "--smoke",
+            "--lengths",
+            "natural",
+            "--data_file",
+            "medical/dialogues_gbk.csv",
+            "--backends",
+            "trl",
+            "lab-hf",
+            "--quants",
+            "lora16",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "natural lengths from medical/dialogues_gbk.csv" in done.stdout and "mfu_pct" in done.stdout
     result = json.loads(next(tmp_path.glob("sft_throughput-*.json")).read_text())

@@ -49,7 +49,10 @@ def test_beyond_localhost_a_token_is_always_there():
     assert token_of(with_password) is None  # the password guards it; no token added
     # localhost: as given, the address pinned so a config file cannot widen it
     assert jupyter_arguments([], env={}) == ["--ServerApp.ip=127.0.0.1"]
-    assert jupyter_arguments(["--ip=localhost", "--ServerApp.token="], env={}) == ["--ip=localhost", "--ServerApp.token="]
+    assert jupyter_arguments(["--ip=localhost", "--ServerApp.token="], env={}) == [
+        "--ip=localhost",
+        "--ServerApp.token=",
+    ]
 
 
 def free_port() -> int:
@@ -63,14 +66,23 @@ def test_a_config_that_turns_tokens_off_cannot_open_the_server(tmp_path):
     """A cloud image's jupyter config with `c.ServerApp.token = ''`: bound to 0.0.0.0, the API still says 403."""
     (tmp_path / "jupyter_server_config.py").write_text("c.ServerApp.token = ''\nc.IdentityProvider.token = ''\n")
     port = free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     env.pop("JUPYTER_TOKEN", None)
     # the repo as root and --allow-root come from make lab's own command line (lab_utils.core.jupyter_lab)
     args = ["--ip", "0.0.0.0", f"--port={port}", "--ServerApp.port_retries=0", "--no-browser"]
     with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "scripts.jupyter_lab", *args], cwd=REPO_ROOT, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "scripts.jupyter_lab", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:

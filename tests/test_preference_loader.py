@@ -85,9 +85,13 @@ def test_bad_files_are_one_clear_line(tmp_path, content, message):
 @pytest.mark.parametrize("encoding", ["gbk", "utf-16", "big5"])
 def test_legacy_encodings_are_read_by_the_shared_decoder(tmp_path, encoding):
     path = tmp_path / "legacy.jsonl"
-    path.write_bytes('{"prompt": "你好，今天天氣怎麼樣？", "chosen": "很好。", "rejected": "不知道。"}\n'.encode(encoding))
+    path.write_bytes(
+        '{"prompt": "你好，今天天氣怎麼樣？", "chosen": "很好。", "rejected": "不知道。"}\n'.encode(encoding)
+    )
     pairs, _ = load_preference_file(str(path))
-    assert pairs[0]["prompt"][-1]["content"] == "你好，今天天氣怎麼樣？" and pairs[0]["chosen"][0]["content"] == "很好。"
+    assert (
+        pairs[0]["prompt"][-1]["content"] == "你好，今天天氣怎麼樣？" and pairs[0]["chosen"][0]["content"] == "很好。"
+    )
 
 
 def test_utf8_with_bom_is_read(tmp_path):
@@ -107,17 +111,25 @@ def test_bundled_unpaired_sample_is_kto_layout_zh_and_en_balanced():
 
 
 def test_unpaired_rows_with_bad_labels_or_the_other_layout_are_reported(tmp_path):
-    path = write_jsonl(tmp_path / "rows.jsonl", [
-        {"prompt": "a?", "completion": "b.", "label": True},
-        {"prompt": "c?", "completion": "d.", "label": "yes"},
-        {"prompt": "e?", "chosen": "f.", "rejected": "g."},
-        {"prompt": "h?", "completion": "", "label": False},
-    ])
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"prompt": "a?", "completion": "b.", "label": True},
+            {"prompt": "c?", "completion": "d.", "label": "yes"},
+            {"prompt": "e?", "chosen": "f.", "rejected": "g."},
+            {"prompt": "h?", "completion": "", "label": False},
+        ],
+    )
     rows, report = load_preference_file(str(path))
-    assert len(rows) == 1 and [s["reason"] for s in report.skipped] == ["label is not a boolean", "not an unpaired row",
-                                                                 "empty answer"]
-    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a?", "chosen": "b.", "rejected": "c."},
-                                                   {"prompt": "d?", "completion": "e.", "label": True}])
+    assert len(rows) == 1 and [s["reason"] for s in report.skipped] == [
+        "label is not a boolean",
+        "not an unpaired row",
+        "empty answer",
+    ]
+    mixed = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"prompt": "a?", "chosen": "b.", "rejected": "c."}, {"prompt": "d?", "completion": "e.", "label": True}],
+    )
     pairs, report = load_preference_file(str(mixed))
     assert len(pairs) == 1 and report.skipped[0]["reason"] == "unpaired row in a file of pairs"
 

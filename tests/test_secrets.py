@@ -44,8 +44,15 @@ def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     printed += lab("-m", "scripts.batch", str(batch_file), env=env)
     profile = tmp_path / "box.env"  # a profile that exports a token, as env/.env.example suggests
     profile.write_text(f"export LAB_OUTPUT_DIR={output_dir()}\nexport HF_TOKEN={FAKE['HF_TOKEN']}\n")
-    doctor = subprocess.run([sys.executable, "-m", "scripts.doctor", "--env", str(profile)], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=600, check=False)  # its exit status judges the box, not us
+    doctor = subprocess.run(
+        [sys.executable, "-m", "scripts.doctor", "--env", str(profile)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # its exit status judges the box, not us
     printed += doctor.stdout + doctor.stderr
     (output_dir() / "terminal.log").write_text(printed)
 

@@ -89,9 +89,15 @@ def answer_logps(model, tokenizer, prompts, answers, max_length: int = 512, batc
 def score_pairs(model, tokenizer, pairs, max_length: int = 512, batch_size: int = 8) -> dict:
     """Per pair: summed log-probs and token counts of the chosen and the rejected answer."""
     chosen, chosen_tokens = answer_logps(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length, batch_size)
-    rejected, rejected_tokens = answer_logps(model, tokenizer, pairs["prompt"], pairs["rejected"], max_length, batch_size)
-    return {"chosen_logp": chosen, "rejected_logp": rejected, "chosen_tokens": chosen_tokens,
-            "rejected_tokens": rejected_tokens}
+    rejected, rejected_tokens = answer_logps(
+        model, tokenizer, pairs["prompt"], pairs["rejected"], max_length, batch_size
+    )
+    return {
+        "chosen_logp": chosen,
+        "rejected_logp": rejected,
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+    }
 
 
 def score_unpaired(model, tokenizer, rows, max_length: int = 512, batch_size: int = 8) -> dict:
@@ -115,8 +121,14 @@ def pair_margins(scores: dict, reference: dict | None, method: str, beta: float)
     if method == "dpo":
         if reference is None:
             raise ValueError("DPO's implicit reward needs the reference's scores (the model before training)")
-        return [beta * ((scores["chosen_logp"][i] - reference["chosen_logp"][i])
-                        - (scores["rejected_logp"][i] - reference["rejected_logp"][i])) for i in rows]
+        return [
+            beta
+            * (
+                (scores["chosen_logp"][i] - reference["chosen_logp"][i])
+                - (scores["rejected_logp"][i] - reference["rejected_logp"][i])
+            )
+            for i in rows
+        ]
     if method == "orpo":
         margins = []
         for i in rows:
@@ -125,15 +137,23 @@ def pair_margins(scores: dict, reference: dict | None, method: str, beta: float)
             margins.append((chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected)))
         return margins
     if method == "simpo":
-        return [beta * (mean_logp(scores["chosen_logp"][i], scores["chosen_tokens"][i])
-                        - mean_logp(scores["rejected_logp"][i], scores["rejected_tokens"][i])) for i in rows]
+        return [
+            beta
+            * (
+                mean_logp(scores["chosen_logp"][i], scores["chosen_tokens"][i])
+                - mean_logp(scores["rejected_logp"][i], scores["rejected_tokens"][i])
+            )
+            for i in rows
+        ]
     raise ParamError(f"method={method!r}: expected dpo, orpo or simpo (kto: row_margins)")
 
 
 def row_margins(scores: dict, reference: dict, beta: float) -> list[float]:
     """KTO, per unpaired row: its implicit reward beta * (log pi - log ref), signed by its label."""
-    return [beta * (logp - ref) * (1 if label else -1)
-            for logp, ref, label in zip(scores["logp"], reference["logp"], scores["label"])]
+    return [
+        beta * (logp - ref) * (1 if label else -1)
+        for logp, ref, label in zip(scores["logp"], reference["logp"], scores["label"])
+    ]
 
 
 def share_right(margins: list[float]) -> float:
@@ -145,10 +165,22 @@ def preference_summary(scores: dict, reference: dict | None, method: str, beta: 
     """accuracy and margin in the method's measure, plus the reference-free likelihood accuracy (pairs only)."""
     if method == "kto":
         margins = row_margins(scores, reference, beta)
-        return {"accuracy": round(share_right(margins), 4), "margin": round(sum(margins) / len(margins), 4),
-                "likelihood_accuracy": None, "margins": margins}
+        return {
+            "accuracy": round(share_right(margins), 4),
+            "margin": round(sum(margins) / len(margins), 4),
+            "likelihood_accuracy": None,
+            "margins": margins,
+        }
     margins = pair_margins(scores, reference, method, beta)
-    normalised = [mean_logp(c, nc) - mean_logp(r, nr) for c, r, nc, nr in zip(
-        scores["chosen_logp"], scores["rejected_logp"], scores["chosen_tokens"], scores["rejected_tokens"])]
-    return {"accuracy": round(share_right(margins), 4), "margin": round(sum(margins) / len(margins), 4),
-            "likelihood_accuracy": round(share_right(normalised), 4), "margins": margins}
+    normalised = [
+        mean_logp(c, nc) - mean_logp(r, nr)
+        for c, r, nc, nr in zip(
+            scores["chosen_logp"], scores["rejected_logp"], scores["chosen_tokens"], scores["rejected_tokens"]
+        )
+    ]
+    return {
+        "accuracy": round(share_right(margins), 4),
+        "margin": round(sum(margins) / len(margins), 4),
+        "likelihood_accuracy": round(share_right(normalised), 4),
+        "margins": margins,
+    }

@@ -10,8 +10,14 @@ from lab_utils.training.lora import trainable_parameters
 def run_metrics(outcome: dict, model, report, backend: Backend) -> dict:
     """The flat numbers every training run records: the outcome's scalars, backend, rows, trainable size."""
     scalars = {k: v for k, v in outcome.items() if not isinstance(v, (list, dict))}
-    return {**scalars, "backend": backend.name, "device": backend.device, "rows_kept": report.kept,
-            "rows_skipped": len(report.skipped), **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()}}
+    return {
+        **scalars,
+        "backend": backend.name,
+        "device": backend.device,
+        "rows_kept": report.kept,
+        "rows_skipped": len(report.skipped),
+        **{f"trainable_{k}": v for k, v in trainable_parameters(model).items()},
+    }
 
 
 def save_training_artifacts(p, run: Path, model, processor, outcome: dict, report, backend: Backend) -> dict:
@@ -77,15 +83,22 @@ def record_sharding(model, run: Path) -> None:
     params = list(model.named_parameters())
     local = {n: (w.to_local() if isinstance(w, DTensor) else w).numel() for n, w in params}
     trainable = [n for n, w in params if w.requires_grad]
-    write_json({
-        "rank": global_rank(), "world_size": world_size(), "engine": launch_engine(),
-        "fsdp_units": sorted(n or "<root>" for n, m in model.named_modules() if isinstance(m, FSDPModule)),
-        "dtensor_params": sum(isinstance(w, DTensor) for _, w in params), "params": len(params),
-        "not_sharded": [n for n, w in params if not isinstance(w, DTensor)],
-        "local_numel": sum(local.values()), "full_numel": sum(w.numel() for _, w in params),
-        "trainable_local_numel": sum(local[n] for n in trainable),
-        "trainable_full_numel": sum(w.numel() for n, w in params if n in trainable),
-    }, run / "sharding" / f"rank{global_rank()}.json")
+    write_json(
+        {
+            "rank": global_rank(),
+            "world_size": world_size(),
+            "engine": launch_engine(),
+            "fsdp_units": sorted(n or "<root>" for n, m in model.named_modules() if isinstance(m, FSDPModule)),
+            "dtensor_params": sum(isinstance(w, DTensor) for _, w in params),
+            "params": len(params),
+            "not_sharded": [n for n, w in params if not isinstance(w, DTensor)],
+            "local_numel": sum(local.values()),
+            "full_numel": sum(w.numel() for _, w in params),
+            "trainable_local_numel": sum(local[n] for n in trainable),
+            "trainable_full_numel": sum(w.numel() for n, w in params if n in trainable),
+        },
+        run / "sharding" / f"rank{global_rank()}.json",
+    )
 
 
 def finish_run(run: Path, experiment: str, metrics: dict, headline: tuple = ()) -> None:
