@@ -18,7 +18,7 @@ TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | 
 LAB_ARGS ?=
 
 .PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm setup-trackers setup-browser demo lab lint screenshots \
-	test test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
+	test test-fast test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -115,6 +115,11 @@ lint: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the learning runs and the multi-process (ddp) launches (tests' markers in
+# pyproject.toml). `make test` and CI run all of them.
+test-fast: setup
+	$(PY) -m pytest -m "not gpu and not learning and not ddp" $(PYTEST_ARGS)
 
 # Each GPU test runs in its own Python process (tests/gpu_isolation.py): Unsloth's patching never leaks.
 test-gpu: setup

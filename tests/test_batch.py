@@ -88,7 +88,7 @@ def test_loss_curves_plot_overlays_runs(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_batch_with_a_failure_report_and_resume(tmp_path, monkeypatch):
     svd = {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]}
     path = write_batch(tmp_path, {"name": "smoke", "defaults": {"timeout": 120}, "runs": [

@@ -70,7 +70,6 @@ def by(rows, **match):
     return [r for r in rows if all(r[k] == v for k, v in match.items())]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
     out, result = run_smoke("benchmarks.sft_throughput", tmp_path, "--sweep")
@@ -87,7 +86,6 @@ def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
     assert result["settings"]["seq_len"] == 64 and result["environment"]["device"] == "cpu"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_rollout_smoke_times_hf_and_vllm_with_the_adapter_and_skips_unsloth(tmp_path, capsys):
     from benchmarks import grpo_rollout
@@ -109,7 +107,6 @@ def test_rollout_smoke_times_hf_and_vllm_with_the_adapter_and_skips_unsloth(tmp_
     assert unsloth["status"].startswith("skipped:") and "no CUDA GPU" in unsloth["status"]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path):
     out, result = run_smoke("benchmarks.max_context", tmp_path)
@@ -135,7 +132,6 @@ def test_vision_shape_gives_the_published_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 3_754_622_976
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -23,7 +23,6 @@ from lab_utils.core.jupyter_lab import DEFAULT_URL
 UNAVAILABLE = browser.unavailable_reason()
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.slow,
     pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE)),
 ]
 

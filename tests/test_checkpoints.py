@@ -13,7 +13,6 @@ from scripts import sft_alpaca
 TINY = {"max_rows": 40, "heldout_rows": 2, "max_steps": 2, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
         "max_new_tokens": 2, "max_seq_length": 128, "save_steps": 1, "save_total_limit": 3, "report_to": "none"}
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

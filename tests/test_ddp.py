@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.ddp]
+pytestmark = pytest.mark.ddp
 
 DRIVER = '''
 import importlib, os, sys

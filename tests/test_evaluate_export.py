@@ -58,7 +58,7 @@ def test_switching_adapters_changes_the_answers(two_runs, tmp_path):
     assert (tmp_path / "ab.md").exists() and (tmp_path / "ab.csv").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     from data_loaders.alpaca import load_chat_file
     from lab_utils.models.chat import render
@@ -71,7 +71,6 @@ def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     assert perplexity(model, tokenizer, texts) < base
 
 
-@pytest.mark.slow
 def test_chat_through_a_pipe_answers_and_exits(trained_run):
     done = subprocess.run([sys.executable, "-m", "scripts.chat", "--target", str(trained_run), "--max_new_tokens", "8"],
                           input="What is the capital of Japan?\n/reset\nHi\n/exit\nnever read\n", cwd=REPO_ROOT,
@@ -99,7 +98,7 @@ def test_serve_prints_lora_and_merged_commands(two_runs, tmp_path):
     assert "base_url=" in serve.client_snippet(serve.Params(), name)
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_evaluates_exports_and_loads_the_gguf_back(trained_run, tmp_path):
     from lab_utils.core.artifacts import read_json
     from lab_utils.core.paths import output_dir

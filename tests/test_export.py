@@ -157,7 +157,6 @@ def test_converter_rejects_kquant_outtype(tmp_path):
 # --- merged safetensors ------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -178,7 +177,6 @@ def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
     torch.testing.assert_close(actual, expected, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
     config = json.loads((merged_f16 / "config.json").read_text())
     assert config["dtype"] == "float16"
@@ -197,7 +195,6 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
 # --- GGUF ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -222,7 +219,6 @@ def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_p
         convert_to_gguf(merged_f16, gguf, outtype="f16")
 
 
-@pytest.mark.slow
 def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
     if find_quantizer() is None:
         pytest.skip("no llama-quantize on PATH and no llama-cpp-python")
@@ -321,7 +317,6 @@ def test_cli_checks_formats(finished_run):
         cli.main(["--run_dir", str(finished_run), "--formats", "gguf-f16,modelfile"])
 
 
-@pytest.mark.slow
 def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
     from scripts import export as cli
 

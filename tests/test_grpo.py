@@ -69,7 +69,6 @@ def grpo_model():
     return grpo_gsm8k.load_model(grpo_gsm8k.Params(**TINY))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss_type, level, scale", VARIANTS, ids=["-".join(v) for v in VARIANTS])
 def test_each_loss_variant_trains_and_reaches_trl(grpo_model, loss_type, level, scale):
     """2 GRPO steps (1 prompt x 2 completions x 16 tokens) per variant; TRL's saved config holds the variant."""
@@ -87,7 +86,7 @@ def test_each_loss_variant_trains_and_reaches_trl(grpo_model, loss_type, level, 
     assert read_json(run / "params.json")["loss_type"] == loss_type
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_variant_runs_then_the_lesson_compares_them(tmp_path):
     """Dr. GRPO and GSPO end to end on CPU (tiny), then the teach_grpo_variants notebook reads and plots both."""
     for name, change in (("dr_grpo", dict(loss_type="dr_grpo", scale_rewards="none")),
@@ -114,7 +113,6 @@ def test_lesson_without_runs_is_one_line():
     assert not (output_dir() / "teach_grpo_variants").exists()
 
 
-@pytest.mark.slow
 def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_path):
     # max_prompt_length 100 drops the sample's longest questions: they must be listed, not lost
     imported = {m for m in ("vllm", "unsloth") if m in sys.modules}  # by an earlier test of this session
@@ -148,7 +146,7 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
     assert {m for m in ("vllm", "unsloth") if m in sys.modules} == imported  # an HF-rollout CPU run imports neither
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
     metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**LEARNING))["metrics"]
     # the base model never writes the layout; after warm-up + GRPO most greedy answers do (margins leave
@@ -161,7 +159,6 @@ def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
     assert metrics["reward_last_quarter"] > metrics["reward_first_quarter"]
 
 
-@pytest.mark.slow
 def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "max_steps": 1}))
@@ -180,7 +177,7 @@ def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
     assert metrics["sft_warmup_steps"] == 0  # the GRPO checkpoint already holds the warmed-up adapter
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "grpo_gsm8k.ipynb", out, {**TINY, "max_steps": 1, "run_name": "nb"})
@@ -194,7 +191,6 @@ def test_notebook_runs_under_papermill(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.slow
 def test_vllm_rollouts_train_and_log_rewards(tmp_path):
     """The GPU path for real: vLLM writes the rollouts (through unsloth's fast_inference when installed,
     else the lab's engine through rollout_func), the rewards are logged per step, and the adapter is saved."""

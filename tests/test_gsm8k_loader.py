@@ -232,7 +232,6 @@ def test_prompt_length_filter_needs_a_tokenizer():
 
 # ---------------------------------------------------------------- the contract with TRL
 
-@pytest.mark.slow
 def test_loader_and_rewards_drive_a_trl_grpo_step(tokenizer, tmp_path):
     """One real GRPO step: TRL passes the answer column and completion_ids, and logs each reward by name."""
     from peft import LoraConfig

@@ -8,7 +8,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 
 from lab_utils.core.paths import REPO_ROOT
 from scripts.jupyter_lab import jupyter_arguments
@@ -61,7 +60,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_a_config_that_turns_tokens_off_cannot_open_the_server(tmp_path):
     """A cloud image's jupyter config with `c.ServerApp.token = ''`: bound to 0.0.0.0, the API still says 403."""
     (tmp_path / "jupyter_server_config.py").write_text("c.ServerApp.token = ''\nc.IdentityProvider.token = ''\n")

@@ -233,7 +233,7 @@ def test_movielens_missing_folder_names_lab_data_dir(tmp_path, monkeypatch):
         load_ml100k_split("u3")
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_teach_als_cli_runs_every_movielens_split(tmp_path, monkeypatch):
     from scripts import teach_als
 
@@ -266,7 +266,6 @@ needs_pyspark = pytest.mark.skipif(importlib.util.find_spec("pyspark") is None,
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 @needs_pyspark
 def test_spark_als_agrees_with_numpy_als(monkeypatch):
     from lab_utils.teaching.spark_als import spark_als

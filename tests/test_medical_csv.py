@@ -192,7 +192,6 @@ def test_cleaning_and_skip_report_counts(tmp_path):
     assert len(written) == 6 and set(written.columns) == {"source", "row", "reason", "detail"}
 
 
-@pytest.mark.slow  # loads the embedded model's tokenizer (converts it first when LAB_MODELS_DIR has no cache)
 def test_length_window_counts_tokens_when_given_a_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 

@@ -70,7 +70,6 @@ def test_simpo_and_kto_summaries_measure_what_they_optimise(embedded_model, toke
 
 # ---------------------------------------------------------------- the experiment
 
-pytestmark = pytest.mark.slow
 
 
 def test_bad_method_and_missing_init_adapter_fail_before_the_run_folder():
@@ -106,6 +105,7 @@ def test_cli_bad_data_file_is_one_line(tmp_path):
         preference.main(["--data_file", str(bad)])
 
 
+@pytest.mark.learning
 def test_short_dpo_run_learns_the_preference_and_writes_every_artifact():
     """Seeded: 8 DPO steps of 4 pairs lift held-out preference accuracy well above its 0.5 start.
     (The 0.7 bar is not calibrated yet: no run finished on the loaded development machine.)"""
@@ -124,6 +124,7 @@ def test_short_dpo_run_learns_the_preference_and_writes_every_artifact():
     assert any("rewards/accuracies" in r for r in read_json(run / "history.json"))
 
 
+@pytest.mark.learning
 def test_short_kto_run_learns_from_thumbs_up_and_down():
     """Seeded: 8 KTO steps of 4 unpaired rows (the bundled thumbs-up/down sample) lift the held-out share of rows
     whose implicit reward has the sign their label asks for above its 0.5 start, and the signed margin above 0."""
@@ -136,6 +137,7 @@ def test_short_kto_run_learns_from_thumbs_up_and_down():
     assert not (output_dir() / "preference" / "kto" / "adapter" / "ref").exists()  # KTO's reference copy is not kept
 
 
+@pytest.mark.learning
 def test_short_simpo_run_raises_the_length_normalised_margin():
     """Seeded: 8 SimPO steps of 4 pairs widen the held-out length-normalised margin it optimises (the untrained
     model already has an opinion, so the test is the direction of the change, with accuracy not falling)."""
@@ -172,6 +174,7 @@ def test_init_from_an_sft_run_continues_its_adapter():
         preference.load_data(preference.Params(**TINY, init_from=str(other)))
 
 
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "preference.ipynb", out, {**TINY, "run_name": "nb"})

@@ -44,7 +44,7 @@ def test_output_read_as_a_log_gets_a_few_lines_not_one_per_update(monkeypatch, c
     assert capsys.readouterr() == ("", "")
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_a_notebook_under_papermill_logs_progress_as_plain_lines(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -93,7 +93,6 @@ def test_greedy_answer_cut_at_max_new_tokens_ends_in_a_whole_character(embedded_
     assert REPLACEMENT_CHARACTER not in answer
 
 
-@pytest.mark.slow
 def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_path, capsys, monkeypatch):
     from lab_utils.core.artifacts import read_json
     from lab_utils.core.paths import output_dir
@@ -129,7 +128,6 @@ def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_pa
         assert next_step in text, next_step
 
 
-@pytest.mark.slow
 def test_gguf_export_follows_the_file_with_one_bar(tokenizer, tmp_path, capsys, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 

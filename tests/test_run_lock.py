@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 from lab_utils.core import locks, paths
 from lab_utils.core.paths import REPO_ROOT, output_dir
@@ -30,7 +29,6 @@ def last_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[-1]
 
 
-@pytest.mark.slow
 def test_two_runs_with_one_name_started_at_once_exactly_one_trains():
     runs = [lab("-m", "scripts.sft_alpaca", "--run_name=race", *TINY) for _ in range(2)]
     results = [(p.wait(timeout=1800), *p.communicate()) for p in runs]

@@ -31,7 +31,7 @@ def leaks(root) -> list[str]:
             for name, value in FAKE.items() if value.encode() in path.read_bytes()]
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     env = {**os.environ, **FAKE, "PYTHONPATH": str(REPO_ROOT)}
     printed = lab("-m", "scripts.teach_svd", "--image", "synthetic", "--max_side", "48", "--run_name", "script",

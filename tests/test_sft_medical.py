@@ -19,7 +19,6 @@ def run_folder(name):
     return output_dir() / "sft_medical" / name
 
 
-@pytest.mark.slow
 def test_cli_trains_evaluates_and_reports_the_encoding(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "data_file": "medical/dialogues_gbk.csv"}))
@@ -36,7 +35,7 @@ def test_cli_trains_evaluates_and_reports_the_encoding(tmp_path):
         assert (run / name).exists(), name
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     execute(NOTEBOOKS_DIR / "sft_medical.ipynb", tmp_path / "out.ipynb",
             {**TINY, "data_file": "medical/dialogues_big5.csv", "run_name": "nb", "validation_fraction": 0.15,

@@ -16,7 +16,6 @@ from scripts import sft_vision
 TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,
             save_steps=1, grid_images=2)
 
-pytestmark = pytest.mark.slow
 
 
 def tiny_config(tmp_path, **extra):
@@ -60,6 +59,7 @@ def test_resume_continues_the_step_count():
         sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
 
 
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "sft_vision.ipynb", out, {**TINY, "run_name": "nb"})
@@ -72,6 +72,7 @@ def test_notebook_runs_under_papermill(tmp_path):
     assert "trained on:" in printed and "char_accuracy_after" in printed
 
 
+@pytest.mark.learning
 def test_the_demo_model_learns_to_read_the_digits_from_scratch():
     """The CPU demo config, seeded: the random model goes from word salad to naming the digit in held-out pictures.
 

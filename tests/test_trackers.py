@@ -31,7 +31,6 @@ def test_a_tracker_that_is_not_installed_stops_before_the_run_folder(monkeypatch
     check_report_to("none")
 
 
-@pytest.mark.slow
 def test_swanlab_offline_run_leaves_its_log_in_the_run_folder(tmp_path, monkeypatch):
     pytest.importorskip("swanlab", reason="optional extra: make setup-trackers")
     monkeypatch.delenv("SWANLAB_API_KEY", raising=False)

@@ -52,7 +52,6 @@ def test_gpu_settings_are_valid_params_of_their_experiments():
                                   {"rollouts": settings["rollouts"], **settings.get("overrides", {})}, "m")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_smoke_runs_the_cpu_cases_each_in_its_own_process_and_reports(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LAB_OUTPUT_DIR": str(tmp_path)}

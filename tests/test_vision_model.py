@@ -60,7 +60,6 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
         assert torch.allclose(first(**batch).logits, loaded(**batch).logits, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_two_processes_building_the_tiny_model_at_once_both_get_one_good_folder(tmp_path):
     # DDP ranks and parallel papermill runs start together on a fresh machine: the second
     # must wait for the first build, not write into the same staging folder
@@ -136,7 +135,7 @@ def test_lora_switches_choose_vision_or_language_modules():
     assert not with_head.get_input_embeddings().weight.requires_grad  # untied: the input embedding stays frozen
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows):
     model, processor = build_tiny_vision_model(seed=0)
     model = add_vision_lora(model, backend=HF_CPU, r=8, lora_alpha=16)
@@ -156,7 +155,6 @@ def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows
     assert model.training  # generation restores the mode it found
 
 
-@pytest.mark.slow
 def test_trl_sft_trainer_runs_with_the_collator(tmp_path, rows):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer

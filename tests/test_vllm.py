@@ -56,7 +56,6 @@ def test_auto_picks_vllm_wherever_it_is_installed_and_says_so():
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 @needs_vllm
 def test_failed_engine_start_is_one_line_and_leaves_no_run_folder(tmp_path, embedded_model_dir, monkeypatch):
     # an architecture vLLM does not know: the embedded model's files, its config renamed
@@ -86,7 +85,6 @@ def hf_greedy(model, tokenizer, prompt_ids, max_new_tokens):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 @needs_vllm
 def test_vllm_rollouts_train_then_serve_the_same_greedy_answers_as_hf(embedded_model_dir, tokenizer):
     from peft import PeftModel
@@ -124,7 +122,7 @@ def test_vllm_rollouts_train_then_serve_the_same_greedy_answers_as_hf(embedded_m
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
+@pytest.mark.learning
 @needs_vllm
 def test_warm_up_then_grpo_with_vllm_rollouts_teach_the_format():
     """test_grpo's learning test, with vLLM sampling the rollouts and grading before and after."""
@@ -168,7 +166,6 @@ def wait_until_up(url: str, server, log, timeout: float = 1200) -> None:
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 @needs_vllm
 def test_serve_answers_as_the_adapter_does_and_rejects_requests_without_the_key(tmp_path, embedded_model_dir,
                                                                                tokenizer):
