@@ -76,10 +76,9 @@ def test_each_loss_variant_trains_and_reaches_trl(grpo_model, loss_type, level, 
 
     p = grpo_gsm8k.Params(**{**TINY, "sft_warmup_steps": 0}, loss_type=loss_type, importance_sampling_level=level,
                           scale_rewards=scale, run_name=f"{loss_type}-{level}")
-    model, tokenizer, backend, rollouts = grpo_model
-    train_prompts, _, _ = grpo_gsm8k.load_data(p)
+    data = grpo_gsm8k.build_dataset(p, grpo_gsm8k.load_data(p))
     run = grpo_gsm8k.setup_run(p)
-    outcome = grpo_gsm8k.train(p, model, tokenizer, train_prompts, run, backend, rollouts)
+    outcome = grpo_gsm8k.train(p, grpo_model, data, run)
     assert [r["step"] for r in outcome["history"] if "reward" in r] == [1, 2]
     args = torch.load(run / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert (args.loss_type, args.importance_sampling_level, args.scale_rewards) == (loss_type, level, scale)
