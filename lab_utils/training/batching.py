@@ -14,10 +14,14 @@ class EmptyBatchError(LabError, ValueError):
 
 def load_data_tokenizer(p):
     """The model's tokenizer without the model (cheap), loaded and set up as load_lora_model does it
-    (trust_remote_code, the thinking switch): what build_dataset tokenizes with, before any run folder exists."""
+    (trust_remote_code, the thinking switch): what build_dataset tokenizes with, before any run folder exists.
+    The backend is checked first: a run it refuses (unsloth without CUDA, hf after unsloth) stops here,
+    before minutes of tokenizing."""
+    from lab_utils.core.backend import choose_backend
     from lab_utils.models.chat import set_thinking
     from lab_utils.models.registry import load_tokenizer, resolve_model
 
+    choose_backend(getattr(p, "backend", "auto"))
     tokenizer = load_tokenizer(resolve_model(p.model), getattr(p, "trust_remote_code", False))
     return set_thinking(tokenizer, getattr(p, "enable_thinking", None))
 
