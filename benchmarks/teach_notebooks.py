@@ -36,7 +36,8 @@ def time_notebook(name: str, parameters: dict, out_dir: Path) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter_run", default="", help="finished SFT run for teach_lora_rank (else left out)")
-    parser.add_argument("--out", nargs="?", const="", default=None, help="write JSON (default folder: benchmarks/results/)")
+    parser.add_argument("--out", nargs="?", const="", default=None,
+                        help="write JSON (default folder: benchmarks/results/)")
     a = parser.parse_args(argv)
     lessons = {"teach_svd": {}, "teach_als": {}}
     if a.adapter_run:

@@ -58,7 +58,8 @@ def _text(value) -> str:
 
 
 def alpaca_messages(record: dict) -> list[dict]:
-    instruction, extra, output = _text(record.get("instruction")), _text(record.get("input")), _text(record.get("output"))
+    instruction = _text(record.get("instruction"))
+    extra, output = _text(record.get("input")), _text(record.get("output"))
     if not instruction:
         raise RowSkip("empty instruction")
     if not output:
@@ -97,7 +98,8 @@ def row_messages(record) -> list[dict]:
     elif "instruction" in record or "output" in record:
         messages = alpaca_messages(record)
     else:
-        raise RowSkip("unknown format", f"fields {sorted(record)}; expected instruction/output, messages or conversations")
+        raise RowSkip("unknown format",
+                      f"fields {sorted(record)}; expected instruction/output, messages or conversations")
     if not messages or messages[-1]["role"] != "assistant":
         raise RowSkip("no final assistant turn")
     if any(not m["content"] for m in messages):

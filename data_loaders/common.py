@@ -91,6 +91,13 @@ def kept_rows(rows: list[dict], report: SkipReport, path, none_usable: str, expe
     return Dataset.from_list(rows), report
 
 
+def rows_left(dataset, path, after: str, fix: str):
+    """The dataset when rows are left after a filter; none left is one DataError naming the file."""
+    if len(dataset) == 0:
+        raise data_error(path, f"no usable row left after {after}; {fix}")
+    return dataset
+
+
 def split_heldout(dataset, heldout_rows: int, seed: int, path):
     """(train, held-out) rows: a seeded split that always leaves rows to train on (0 = nothing held out)."""
     if len(dataset) <= heldout_rows:

@@ -138,7 +138,8 @@ def find_columns(path, ws, header_row, image_column, question_column, answer_col
         for role, value in given.items()
     }
     if columns["answer"] is None:
-        raise data_error(path, f"no answer column found in header row {header_row} (headers: {list(headers.values())}); "
+        raise data_error(path, f"no answer column found in header row {header_row} "
+                         f"(headers: {list(headers.values())}); "
                          "expected one named answer/label/reading/答案/标签/读数, or pass answer_column=",
                          field_name="answer")
     if columns["image"] is None and not ws._images:
@@ -194,7 +195,9 @@ def prepare_image(image: Image.Image, max_side: int, max_pixels: int | None = No
 
 
 def open_image_bytes(data: bytes, max_side: int, what: str, max_pixels: int | None = None, report=None) -> Image.Image:
-    """Open, verify and prepare an image; SkipRow('unreadable image') if PIL cannot. A shrunk one counts in report.resized."""
+    """Open, verify and prepare an image; SkipRow('unreadable image') if PIL cannot.
+
+    A shrunk one counts in report.resized."""
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()  # catches truncated/corrupt files that open() alone accepts
@@ -251,7 +254,8 @@ def vision_messages(question: str, answer: str, n_images: int = 1, system: str |
     """One single-turn image conversation in the Qwen2.5-VL content-list form."""
     messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     user = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    messages += [{"role": "user", "content": user},
+                 {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     return messages
 
 

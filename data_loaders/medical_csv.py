@@ -128,7 +128,8 @@ def detect_columns(headers: list, path, columns: dict | None = None) -> dict:
         if role not in COLUMN_ALIASES:
             raise data_error(path, f"columns= names unknown role '{role}'; roles: {list(COLUMN_ALIASES)}")
         if _normalise_header(header) not in normalised:
-            raise data_error(path, f"columns= maps '{role}' to '{header}', which is not a header; headers found: {headers}")
+            raise data_error(path, f"columns= maps '{role}' to '{header}', which is not a header; "
+                                   f"headers found: {headers}")
         mapping[role] = normalised[_normalise_header(header)]
     for role, aliases in COLUMN_ALIASES.items():
         if role in mapping:
@@ -155,8 +156,8 @@ def read_records(text: str, delimiter: str, path) -> list:
     except csv.Error as exc:
         kind = "tab" if delimiter == "\t" else "comma"
         raise data_error(path, f"malformed CSV near line {reader.line_num} ({exc}); expected {kind}-separated "
-                               f"fields, text with quotes or line breaks inside double quotes (question line / answer line "
-                               f"blocks: pass format paired_lines)",
+                               f"fields, text with quotes or line breaks inside double quotes "
+                               f"(question line / answer line blocks: pass format paired_lines)",
                          row=len(records) + 1) from None
     return records
 

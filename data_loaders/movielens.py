@@ -106,7 +106,8 @@ def read_ratings_file(path, skips: SkipReport | None = None):
 def _parse_row(path, row: int, line: str):
     fields = line.split("\t")
     if len(fields) != 4:
-        raise data_error(path, f"expected 4 tab-separated fields (user, item, rating, timestamp), got {len(fields)}: {line[:60]!r}", row)
+        raise data_error(path, f"expected 4 tab-separated fields (user, item, rating, timestamp), "
+                               f"got {len(fields)}: {line[:60]!r}", row)
     names = ("user", "item", "rating", "timestamp")
     try:
         user, item, rating, _ = (int(v) for v in fields)

@@ -33,9 +33,9 @@ ROLE_LABELS = {
     "user": ("问", "提问", "患者", "病人", "用户", "q", "question"),
     "assistant": ("答", "回答", "医生", "助手", "a", "answer"),
 }
-_LABEL = re.compile(r"^\s*(" + "|".join(sorted((l for ls in ROLE_LABELS.values() for l in ls), key=len, reverse=True))
-                    + r")\s*[:：]\s*", flags=re.IGNORECASE)
 _ROLE_OF_LABEL = {label: role for role, labels in ROLE_LABELS.items() for label in labels}
+_LABEL = re.compile(r"^\s*(" + "|".join(sorted(_ROLE_OF_LABEL, key=len, reverse=True)) + r")\s*[:：]\s*",
+                    flags=re.IGNORECASE)
 PAIRED_SHARE = 0.8
 SAMPLE_LINES = 5000
 

@@ -1,9 +1,10 @@
-"""Preference pairs (a prompt, a chosen and a rejected answer) -> TRL's conversational preference schema.
+"""Preference data -> TRL's conversational schemas: pairs (DPO, ORPO, SimPO) or unpaired rows (KTO).
 
 Accepted files: JSON (a list of objects) or JSONL (one object per line), in any encoding the
 lab's shared decoder detects (lab_utils.core.text_decoding: UTF-8 with or without a BOM, UTF-16,
-GB18030/GBK, Big5) or the one `encoding=` names. Each row may be in any of three common layouts,
-detected per row:
+GB18030/GBK, Big5) or the one `encoding=` names. A file holds pairs or unpaired rows: its first
+object decides (a `label` and a `completion` field = unpaired). Pairs may be in any of three common
+layouts, detected per row:
 
     pairs         {"prompt": ..., "chosen": ..., "rejected": ...}
                   prompt: a string or a list of messages; chosen/rejected: a string, one
@@ -23,14 +24,21 @@ trainers read it):
     rejected  [{"role": "assistant", "content": the other answer}]
     source    "<file>:<row>" (row = 1-based position in the file)
 
+Unpaired rows (KTO's layout: one answer with a thumbs-up or thumbs-down, the feedback people collect):
+
+    unpaired      {"prompt": ..., "completion": ..., "label": true | false}
+                  prompt and completion as in pairs; label: a JSON boolean (true = desirable)
+
+become prompt / completion ([one assistant turn]) / label (bool) / source. `unpair` turns pairs into
+that layout: each pair -> its chosen answer labelled true and its rejected answer labelled false.
+
 A row that cannot be used (a missing or empty answer, two identical answers, an unknown
 role, a prompt that does not end with a user turn, UltraFeedback sides with different
-prompts) is recorded in the SkipReport with its reason; a file that is not JSON/JSONL,
-or in no plausible encoding, is one DataError naming the file and line.
+prompts, a label that is not a boolean, a row of the other layout than the file's) is recorded
+in the SkipReport with its reason; a file that is not JSON/JSONL, or in no plausible encoding,
+is one DataError naming the file and line.
 """
 
-import json
-from pathlib import Path
 
 from data_loaders.alpaca import SHAREGPT_ROLES, read_records
 from data_loaders.common import ROLES, RowSkip, SkipReport, kept_rows, with_system_prompt
@@ -52,7 +60,9 @@ def message(turn) -> dict:
     else:
         role = content = None
     if role not in ROLES:
-        raise RowSkip("unknown role", f"{str(turn)[:60]!r}; expected role system/user/assistant or from human/gpt/system")
+        raise RowSkip(
+            "unknown role", f"{str(turn)[:60]!r}; expected role system/user/assistant or from human/gpt/system"
+        )
     return {"role": role, "content": _text(content)}
 
 
@@ -123,21 +133,70 @@ def row_pair(record) -> tuple[list, list, list]:
     return prompt, chosen, rejected
 
 
-def load_preference_file(name: str, system_prompt: str | None = None, limit: int | None = None,
-                         encoding: str | None = None):
-    """Load a pairs / UltraFeedback / ShareGPT preference file. Returns (Dataset, SkipReport)."""
+def row_unpaired(record) -> tuple[list, list, bool]:
+    """(prompt, completion, label) of one unpaired row; RowSkip says why a row is unusable."""
+    if not isinstance(record, dict):
+        raise RowSkip("not an object", f"got {type(record).__name__}")
+    missing = [name for name in ("prompt", "completion", "label") if name not in record]
+    if missing:
+        raise RowSkip("not an unpaired row", f"no field {missing[0]!r}; fields {sorted(record)}")
+    if not isinstance(record["label"], bool):
+        raise RowSkip("label is not a boolean", f"label is {record['label']!r}; expected true or false")
+    prompt = prompt_messages(record["prompt"])
+    if any(not m["content"] for m in prompt):
+        raise RowSkip("empty turn", "the prompt has an empty message")
+    return prompt, answer(record["completion"], "completion"), record["label"]
+
+
+def is_unpaired(record) -> bool:
+    return isinstance(record, dict) and "label" in record and "completion" in record
+
+
+def load_preference_file(
+    name: str, system_prompt: str | None = None, limit: int | None = None, encoding: str | None = None
+):
+    """Load a preference file: pairs (pairs / UltraFeedback / ShareGPT layouts) or unpaired rows, as its
+    first object says (`is_unpaired`). Returns (Dataset, SkipReport); `"label" in dataset.column_names`
+    tells the two apart."""
     path = find_data_file(name)
     report = SkipReport()
+    records = read_records(path, encoding)
+    unpaired = bool(records) and is_unpaired(records[0][1])
     rows = []
-    for number, record in read_records(path, encoding):
+    for number, record in records:
         try:
-            prompt, chosen, rejected = row_pair(record)
+            if unpaired:
+                prompt, completion, label = row_unpaired(record)
+                row = {"completion": completion, "label": label}
+            elif is_unpaired(record):
+                raise RowSkip("unpaired row in a file of pairs", "the first row decides the file's layout")
+            else:
+                prompt, chosen, rejected = row_pair(record)
+                row = {"chosen": chosen, "rejected": rejected}
         except RowSkip as err:
             report.skip(path.name, number, err.reason, err.detail)
             continue
-        rows.append({"prompt": with_system_prompt(prompt, system_prompt), "chosen": chosen, "rejected": rejected,
-                     "source": f"{path.name}:{number}"})
+        rows.append({"prompt": with_system_prompt(prompt, system_prompt), **row, "source": f"{path.name}:{number}"})
         if limit and len(rows) >= limit:
             break
-    return kept_rows(rows, report, path, "no usable preference pairs", "expected rows with prompt/chosen/rejected, "
-                     "UltraFeedback conversations or ShareGPT conversations")
+    return kept_rows(
+        rows,
+        report,
+        path,
+        f"no usable {'unpaired rows' if unpaired else 'preference pairs'}",
+        "expected rows with prompt/completion/label (unpaired) or prompt/chosen/rejected, "
+        "UltraFeedback conversations or ShareGPT conversations (pairs)",
+    )
+
+
+def unpair(pairs):
+    """Pairs -> unpaired rows (KTO): each pair's chosen answer labelled true, then its rejected one false."""
+    from datasets import Dataset
+
+    rows = [
+        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen", "source": pair["source"]}
+        for pair in pairs
+        for side in ("chosen", "rejected")
+    ]
+    columns = ("prompt", "completion", "label", "source")
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({name: [] for name in columns})

@@ -2,7 +2,7 @@
 
     make_sample_sheets(folder)  writes, deterministically for a given seed,
         folder/images/digit_NNN.png     56x56 renders of one dark digit on light paper (tint, size, place vary)
-        folder/digits.xlsx              English headers: image (relative path) | question (the same on every row) | answer
+        folder/digits.xlsx              English headers: image (relative path) | question (same on every row) | answer
         folder/digits_embedded.xlsx     Chinese headers: 图片 (pictures pasted into the cells) | 答案
 
 Why this toy: the CPU demo trains a *random* tiny Qwen2.5-VL from scratch, so the task has
@@ -113,7 +113,8 @@ def make_sample_sheets(folder=None, count: int = 300, embedded_count: int = 40, 
     image_paths = write_images(folder, digits, seed)
     return {
         "path_sheet": write_path_sheet(folder / PATH_SHEET, image_paths, digits),
-        "embedded_sheet": write_embedded_sheet(folder / EMBEDDED_SHEET, image_paths[:embedded_count], digits[:embedded_count]),
+        "embedded_sheet": write_embedded_sheet(folder / EMBEDDED_SHEET, image_paths[:embedded_count],
+                                               digits[:embedded_count]),
         "images": image_paths,
         "digits": digits,
     }

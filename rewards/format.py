@@ -73,7 +73,7 @@ def is_strict_format(text: str) -> bool:
 
 
 def is_soft_format(text: str) -> bool:
-    """A reasoning block first, an answer block after it (see soft_format_reward).
+    r"""A reasoning block first, an answer block after it (see soft_format_reward).
 
     Same as matching r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>" from the start,
     in linear time: if any "</reasoning> <answer>" joint has a "</answer>" after it, the
@@ -96,15 +96,29 @@ def xml_count_score(text: str) -> float:
 
 
 def strict_format_reward(prompts, completions, **kwargs) -> list[float]:
-    """1.0 when the completion is exactly <reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>."""
+    """1.0 when the completion is exactly <reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>.
+
+    >>> strict_format_reward(None, ["<reasoning>\\n6 * 7\\n</reasoning>\\n<answer>\\n42\\n</answer>\\n",
+    ...                             "<reasoning>6 * 7</reasoning> <answer>42</answer>"])
+    [1.0, 0.0]
+    """
     return [1.0 if is_strict_format(completion_text(c)) else 0.0 for c in completions]
 
 
 def soft_format_reward(prompts, completions, **kwargs) -> list[float]:
-    """1.0 when a <reasoning> block comes first and an <answer> block follows, spacing free."""
+    """1.0 when a <reasoning> block comes first and an <answer> block follows, spacing free.
+
+    >>> soft_format_reward(None, ["<reasoning>6 * 7</reasoning> <answer>42</answer>", "<answer>42</answer>"])
+    [1.0, 0.0]
+    """
     return [1.0 if is_soft_format(completion_text(c)) else 0.0 for c in completions]
 
 
 def xml_count_reward(prompts, completions, **kwargs) -> list[float]:
-    """0.25 per format tag present exactly once, minus 0.001 per trailing character; in [0, 1]."""
+    """0.25 per format tag present exactly once, minus 0.001 per trailing character; in [0, 1].
+
+    >>> xml_count_reward(None, ["<reasoning>\\n6 * 7\\n</reasoning>\\n<answer>\\n42\\n</answer>\\n",
+    ...                         "<answer>\\n42\\n</answer>\\nok", "42"])
+    [1.0, 0.498, 0.0]
+    """
     return [xml_count_score(completion_text(c)) for c in completions]

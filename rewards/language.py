@@ -70,7 +70,12 @@ def language_consistency_score(prompt: str, completion: str) -> float | None:
 
 
 def language_consistency_reward(prompts, completions, **kwargs) -> list[float | None]:
-    """Share of the reasoning written in the prompt's language (Chinese vs Latin script), in [0, 1]."""
+    """Share of the reasoning written in the prompt's language (Chinese vs Latin script), in [0, 1].
+
+    >>> prompts = ["小明有几个苹果？", "小明有几个苹果？"]
+    >>> language_consistency_reward(prompts, ["<reasoning>他有三个</reasoning>", "<reasoning>three</reasoning>"])
+    [1.0, 0.0]
+    """
     if prompts is None:  # called by hand without prompts: no language to match
         prompts = [None] * len(completions)
     pairs = zip(prompts, completions, strict=True)

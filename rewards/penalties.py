@@ -73,7 +73,12 @@ class OverlongPenalty:
 
 def make_overlong_penalty(max_length: int, soft_cache: int | None = None, unit: str = "tokens",
                           name: str = "overlong_penalty") -> OverlongPenalty:
-    """Penalise completions near or past `max_length` (default soft_cache: a quarter of it)."""
+    """Penalise completions near or past `max_length` (default soft_cache: a quarter of it).
+
+    >>> penalty = make_overlong_penalty(max_length=8, soft_cache=4, unit="chars")
+    >>> penalty(None, ["abc", "abcdef", "abcdefgh"])
+    [0.0, -0.5, -1.0]
+    """
     if unit not in ("tokens", "chars"):
         raise ValueError(f"unit must be 'tokens' or 'chars', not {unit!r}")
     if max_length < 1:
@@ -110,7 +115,12 @@ class RepetitionPenalty:
 
 def make_repetition_penalty(ngram_size: int = 3, max_penalty: float = -1.0,
                             name: str = "repetition_penalty") -> RepetitionPenalty:
-    """Penalise repeated word n-grams, down to `max_penalty` (<= 0) for pure repetition."""
+    """Penalise repeated word n-grams, down to `max_penalty` (<= 0) for pure repetition.
+
+    >>> penalty = make_repetition_penalty(ngram_size=2)
+    >>> penalty(None, ["the cat sat on the mat", "go go go go go"])
+    [0.0, -0.75]
+    """
     if ngram_size < 1:
         raise ValueError(f"ngram_size must be at least 1, not {ngram_size}")
     if max_penalty > 0:

@@ -27,8 +27,13 @@ Each run gets its own LAB_OUTPUT_DIR, $LAB_OUTPUT_DIR/batch/<batch>/<run>/, so
 its artifacts, the executed notebook (<notebook>.ipynb) and the live log
 (run.log) sit together. A failed run is recorded (exception name, message, the
 cell's execution count) and the batch goes on. batch_state.json is rewritten
-atomically after every run; the report (report.md, report.html, metrics.csv)
-is built from it and from each run's metrics.json / history.json.
+atomically before each run (the run marked "interrupted": what stays if the runner
+is killed, so --resume reruns it and --report shows where it stopped) and after it.
+One runner per batch folder: a second one stops with one line (lab_utils/core/locks).
+A notebook kernel whose runner was killed notices and exits within a second or so
+(ipykernel's parent poller), releasing its run's lock for the resumed batch. The report
+(report.md, report.html, metrics.csv) is built from batch_state.json and from each run's
+metrics.json / history.json.
 """
 
 import argparse
@@ -41,7 +46,6 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +56,8 @@ import yaml
 
 from lab_utils.core import plots
 from lab_utils.core.config import ConfigError, load_yaml
+from lab_utils.core.locks import RunLockedError, hold_run, release_run
+from lab_utils.core.machine import MemoryPoller
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute, parameters_cell
 from lab_utils.core.paths import REPO_ROOT, output_dir, slug, write_then_rename
 from lab_utils.core.progress import progress_bar
@@ -217,41 +223,6 @@ def log_to_file(path: Path):
         logger.level, logger.propagate = saved
 
 
-class KernelMemoryPoller:
-    """Peak resident memory of this process's children (the kernel and what it starts), polled.
-
-    The kernel is a separate process, so its peak can't be read from this one's
-    rusage until it exits; polling misses spikes shorter than the interval.
-    """
-
-    def __init__(self, interval: float = MEMORY_POLL_SECONDS):
-        import psutil
-
-        self.me, self.interval, self.peak_bytes = psutil.Process(), interval, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.poll, daemon=True)
-
-    def poll(self):
-        import psutil
-
-        while not self.stop.wait(self.interval):
-            total = 0
-            for child in self.me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:  # a child that exited between listing and reading
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-
 def failure(err: Exception) -> dict:
     """What went wrong, in the words of the notebook's own exception where papermill has them."""
     message = str(getattr(err, "evalue", err)).strip()
@@ -260,23 +231,29 @@ def failure(err: Exception) -> dict:
             "exec_count": getattr(err, "exec_count", None)}
 
 
+def run_record(run: Run, batch_dir: Path) -> dict:
+    executed = batch_dir / run.name / run.notebook.name
+    return {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
+            "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
+            "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+
+
 def execute_run(run: Run, batch_dir: Path) -> dict:
     """Run one notebook with its own LAB_OUTPUT_DIR; never raises for a notebook's failure."""
     folder = batch_dir / run.name
     folder.mkdir(parents=True, exist_ok=True)
-    executed = folder / run.notebook.name
-    record = {"name": run.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": run.parameters,
-              "grid_point": run.grid_point, "executed_notebook": str(executed.relative_to(batch_dir)),
-              "log": f"{run.name}/run.log", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "error": None}
+    record = run_record(run, batch_dir)
     started = time.perf_counter()
-    with environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"), KernelMemoryPoller() as memory:
+    with (environment(LAB_OUTPUT_DIR=folder), log_to_file(folder / "run.log"),
+          MemoryPoller(MEMORY_POLL_SECONDS) as memory):
         try:
-            execute(run.notebook, executed, run.parameters, timeout=run.timeout, log_output=True)
+            execute(run.notebook, batch_dir / record["executed_notebook"], run.parameters, timeout=run.timeout,
+                    log_output=True)
             record["status"] = "finished"
         except Exception as err:  # PapermillExecutionError, a cell timeout, a dead kernel: record, go on
             record["status"], record["error"] = "failed", failure(err)
     record["duration_s"] = round(time.perf_counter() - started, 2)
-    record["peak_rss_gb"] = round(memory.peak_bytes / 2**30, 3)
+    record["peak_rss_gb"] = round(memory.peak_rss_bytes / 2**30, 3)
     return record
 
 
@@ -312,6 +289,12 @@ def run_batch(batch_file, runs: list[Run], name: str, batch_dir: Path, resume: b
     with progress_bar(total=len(todo), desc=f"batch {name}", unit="run") as bar:
         for run in todo:
             bar.set_postfix_str(run.name)
+            # on disk before it starts: if this process is killed, the state (and --report) shows the run
+            # as interrupted, and --resume runs it again
+            state["runs"][run.name] = {**run_record(run, batch_dir), "status": "interrupted",
+                                       "error": {"ename": "Interrupted", "evalue": "the batch runner stopped during "
+                                                 "this run; --resume runs it again", "exec_count": None}}
+            write_state(batch_dir, state)
             record = execute_run(run, batch_dir)
             bar.update(1)
             state["runs"][run.name] = record
@@ -365,17 +348,26 @@ def run_row(record: dict, batch_dir: Path, varied: list[str]) -> tuple[dict, lis
     metric_name, metric_value = key_metric(metrics, summary)
     cuda_peak = next((metrics[k] for k in CUDA_PEAK_KEYS if number(metrics.get(k)) is not None), None)
     error = record.get("error") or {}
-    row = {"run": record["name"], "status": record["status"], "duration_s": record.get("duration_s"),
-           **{k: json.dumps(parameters.get(k)) if isinstance(parameters.get(k), (list, dict))
-              else parameters.get(k) for k in varied},
-           "train_loss": losses[-1] if losses else number(metrics.get("train_loss")),
-           "eval_loss": next((metrics[k] for k in ("eval_loss_after", "eval_loss") if number(metrics.get(k)) is not None),
-                             evals[-1] if evals else None),
-           "key_metric": metric_name or None, "key_metric_value": metric_value,
-           "peak_memory_gb": cuda_peak if cuda_peak is not None else record.get("peak_rss_gb"),
-           "peak_memory_source": "cuda (metrics.json)" if cuda_peak is not None else "kernel RSS (polled)",
-           "error": f"{error['ename']}: {error['evalue']} (cell {error['exec_count']})" if error else "",
-           "notebook": record["executed_notebook"]}
+    row = {
+        "run": record["name"],
+        "status": record["status"],
+        "duration_s": record.get("duration_s"),
+        **{
+            k: json.dumps(parameters.get(k)) if isinstance(parameters.get(k), (list, dict)) else parameters.get(k)
+            for k in varied
+        },
+        "train_loss": losses[-1] if losses else number(metrics.get("train_loss")),
+        "eval_loss": next(
+            (metrics[k] for k in ("eval_loss_after", "eval_loss") if number(metrics.get(k)) is not None),
+            evals[-1] if evals else None,
+        ),
+        "key_metric": metric_name or None,
+        "key_metric_value": metric_value,
+        "peak_memory_gb": cuda_peak if cuda_peak is not None else record.get("peak_rss_gb"),
+        "peak_memory_source": "cuda (metrics.json)" if cuda_peak is not None else "kernel RSS (polled)",
+        "error": f"{error['ename']}: {error['evalue']} (cell {error['exec_count']})" if error else "",
+        "notebook": record["executed_notebook"],
+    }
     return row, history
 
 
@@ -427,25 +419,36 @@ def html_report(name: str, frame: pd.DataFrame, images: dict, wall_s: float) -> 
                 text = f'<a href="{html.escape(str(value))}">{text}</a>'
             cells.append(f'<td class="{column}">{text}</td>')
         rows.append(f'<tr class="{html.escape(str(record["status"]))}">{"".join(cells)}</tr>')
-    figures = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                      for title, data in images.items())
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>batch {html.escape(name)}</title>"
-            f"<style>{HTML_STYLE}</style></head><body><h1>batch {html.escape(name)}</h1>"
-            f"<p>{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
-            f"run time {wall_s:.0f} s. Key metric: first of {', '.join(KEY_METRICS)} in metrics.json.</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{figures}</body></html>")
+    figures = "".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        for title, data in images.items()
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>batch {html.escape(name)}</title>"
+        f"<style>{HTML_STYLE}</style></head><body><h1>batch {html.escape(name)}</h1>"
+        f"<p>{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
+        f"run time {wall_s:.0f} s. Key metric: first of {', '.join(KEY_METRICS)} in metrics.json.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{figures}</body></html>"
+    )
 
 
 def markdown_report(name: str, frame: pd.DataFrame, wall_s: float, plot_files: list[str]) -> str:
     shown = frame.assign(notebook=[f"[{n}]({n})" for n in frame["notebook"]])
     shown = shown.astype(object).where(shown.notna(), "")  # an empty cell, not "nan", where a run has no value
-    lines = [f"# batch {name}", "",
-             f"{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
-             f"run time {wall_s:.0f} s.", "",
-             f"Key metric: the first of {', '.join(KEY_METRICS)} found in the run's metrics.json "
-             "(then run_complete.json); empty if none. Peak memory: torch CUDA peak from metrics.json "
-             "if the run recorded one, else the kernel's resident memory polled every "
-             f"{MEMORY_POLL_SECONDS} s.", "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+    lines = [
+        f"# batch {name}",
+        "",
+        f"{(frame['status'] == 'finished').sum()} finished, {(frame['status'] != 'finished').sum()} failed; "
+        f"run time {wall_s:.0f} s.",
+        "",
+        f"Key metric: the first of {', '.join(KEY_METRICS)} found in the run's metrics.json "
+        "(then run_complete.json); empty if none. Peak memory: torch CUDA peak from metrics.json "
+        "if the run recorded one, else the kernel's resident memory polled every "
+        f"{MEMORY_POLL_SECONDS} s.",
+        "",
+        shown.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
     lines += [f"![{p}]({p})" for p in plot_files]
     return "\n".join(lines) + "\n"
 
@@ -463,22 +466,32 @@ def write_report(batch_dir: Path, state: dict) -> Path:
     frame = pd.DataFrame(list(rows))
     frame.to_csv(batch_dir / "metrics.csv", index=False)
     wall_s = sum(r.get("duration_s") or 0 for r in records)
-    figures = {"run durations": plots.plot_batch_durations(names, frame["duration_s"].tolist(), frame["status"].tolist(),
-                                                           batch_dir / "durations.png")}
+    figures = {
+        "run durations": plots.plot_batch_durations(
+            names, frame["duration_s"].tolist(), frame["status"].tolist(), batch_dir / "durations.png"
+        )
+    }
     curves = {n: h for n, h in zip(names, histories) if any("loss" in r for r in h if isinstance(r, dict))}
     if curves:
         figures["training loss"] = plots.plot_loss_curves(curves, batch_dir / "loss_curves.png")
     images = {title: png_base64(fig) for title, fig in figures.items()}
     plt.close("all")
-    (batch_dir / "report.md").write_text(markdown_report(state.get("batch", batch_dir.name), frame, wall_s,
-                                                         ["durations.png"] + (["loss_curves.png"] if curves else [])),
-                                         encoding="utf-8")
+    (batch_dir / "report.md").write_text(
+        markdown_report(
+            state.get("batch", batch_dir.name),
+            frame,
+            wall_s,
+            ["durations.png"] + (["loss_curves.png"] if curves else []),
+        ),
+        encoding="utf-8",
+    )
     report = batch_dir / "report.html"
     report.write_text(html_report(state.get("batch", batch_dir.name), frame, images, wall_s), encoding="utf-8")
     return report
 
 
 # --- command line ----------------------------------------------------------------------------
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -492,6 +505,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    batch_dir = None
     try:
         name, runs = load_batch(args.batch_file)
         batch_dir = output_dir() / "batch" / name
@@ -506,16 +520,22 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(f"[batch] dry run: {len(runs)} run(s) valid; nothing executed")
             return 0
+        hold_run(batch_dir)  # one runner per batch folder: a second one stops here, before --overwrite deletes it
         prepare_batch_dir(batch_dir, args.resume, args.overwrite)
         started = time.perf_counter()
         state = run_batch(args.batch_file, runs, name, batch_dir, args.resume)
         report = write_report(batch_dir, state)
-    except (BatchError, ConfigError) as err:
+    except (BatchError, ConfigError, RunLockedError) as err:
         print(f"[batch] error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if batch_dir is not None:
+            release_run(batch_dir)  # a no-op unless this call locked it
     failed = [n for n, r in state["runs"].items() if r["status"] != "finished"]
-    print(f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
-          f"in {time.perf_counter() - started:.0f} s; report: {report}")
+    print(
+        f"[batch] {name}: {len(state['runs']) - len(failed)} finished, {len(failed)} failed "
+        f"in {time.perf_counter() - started:.0f} s; report: {report}"
+    )
     return 1 if failed else 0
 
 

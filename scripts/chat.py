@@ -4,6 +4,7 @@
     python -m scripts.chat --target export/demo/merged         # a merged folder
     python -m scripts.chat --target export/demo/demo-f16.gguf  # a GGUF (llama-cpp-python if installed)
     echo "What is 2+3?" | python -m scripts.chat --target sft_alpaca/demo   # one answer per input line
+    python -m scripts.chat --server http://127.0.0.1:8000/v1   # a server started by scripts/serve.py
 
 Type a message and press Enter; `/reset` forgets the conversation, `/exit` (or
 Ctrl-D / end of input) quits. Decoding: greedy when temperature is 0.
@@ -22,6 +23,8 @@ from lab_utils.core.errors import LabError
 @dataclass(kw_only=True)
 class Params:
     target: str = ""  # run dir, merged folder, or .gguf file (absolute, or relative to $LAB_OUTPUT_DIR)
+    server: str = ""  # instead: an OpenAI-compatible server's URL (scripts/serve.py); its key from $LAB_API_KEY
+    model: str = ""  # with --server: the served model's name ("" = the last one it lists: the adapter)
     system_prompt: str = ""  # "" = the run's own system prompt, else the model's default
     max_new_tokens: int = 256  # longest answer, in tokens
     temperature: float = 0.0  # 0 = greedy (the same answer every time); higher = more varied
@@ -38,7 +41,9 @@ def resolve_target(target: str) -> Path:
     path = Path(target).expanduser()
     path = path if path.exists() or path.is_absolute() else output_dir() / path
     if not path.exists():
-        raise ChatError(f"'{path}' does not exist (a run dir, a merged folder or a .gguf file; relative to $LAB_OUTPUT_DIR)")
+        raise ChatError(
+            f"'{path}' does not exist (a run dir, a merged folder or a .gguf file; relative to $LAB_OUTPUT_DIR)"
+        )
     return path
 
 
@@ -57,7 +62,11 @@ class HFChat:
             self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
             self.system = None
         elif (path / "config.json").exists():
-            self.tokenizer, self.model, self.system = load_tokenizer(str(path)), AutoModelForCausalLM.from_pretrained(path), None
+            self.tokenizer, self.model, self.system = (
+                load_tokenizer(str(path)),
+                AutoModelForCausalLM.from_pretrained(path),
+                None,
+            )
         else:
             from lab_utils.evaluation.evaluate import load_adapters
             from lab_utils.export.merge import locate_adapter
@@ -74,9 +83,19 @@ class HFChat:
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": self.p.temperature, "top_p": self.p.top_p} if self.p.temperature > 0 else {"do_sample": False}
-        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=self.p.max_new_tokens,
-                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        sampling = (
+            {"do_sample": True, "temperature": self.p.temperature, "top_p": self.p.top_p}
+            if self.p.temperature > 0
+            else {"do_sample": False}
+        )
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=self.p.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **sampling,
+        )
         worker = threading.Thread(target=self.model.generate, kwargs=kwargs)
         worker.start()
         yield from streamer
@@ -93,15 +112,48 @@ class LlamaCppChat:
         self.llm = Llama(model_path=str(path), n_ctx=2048, verbose=False)
 
     def stream(self, messages: list[dict]):
-        chunks = self.llm.create_chat_completion(messages=messages, max_tokens=self.p.max_new_tokens,
-                                                 temperature=self.p.temperature, top_p=self.p.top_p, stream=True)
+        chunks = self.llm.create_chat_completion(
+            messages=messages,
+            max_tokens=self.p.max_new_tokens,
+            temperature=self.p.temperature,
+            top_p=self.p.top_p,
+            stream=True,
+        )
         for chunk in chunks:
             yield chunk["choices"][0]["delta"].get("content", "")
+
+
+class ServerChat:
+    """An OpenAI-compatible server (vLLM's, started by scripts/serve.py), streamed through the openai client."""
+
+    def __init__(self, p: Params):
+        import os
+
+        from openai import OpenAI
+
+        self.p, self.system = p, None
+        self.client = OpenAI(base_url=p.server, api_key=os.environ.get("LAB_API_KEY") or "unused")
+        self.model = p.model or self.client.models.list().data[-1].id  # LoRA modules are listed after the base
+
+    def stream(self, messages: list[dict]):
+        chunks = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,
+            stream=True,
+            max_tokens=self.p.max_new_tokens,
+            temperature=self.p.temperature,
+            top_p=self.p.top_p,
+        )
+        for chunk in chunks:
+            if chunk.choices:
+                yield chunk.choices[0].delta.content or ""
 
 
 def open_chat(p: Params):
     import importlib.util
 
+    if p.server:
+        return ServerChat(p)
     path = resolve_target(p.target)
     if path.suffix == ".gguf" and importlib.util.find_spec("llama_cpp") is not None:
         return LlamaCppChat(path, p)

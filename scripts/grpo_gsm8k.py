@@ -7,7 +7,7 @@
 Each step samples `num_generations` completions per prompt, scores each with the
 reward functions of rewards/ (weighted by `reward_weights`), and pushes the policy
 toward the completions that beat their group's mean (GRPO: the group is the
-baseline, no value model). `beta` > 0 keeps it near the base model (KL term).
+baseline, no value model). `beta` > 0 keeps it near the starting policy (KL term).
 
 Defaults are the CPU demo: the embedded SmolLM2-135M, the bundled 41-problem
 sample (16 held out), rollouts by HF generate. A 135M model never writes the
@@ -24,11 +24,13 @@ steps; step time), history.json, rewards.png, dynamics.png, training.png,
 samples.md/.csv, skipped_rows.csv, run_complete.json.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from data_loaders.common import SkipReport, split_heldout
+from data_loaders.common import SkipReport, rows_left, split_heldout
 from data_loaders.gsm8k import load_gsm8k, resolve_gsm8k_file, worked_solution_conversations
 from lab_utils.core import plots
 from lab_utils.core.artifacts import setup_logging, write_table
@@ -37,18 +39,23 @@ from lab_utils.models.chat import generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.models.registry import load_tokenizer, resolve_model
-from lab_utils.core.progress import show_progress
-from lab_utils.training.rollouts import choose_rollouts, load_fast_inference_model, vllm_config_kwargs
-from lab_utils.training.lora import build_lora_model
+from lab_utils.training.rollouts import (Rollouts, VllmRolloutFunc, choose_rollouts, load_fast_inference_model,
+                                         start_rollout_engine, vllm_config_kwargs)
+from lab_utils.training.lora import build_lora_model, weights_dtype
 from lab_utils.training.params import AnswerParams, LoraParams, LoraSFTParams, OptimParams, RunParams
-from lab_utils.training.trainer import (LossHistory, last_checkpoint, lora_plus_optimizers, make_trainer, train_from_last_checkpoint, training_arguments)
+from lab_utils.training.steps import Data, LoadedModel
+from lab_utils.training.trainer import build_trainer, last_checkpoint, run_trainer, train_lora, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.lora import trainable_parameters
 from lab_utils.core.errors import ParamError
 from rewards import GSM8K_WEIGHTS, REWARDS, SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 
 EXPERIMENT = "grpo_gsm8k"
+# TRL 1.14's GRPOConfig values (trl/trainer/grpo_config.py); TRL itself only fails on an unknown one mid-training
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+SCALE_REWARDS = ("group", "batch", "none")
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "zh": SYSTEM_PROMPT_ZH}
 
 
@@ -65,7 +72,11 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     num_generations: int = 4  # completions per prompt: the group whose mean is the baseline
     max_completion_length: int = 64  # most tokens sampled per completion
     temperature: float = 1.0  # sampling temperature of the rollouts (variety within a group is the signal)
-    beta: float = 0.04  # KL penalty toward the base model; 0 = none (and no reference forward pass)
+    beta: float = 0.0  # KL penalty toward the starting policy; 0 = none (and no reference forward pass)
+    # the policy loss, TRL's (notebooks/teach_grpo_variants.ipynb runs them side by side); defaults = TRL 1.14's
+    loss_type: str = "dapo"  # token losses averaged per answer (grpo), per batch (bnpo, dapo), / a constant (dr_grpo)
+    importance_sampling_level: str = "token"  # policy ratio per token, or one per answer: sequence (GSPO, with grpo)
+    scale_rewards: str = "group"  # advantage = (reward - group mean) / std of: group | batch | none (Dr. GRPO's choice)
     # the GSM8K recipe, plus a repetition penalty: a 135M model rarely writes a tag in 64 tokens, so the recipe
     # alone scores every completion 0 (no advantage, no gradient); the penalty varies within every group
     reward_names: list[str] = field(  # rewards (rewards.REWARDS names) summed into each completion's score
@@ -73,29 +84,29 @@ class Params(RunParams, LoraParams, OptimParams, AnswerParams):
     reward_weights: list[float] = field(  # one weight per reward_names entry
         default_factory=lambda: [*GSM8K_WEIGHTS.values(), 0.5])
     # rollouts
-    rollouts: str = "auto"  # auto (vLLM on a CUDA box that has it) | vllm | hf
+    rollouts: str = "auto"  # auto (vLLM wherever it is installed: make setup-vllm) | vllm | hf
     vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU; training gets the rest
     # SFT warm-up before GRPO (0 steps = none). A 135M model almost never writes the <reasoning>/<answer>
     # layout by itself, so every completion of a group scores the same and GRPO has nothing to compare; a few
     # supervised steps on worked solutions written in that layout (the training prompts' gold solutions) make
     # formatted answers *possible*, and GRPO then makes them *likely* (Unsloth's GRPO notebooks prime the
     # format the same way). The warm-up reuses the SFT loop of lab_utils/training/.
-    sft_warmup_steps: int = 24  # supervised steps on worked solutions first (0 = none); 24 = ~4 passes over 25
-    sft_warmup_learning_rate: float = 5e-4  # learning rate of the warm-up
+    sft_warmup_steps: int = 16  # supervised steps on worked solutions first (0 = none); 16 = ~2.5 passes over 25
+    sft_warmup_learning_rate: float = 8e-4  # learning rate of the warm-up
     sft_warmup_batch_size: int = 4  # worked solutions per warm-up step
     # GRPO's defaults differ from SFT's: hard clipping (RL gradients are noisy), a rate high enough for
     # the CPU demo's dozen steps to show movement
     learning_rate: float = 1e-4  # peak learning rate of the GRPO steps
     batch_size: int = 4  # completions per device step; prompts per step = batch_size / num_generations
-    max_steps: int = 12
+    max_steps: int = 8
     max_grad_norm: float = 0.1
-    save_steps: int = 6
+    save_steps: int = 8
     max_seq_length: int = 512  # context of the unsloth/vLLM model: prompt + completion
     max_new_tokens: int = 64  # greedy answer length for the before/after accuracy
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
 def check_params(p: Params) -> None:
     """Mistakes that would otherwise surface as an assertion deep inside TRL."""
@@ -111,10 +122,30 @@ def check_params(p: Params) -> None:
                          f"must be a multiple of num_generations ({p.num_generations})")
     if p.prompt_language not in SYSTEM_PROMPTS:
         raise ParamError(f"prompt_language={p.prompt_language!r}: expected one of {sorted(SYSTEM_PROMPTS)}")
+    for name, allowed in (("loss_type", LOSS_TYPES), ("importance_sampling_level", IMPORTANCE_SAMPLING_LEVELS),
+                          ("scale_rewards", SCALE_REWARDS)):
+        if getattr(p, name) not in allowed:
+            raise ParamError(f"{name}={getattr(p, name)!r}: expected one of {', '.join(allowed)}")
 
 
-def load_data(p: Params):
-    """(training prompts, evaluation problems, skip report), checked before any run folder exists.
+@dataclass
+class GrpoData(Data):
+    warmup: Any = None  # the SFT warm-up's worked solutions as tokens (None: no warm-up)
+
+
+@dataclass
+class GrpoModel(LoadedModel):
+    rollouts: Rollouts | None = None  # who samples the completions: vLLM or HF generate
+    engine: Any = None  # the lab's vLLM engine (rollouts and grading); None for HF generate and Unsloth's vLLM
+
+
+class Graded(NamedTuple):
+    answers: list[str]  # greedy completions, one per problem
+    grades: dict  # correct / tagged / formatted per problem (see grade)
+
+
+def load_data(p: Params) -> GrpoData:
+    """Training prompts and held-out problems (`heldout`), checked before any run folder exists.
 
     The model's tokenizer (not the model) is loaded here: prompts longer than max_prompt_length
     tokens are skipped and reported.
@@ -131,41 +162,63 @@ def load_data(p: Params):
         path = resolve_gsm8k_file(p.data_file, "train.jsonl")
         train_prompts, problems = split_heldout(train_prompts, p.heldout_rows, p.seed, path)
     print(f"[lab] {p.data_file}: {report.summary()}; {len(train_prompts)} train prompts, {len(problems)} eval problems")
-    return train_prompts, problems, report
+    return GrpoData(train=train_prompts, heldout=problems, report=report)
 
 
-def setup_run(p: Params):
+def build_dataset(p: Params, data: GrpoData) -> GrpoData:
+    """GRPO trains on the prompts as they are (TRL applies the chat template; the rewards read each row's
+    `answer`); the SFT warm-up trains on the same problems' worked solutions in the target layout,
+    tokenised here by the model's tokenizer, before any run folder exists."""
+    if p.sft_warmup_steps <= 0:
+        return data
+    tokenizer = load_data_tokenizer(p)
+    warmup = rows_left(tokenize_dataset(worked_solution_conversations(data.train), tokenizer, p.max_seq_length),
+                       resolve_gsm8k_file(p.data_file, "train.jsonl"),
+                       f"tokenizing the warm-up's worked solutions (all beyond max_seq_length={p.max_seq_length})",
+                       "raise max_seq_length or set sft_warmup_steps: 0")
+    return replace(data, warmup=warmup)
+
+
+def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    """(LoRA model, tokenizer, backend, rollouts); with vLLM on unsloth the engine comes with the model."""
+def start_engine(p: Params) -> tuple[Rollouts, Any]:
+    """(rollouts, the lab's vLLM engine or None), before the run folder exists: vLLM missing, no room for
+    its KV cache or an architecture it cannot serve stop the run in one line and leave nothing behind.
+    The engine samples the rollouts (through TRL's rollout_func) and writes the graded greedy answers."""
     backend = get_backend(p.backend)
     rollouts = choose_rollouts(p.rollouts, backend)
     print(f"[lab] rollouts: {rollouts.engine} ({rollouts.reason})", flush=True)
-    if rollouts.uses_vllm and backend.is_unsloth:
+    if not rollouts.lab_engine:
+        return rollouts, None
+    dtype = str(weights_dtype(p.precision, backend.device)).removeprefix("torch.")
+    return rollouts, start_rollout_engine(p, str(resolve_model(p.model)), dtype)
+
+
+def load_model(p: Params, rollouts: Rollouts | None = None, engine=None) -> GrpoModel:
+    """The LoRA model, tokenizer, backend and rollouts (chosen here when not given); with vLLM on unsloth
+    the engine comes with the model, the lab's own engine (start_engine) is passed in."""
+    backend = get_backend(p.backend)
+    rollouts = rollouts or choose_rollouts(p.rollouts, backend)
+    if rollouts.uses_vllm and rollouts.unsloth:
         model, tokenizer = load_fast_inference_model(p, resolve_model(p.model))
     else:
         model, tokenizer = build_lora_model(p, backend)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return model, tokenizer, backend, rollouts
+    return GrpoModel(model, tokenizer, backend, rollouts, engine)
 
 
-def build_dataset(p: Params, data, tokenizer):
-    """(training prompts, evaluation problems, skip report, warm-up tokens). GRPO trains on the prompts as
-    they are (TRL applies the chat template; the rewards read each row's `answer`); the SFT warm-up trains
-    on the same problems' worked solutions in the target layout, tokenised here."""
-    train_prompts, problems, report = data
-    warmup_tokens = None
-    if p.sft_warmup_steps > 0:
-        warmup_tokens = tokenize_dataset(worked_solution_conversations(train_prompts), tokenizer, p.max_seq_length)
-    return train_prompts, problems, report, warmup_tokens
-
-
-def evaluate(p: Params, model, tokenizer, problems) -> tuple[list[str], dict]:
-    """Greedy answers (fixed decoding, so before and after are comparable) and their grades."""
-    completions = generate(model, tokenizer, problems["prompt"], max_new_tokens=p.max_new_tokens)
-    return completions, grade(completions, problems)
+def evaluate(p: Params, lm: GrpoModel, data: GrpoData, base: bool = False) -> Graded:
+    """Greedy answers to the held-out problems (fixed decoding, so before and after are comparable), graded:
+    by the vLLM engine when there is one (the adapter as it is now, or the base model), else HF generate."""
+    if lm.engine is None:
+        completions = generate(lm.model, lm.tokenizer, data.heldout["prompt"], max_new_tokens=p.max_new_tokens)
+    else:
+        if not base:
+            lm.engine.publish(lm.model)
+        completions = lm.engine.greedy(lm.tokenizer, data.heldout["prompt"], p.max_new_tokens, base=base)
+    return Graded(completions, grade(completions, data.heldout))
 
 
 def reward_functions(p: Params) -> list:
@@ -199,23 +252,23 @@ def accuracy(grades: dict, when: str) -> dict:
             f"format_rate_{when}": share(grades["formatted"])}
 
 
-def warm_up(p: Params, model, tokenizer, warmup_tokens, run, backend) -> dict:
+def warm_up(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
     """Supervised steps on worked solutions in the target format (see Params), by the shared SFT loop;
-    its checkpoints and logs go to <run>/sft_warmup/.
+    its checkpoints and logs go to <run_dir>/sft_warmup/.
 
     Skipped when sft_warmup_steps is 0, and when GRPO has already saved a checkpoint (resuming loads the
     warmed-up-and-trained adapter from it).
     """
-    if warmup_tokens is None or last_checkpoint(run / "checkpoints"):
+    if data.warmup is None or last_checkpoint(run_dir / "checkpoints"):
         return {"sft_warmup_steps": 0, "sft_warmup_history": []}
-    trainer, history = make_trainer(warmup_params(p), model, tokenizer, warmup_tokens, None, run / "sft_warmup", backend)
-    outcome = train_from_last_checkpoint(trainer, run / "sft_warmup")
-    losses = [r["loss"] for r in history.records if "loss" in r]
-    print(f"[lab] SFT warm-up: {outcome['global_step']} steps on {len(warmup_tokens)} worked solutions, "
+    outcome = train_lora(warmup_params(p), lm.model, lm.tokenizer, data.warmup, None, run_dir / "sft_warmup",
+                         lm.backend)
+    losses = [r["loss"] for r in outcome["history"] if "loss" in r]
+    print(f"[lab] SFT warm-up: {outcome['global_step']} steps on {len(data.warmup)} worked solutions, "
           f"loss {losses[0] if losses else None} -> {losses[-1] if losses else None}")
-    return {"sft_warmup_steps": outcome["global_step"], "sft_warmup_rows": len(warmup_tokens),
+    return {"sft_warmup_steps": outcome["global_step"], "sft_warmup_rows": len(data.warmup),
             "sft_warmup_seconds": outcome["train_seconds"], "sft_warmup_loss_first": losses[0] if losses else None,
-            "sft_warmup_loss_last": losses[-1] if losses else None, "sft_warmup_history": history.records}
+            "sft_warmup_loss_last": losses[-1] if losses else None, "sft_warmup_history": outcome["history"]}
 
 
 def warmup_params(p: Params) -> LoraSFTParams:
@@ -228,24 +281,23 @@ def warmup_params(p: Params) -> LoraSFTParams:
                             "save_steps": max(p.sft_warmup_steps, 1), "save_total_limit": 1})
 
 
-def train(p: Params, model, tokenizer, train_prompts, run, backend, rollouts) -> dict:
-    """GRPO steps (resuming from the run's last checkpoint); every logged record kept."""
+def train(p: Params, lm: GrpoModel, data: GrpoData, run_dir: Path) -> dict:
+    """GRPO steps (resuming from the run's last checkpoint); every logged record kept. With the lab's vLLM
+    engine, TRL's rollout_func hands it each generation (the adapter being trained, published first)."""
     from trl import GRPOConfig, GRPOTrainer
 
     args = training_arguments(
-        p, run, backend, GRPOConfig, num_generations=p.num_generations, max_completion_length=p.max_completion_length,
-        temperature=p.temperature, beta=p.beta, reward_weights=[float(w) for w in p.reward_weights],
+        p, run_dir, lm.backend, GRPOConfig, num_generations=p.num_generations,
+        max_completion_length=p.max_completion_length, temperature=p.temperature, beta=p.beta,
+        reward_weights=[float(w) for w in p.reward_weights],
+        loss_type=p.loss_type, importance_sampling_level=p.importance_sampling_level, scale_rewards=p.scale_rewards,
         include_num_input_tokens_seen="no",  # GRPO's batches are prompt rows, not token tensors to count
-        **vllm_config_kwargs(p, rollouts, backend))
-    history = LossHistory()
-    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward_functions(p), args=args,
-                          train_dataset=train_prompts, callbacks=[history], optimizers=lora_plus_optimizers(p, model))
-    show_progress(trainer)  # one bar instead of a dict of strings printed per step
-    outcome = train_from_last_checkpoint(trainer, run)
-    if "ref" in getattr(model, "peft_config", {}):
-        # TRL keeps a frozen copy of the starting adapter as the KL reference; only the trained one is the result
-        model.delete_adapter("ref")
-    return {**outcome, "rollouts": rollouts.engine, "history": history.records}
+        **vllm_config_kwargs(p, lm.rollouts, lm.backend))
+    trainer, history = build_trainer(p, GRPOTrainer, lm.model, args, data.train, processing_class=lm.tokenizer,
+                                     reward_funcs=reward_functions(p),
+                                     rollout_func=VllmRolloutFunc(lm.engine) if lm.engine else None)
+    outcome = run_trainer(p, trainer, history, run_dir, loss_before_after=False)
+    return {**outcome, "rollouts": lm.rollouts.engine}
 
 
 def all_scores(graded_before: dict, graded_warm: dict | None, graded_after: dict) -> dict:
@@ -268,44 +320,50 @@ def quarter_means(history: list[dict]) -> dict:
     return {"reward_first_quarter": share(rewards[:quarter]), "reward_last_quarter": share(rewards[-quarter:])}
 
 
-def samples_table(problems, before: list[str], after: list[str], graded_before: dict, graded_after: dict):
+def samples_table(problems, before: Graded, after: Graded) -> pd.DataFrame:
     return pd.DataFrame({
         "question": [prompt[-1]["content"] for prompt in problems["prompt"]],
         "gold": problems["answer"],
-        "before": before, "before_correct": graded_before["correct"],
-        "after": after, "after_correct": graded_after["correct"],
+        "before": before.answers, "before_correct": before.grades["correct"],
+        "after": after.answers, "after_correct": after.grades["correct"],
     })
 
 
-def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, table, report, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+def save_artifacts(p: Params, run_dir: Path, lm: GrpoModel, data: GrpoData, outcome: dict, scores: dict,
+                   table: pd.DataFrame) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     history = outcome["history"]
     rewards = [r["reward"] for r in history if "reward" in r]
     metrics.update({**scores, "reward_first": rewards[0] if rewards else None,
                     "reward_last": rewards[-1] if rewards else None, **quarter_means(history)})
     if is_main_process():  # one rank writes (DDP)
-        write_table(table, run, "samples")
-        plots.plot_reward_curves(history, run / "rewards.png", title=f"{p.model} GRPO")
-        plots.plot_grpo_dynamics(history, run / "dynamics.png")
-    finish_run(run, EXPERIMENT, metrics, headline=("accuracy_before", "accuracy_after"))
+        write_table(table, run_dir, "samples")
+        plots.plot_reward_curves(history, run_dir / "rewards.png", title=f"{p.model} GRPO")
+        plots.plot_grpo_dynamics(history, run_dir / "dynamics.png")
+    finish_run(run_dir, EXPERIMENT, metrics, headline=("accuracy_before", "accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend, rollouts = load_model(p)
-    train_prompts, problems, report, warmup_tokens = build_dataset(p, data, tokenizer)
-    before, graded_before = evaluate(p, model, tokenizer, problems)
-    warmup = warm_up(p, model, tokenizer, warmup_tokens, run_path, backend)
-    graded_warm = evaluate(p, model, tokenizer, problems)[1] if warmup["sft_warmup_steps"] else None
-    outcome = {**train(p, model, tokenizer, train_prompts, run_path, backend, rollouts), **warmup}
-    after, graded_after = evaluate(p, model, tokenizer, problems)
-    scores = all_scores(graded_before, graded_warm, graded_after)
-    table = samples_table(problems, before, after, graded_before, graded_after)
-    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, table, report, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "samples": table}
+    data = build_dataset(p, load_data(p))
+    rollouts, engine = start_engine(p)
+    try:
+        run_dir = setup_run(p)
+        lm = load_model(p, rollouts, engine)
+        before = evaluate(p, lm, data, base=True)
+        warmup = warm_up(p, lm, data, run_dir)
+        warm = evaluate(p, lm, data) if warmup["sft_warmup_steps"] else None
+        outcome = {**train(p, lm, data, run_dir), **warmup}
+        after = evaluate(p, lm, data)
+        outcome.update(engine.stats() if engine else {})
+    finally:
+        if engine:
+            engine.close()
+    scores = all_scores(before.grades, warm.grades if warm else None, after.grades)
+    table = samples_table(data.heldout, before, after)
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, scores, table)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "samples": table}
 
 
 def main(argv=None):

@@ -16,21 +16,23 @@ Multi-GPU (DDP, DeepSpeed, FSDP) needs no change here, only a launcher:
 Every rank trains; only the main one creates the run folder and writes files.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pandas as pd
 
 from data_loaders.alpaca import load_chat_file
-from data_loaders.common import split_heldout
+from data_loaders.common import rows_left, split_heldout
 from lab_utils.core.artifacts import setup_logging, write_table
 from lab_utils.models.chat import check_model_thinking, generate
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
 from lab_utils.training.params import LoraSFTParams
+from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_alpaca"
@@ -46,63 +48,66 @@ class Params(LoraSFTParams):
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
-def load_data(p: Params):
-    """(train conversations, held-out conversations, skip report): read and split before any run folder exists."""
+def load_data(p: Params) -> Data:
+    """Train and held-out conversations and the skip report: read and split before any run folder exists."""
     check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
     dataset, report = load_chat_file(p.data_file, system_prompt=p.system_prompt or None, limit=p.max_rows or None)
     train_rows, heldout = split_heldout(dataset, p.heldout_rows, p.seed, find_data_file(p.data_file))
-    return train_rows, heldout, report
+    return Data(train=train_rows, heldout=heldout, report=report)
 
 
-def setup_run(p: Params):
+def build_dataset(p: Params, data: Data) -> Data:
+    """The training conversations and the held-out ones (the eval loss's rows) as tokens, by the model's
+    tokenizer (the model itself is not needed yet): rows that leave nothing to learn stop here."""
+    tokenizer = load_data_tokenizer(p)
+    path = find_data_file(p.data_file)
+    train_tokens = rows_left(tokenize_dataset(data.train, tokenizer, p.max_seq_length, data.report), path,
+                             f"tokenizing (every answer lies beyond max_seq_length={p.max_seq_length})",
+                             "raise max_seq_length or use shorter rows")
+    eval_tokens = tokenize_dataset(data.heldout, tokenizer, p.max_seq_length)
+    print(f"[lab] {p.data_file}: {data.report.summary()}; {len(train_tokens)} train, {len(data.heldout)} held out")
+    return replace(data, train=train_tokens, eval_set=eval_tokens if len(eval_tokens) else None)
+
+
+def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    return load_lora_model(p)
+def load_model(p: Params) -> LoadedModel:
+    return LoadedModel(*load_lora_model(p))
 
 
-def build_dataset(p: Params, data, tokenizer):
-    """(train tokens, held-out conversations, skip report)."""
-    train_rows, heldout, report = data
-    train_tokens = tokenize_dataset(train_rows, tokenizer, p.max_seq_length, report)
-    print(f"[lab] {p.data_file}: {report.summary()}; {len(train_tokens)} train, {len(heldout)} held out")
-    return train_tokens, heldout, report
-
-
-def evaluate(p: Params, model, tokenizer, heldout) -> list[str]:
+def evaluate(p: Params, lm: LoadedModel, data: Data) -> list[str]:
     """Greedy answers to the held-out prompts (before and after training)."""
-    return generate(model, tokenizer, heldout["messages"], max_new_tokens=p.max_new_tokens)
+    return generate(lm.model, lm.tokenizer, data.heldout["messages"], max_new_tokens=p.max_new_tokens)
 
 
-def train(p: Params, model, tokenizer, train_tokens, heldout, run, backend) -> dict:
-    eval_tokens = tokenize_dataset(heldout, tokenizer, p.max_seq_length)
-    return train_lora(p, model, tokenizer, train_tokens, eval_tokens, run, backend,
-                      sample_conversations=heldout["messages"][:2])
+def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
+    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_set, run_dir, lm.backend,
+                      sample_conversations=data.heldout["messages"][:2])
 
 
-def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, table: pd.DataFrame, report, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, report, backend)
+def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: Data, outcome: dict, table: pd.DataFrame) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     if is_main_process():  # one rank writes (DDP)
-        write_table(table, run, "generations")
-    finish_run(run, EXPERIMENT, metrics, headline=("train_loss",))
+        write_table(table, run_dir, "generations")
+    finish_run(run_dir, EXPERIMENT, metrics, headline=("train_loss",))
     return metrics
 
 
 def run(p: Params) -> dict:
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend = load_model(p)
-    train_tokens, heldout, report = build_dataset(p, data, tokenizer)
-    before = evaluate(p, model, tokenizer, heldout)
-    outcome = train(p, model, tokenizer, train_tokens, heldout, run_path, backend)
-    after = evaluate(p, model, tokenizer, heldout)
-    table = generations_table(heldout, before, after)
-    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, table, report, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "generations": table}
+    data = build_dataset(p, load_data(p))
+    run_dir = setup_run(p)
+    lm = load_model(p)
+    before = evaluate(p, lm, data)
+    outcome = train(p, lm, data, run_dir)
+    after = evaluate(p, lm, data)
+    table = generations_table(data.heldout, before, after)
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, table)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "generations": table}
 
 
 def generations_table(heldout, before: list[str], after: list[str]) -> pd.DataFrame:

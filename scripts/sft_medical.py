@@ -15,19 +15,23 @@ the tuned model on the test split), samples.md/.csv, lengths.png, training.png,
 history.json, skipped_rows.csv, run_complete.json.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from data_loaders.medical_csv import DEFAULT_SYSTEM_PROMPT, load_medical_csv, split_dataset
+from data_loaders.common import data_error, rows_left
+from data_loaders.medical_csv import DEFAULT_SYSTEM_PROMPT, MedicalCSV, load_medical_csv, split_dataset
 from lab_utils.core import plots
 from lab_utils.core.artifacts import setup_logging
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
-from lab_utils.evaluation.evaluate import base_and_tuned_answers, write_text_evaluation
+from lab_utils.evaluation.evaluate import (base_and_tuned_answers, compare_text_metrics, references_of,
+                                          write_text_evaluation)
 from lab_utils.models.chat import check_model_thinking
 from lab_utils.training.params import LoraSFTParams
+from lab_utils.training.steps import Data, LoadedModel
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import load_lora_model
-from lab_utils.training.batching import tokenize_dataset
+from lab_utils.training.batching import load_data_tokenizer, tokenize_dataset
 from lab_utils.training.trainer import train_lora
 
 EXPERIMENT = "sft_medical"
@@ -53,66 +57,85 @@ class Params(LoraSFTParams):
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
-def load_data(p: Params):
-    """Read and clean the CSV (no run folder yet: bad input leaves nothing behind)."""
+@dataclass
+class MedicalData(Data):
+    csv: MedicalCSV | None = None  # how the file was read: encoding, layout, delimiter, columns, rows read
+
+
+def load_data(p: Params) -> MedicalData:
+    """Read, clean and split the CSV (no run folder yet: bad input leaves nothing behind).
+
+    train: the training rows; eval_set: the validation rows (eval loss); heldout: the first
+    heldout_rows test rows, answered by the base and the tuned model."""
     check_model_thinking(p.model, p.enable_thinking)  # a template without the switch: one line, no run folder
-    data = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
-                            system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
-    print(f"[lab] {data.summary()}")
-    return data
+    csv = load_medical_csv(p.data_file, encoding=p.encoding or None, columns=p.columns or None, layout=p.format,
+                           system_prompt=p.system_prompt or None, min_len=p.min_length, max_len=p.max_length)
+    print(f"[lab] {csv.summary()}")
+    try:
+        splits = split_dataset(csv.dataset, seed=p.seed, validation=p.validation_fraction, test=p.test_fraction)
+    except ValueError as err:
+        raise data_error(csv.path, str(err)) from None
+    test = splits["test"].select(range(min(p.heldout_rows, len(splits["test"]))))
+    return MedicalData(train=splits["train"], heldout=test, report=csv.report, eval_set=splits["validation"], csv=csv)
 
 
-def setup_run(p: Params):
+def build_dataset(p: Params, data: MedicalData) -> MedicalData:
+    """Training and validation rows as tokens, by the model's tokenizer (not the model): rows that leave
+    nothing to learn stop here, before the run folder exists."""
+    tokenizer = load_data_tokenizer(p)
+    train_tokens = rows_left(tokenize_dataset(data.train, tokenizer, p.max_seq_length, data.report), data.csv.path,
+                             f"tokenizing (every answer lies beyond max_seq_length={p.max_seq_length})",
+                             "raise max_seq_length or lower max_length")
+    validation_tokens = tokenize_dataset(data.eval_set, tokenizer, p.max_seq_length)
+    print(f"[lab] split: {len(train_tokens)} train, {len(validation_tokens)} validation, "
+          f"{len(data.heldout)} test rows evaluated")
+    return replace(data, train=train_tokens, eval_set=validation_tokens if len(validation_tokens) else None)
+
+
+def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    return load_lora_model(p)
+def load_model(p: Params) -> LoadedModel:
+    return LoadedModel(*load_lora_model(p))
 
 
-def build_dataset(p: Params, data, tokenizer):
-    """(train tokens, validation tokens, test conversations) from a seeded split."""
-    splits = split_dataset(data.dataset, seed=p.seed, validation=p.validation_fraction, test=p.test_fraction)
-    train_tokens = tokenize_dataset(splits["train"], tokenizer, p.max_seq_length, data.report)
-    validation_tokens = tokenize_dataset(splits["validation"], tokenizer, p.max_seq_length)
-    test = splits["test"].select(range(min(p.heldout_rows, len(splits["test"]))))
-    print(f"[lab] split: {len(train_tokens)} train, {len(validation_tokens)} validation, {len(test)} test rows evaluated")
-    return train_tokens, validation_tokens, test
+def evaluate(p: Params, lm: LoadedModel, data: MedicalData) -> dict:
+    """Answers of the base model (adapter off) and the tuned one to the test rows, and their BLEU-4 / ROUGE."""
+    conversations = data.heldout["messages"]
+    base, tuned = base_and_tuned_answers(lm.model, lm.tokenizer, conversations, max_new_tokens=p.max_new_tokens)
+    return {"base": base, "tuned": tuned, "scores": compare_text_metrics(base, tuned, references_of(conversations))}
 
 
-def evaluate(p: Params, run, model, tokenizer, test) -> dict:
-    """BLEU-4 / ROUGE of the base model (adapter off) and the tuned one on the test rows."""
-    base, tuned = base_and_tuned_answers(model, tokenizer, test["messages"], max_new_tokens=p.max_new_tokens)
-    return write_text_evaluation(run, test["messages"], base, tuned, title=f"{p.model}: base vs LoRA")
+def train(p: Params, lm: LoadedModel, data: MedicalData, run_dir: Path) -> dict:
+    return train_lora(p, lm.model, lm.tokenizer, data.train, data.eval_set, run_dir, lm.backend,
+                      sample_conversations=data.heldout["messages"][:2])
 
 
-def train(p: Params, model, tokenizer, train_tokens, validation_tokens, test, run, backend) -> dict:
-    return train_lora(p, model, tokenizer, train_tokens, validation_tokens, run, backend,
-                      sample_conversations=test["messages"][:2])
-
-
-def save_artifacts(p: Params, run, model, tokenizer, outcome: dict, scores: dict, data, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, tokenizer, outcome, data.report, backend)
-    metrics.update({"data": encoding_report(data),
+def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: MedicalData, outcome: dict,
+                   evaluation: dict) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
+    scores = write_text_evaluation(run_dir, data.heldout["messages"], evaluation["base"], evaluation["tuned"],
+                                   title=f"{p.model}: base vs LoRA")
+    metrics.update({"data": encoding_report(data.csv),
                     **{f"{side}_{name}": scores[side][name] for side in ("base", "tuned")
                        for name in ("bleu4", "rouge1", "rouge2", "rougeL")}})
-    finish_run(run, EXPERIMENT, metrics, headline=("tuned_rougeL",))
+    finish_run(run_dir, EXPERIMENT, metrics, headline=("tuned_rougeL",))
     return metrics
 
 
 def run(p: Params) -> dict:
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, tokenizer, backend = load_model(p)
-    train_tokens, validation_tokens, test = build_dataset(p, data, tokenizer)
-    plot_lengths(run_path, train_tokens)
-    outcome = train(p, model, tokenizer, train_tokens, validation_tokens, test, run_path, backend)
-    scores = evaluate(p, run_path, model, tokenizer, test)
-    metrics = save_artifacts(p, run_path, model, tokenizer, outcome, scores, data, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "scores": scores}
+    data = build_dataset(p, load_data(p))
+    run_dir = setup_run(p)
+    lm = load_model(p)
+    plot_lengths(run_dir, data.train)
+    outcome = train(p, lm, data, run_dir)
+    evaluation = evaluate(p, lm, data)
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, evaluation)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "scores": evaluation["scores"]}
 
 
 def encoding_report(data) -> dict:
@@ -122,9 +145,9 @@ def encoding_report(data) -> dict:
             "rows_skipped": data.report.counts()}
 
 
-def plot_lengths(run, train_tokens):
+def plot_lengths(run_dir, train_tokens):
     """Token lengths of the training rows; written to the run folder by the main rank only (DDP)."""
-    path = run / "lengths.png" if run and is_main_process() else None
+    path = run_dir / "lengths.png" if run_dir and is_main_process() else None
     return plots.plot_length_histogram(train_tokens["length"], path)
 
 
@@ -133,7 +156,8 @@ def main(argv=None):
     result = run_cli(run, Params, argv, description=__doc__)
     for side in ("base", "tuned"):
         s = result["scores"][side]
-        print(f"{side:>6}: BLEU-4 {s['bleu4']:.1f}  ROUGE-1 {s['rouge1']:.1f}  ROUGE-2 {s['rouge2']:.1f}  ROUGE-L {s['rougeL']:.1f}")
+        print(f"{side:>6}: BLEU-4 {s['bleu4']:.1f}  ROUGE-1 {s['rouge1']:.1f}  ROUGE-2 {s['rouge2']:.1f}  "
+              f"ROUGE-L {s['rougeL']:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ system/user turns and every image token).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -31,9 +32,9 @@ from lab_utils.core.backend import get_backend
 from lab_utils.core.config import run_cli
 from lab_utils.core.distributed import is_main_process
 from lab_utils.core.paths import find_data_file
-from lab_utils.core.progress import show_progress
 from lab_utils.training.params import EvalParams, LoraParams, OptimParams, RunParams
-from lab_utils.training.trainer import (LossHistory, evaluate_then_train, lora_plus_optimizers, sample_answers_during_training, training_arguments)
+from lab_utils.training.steps import Data, LoadedModel
+from lab_utils.training.trainer import build_trainer, run_trainer, training_arguments
 from lab_utils.training.runs import finish_run, open_run, save_training_artifacts
 from lab_utils.training.lora import trainable_parameters
 from lab_utils.vision.answers import char_accuracy, generate_answers, score_answers
@@ -75,7 +76,9 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
     cpu_threads: int = 1  # torch threads on CPU (0 = torch's default); see load_model
     grid_images: int = 12  # held-out images drawn in samples.png
     # the CPU demo's model is tiny and random: it needs a high learning rate (see the notebook)
-    model: str = "tiny-qwen2.5-vl"  # registry name (tiny-qwen3-vl on CPU; qwen2.5-vl-3b, qwen3-vl-2b/4b/8b on GPU), local folder or hub id
+
+    # registry name (tiny-qwen3-vl on CPU; qwen2.5-vl-3b, qwen3-vl-2b/4b/8b on GPU), local folder or hub id
+    model: str = "tiny-qwen2.5-vl"
     lora_alpha: int = 16
     learning_rate: float = 1e-2
     batch_size: int = 8
@@ -86,10 +89,10 @@ class Params(RunParams, LoraParams, OptimParams, EvalParams):
 
 
 # Every experiment has the same steps, in this order (tests/test_experiment_steps.py checks it):
-# load_data, setup_run, load_model, build_dataset, evaluate, train, save_artifacts, run, main.
+# load_data, build_dataset, setup_run, load_model, evaluate, train, save_artifacts, run, main.
 
-def load_data(p: Params):
-    """(train rows, held-out rows, skip report) from the sheet; fails before any model or run folder."""
+def load_data(p: Params) -> Data:
+    """Train rows, held-out rows and the skip report from the sheet; fails before any model or run folder."""
     if p.load_in_8bit:
         raise ParamError("load_in_8bit is not supported for vision models; use load_in_4bit (QLoRA) on a GPU")
     check_pixel_bounds(p.model, p.min_pixels, p.max_pixels)
@@ -101,15 +104,21 @@ def load_data(p: Params):
     )
     train_rows, heldout = split_heldout(rows, p.heldout_rows, p.seed, find_data_file(p.sheet))
     print(f"[lab] {p.sheet}: {report.summary()}; {len(train_rows)} train, {len(heldout)} held out")
-    return train_rows, heldout, report
+    return Data(train=train_rows, heldout=heldout, report=report)
 
 
-def setup_run(p: Params):
+def build_dataset(p: Params, data: Data) -> Data:
+    """Image rows stay rows: the collator (lab_utils.vision.collator) turns each batch into tensors with the
+    processor, answer tokens labelled. The held-out rows are the eval loss's rows too."""
+    return replace(data, eval_set=data.heldout if len(data.heldout) else None)
+
+
+def setup_run(p: Params) -> Path:
     return open_run(EXPERIMENT, p)
 
 
-def load_model(p: Params):
-    """(model with LoRA, processor, backend): Unsloth FastVisionModel on a CUDA box that has it, else peft."""
+def load_model(p: Params) -> LoadedModel:
+    """Model with LoRA, processor, backend: Unsloth FastVisionModel on a CUDA box that has it, else peft."""
     backend = get_backend(p.backend)
     if backend.device == "cpu" and p.cpu_threads > 0:
         import torch
@@ -129,47 +138,38 @@ def load_model(p: Params):
                             finetune_mlp_modules=p.lora_mlp, seed=p.seed,
                             modules_to_save=p.modules_to_save)
     print(f"[lab] {p.model}: {trainable_parameters(model)}")
-    return model, processor, backend
+    return LoadedModel(model, processor, backend)
 
 
-def build_dataset(p: Params, data, processor):
-    """(train rows, held-out rows, skip report): image rows stay rows; the collator
-    (lab_utils.vision.collator) turns each batch into tensors with the processor, answer tokens labelled."""
-    return data
-
-
-def evaluate(p: Params, model, processor, heldout, backend) -> list[str]:
+def evaluate(p: Params, lm: LoadedModel, data: Data) -> list[str]:
     """Greedy answers to the held-out images (fixed decoding: before and after are comparable)."""
-    if len(heldout) == 0:
+    return answer_images(p, lm, data.heldout)
+
+
+def answer_images(p: Params, lm: LoadedModel, rows) -> list[str]:
+    if len(rows) == 0:
         return []
-    set_mode(model, backend, training=False)
-    questions = [m[-2]["content"][-1]["text"] for m in heldout["messages"]]
-    return generate_answers(model, processor, heldout["images"], questions, max_new_tokens=p.max_new_tokens,
+    set_mode(lm.model, lm.backend, training=False)
+    questions = [m[-2]["content"][-1]["text"] for m in rows["messages"]]
+    return generate_answers(lm.model, lm.tokenizer, rows["images"], questions, max_new_tokens=p.max_new_tokens,
                             system=p.system_prompt or None)
 
 
-def train(p: Params, model, processor, train_rows, heldout, run, backend) -> dict:
+def train(p: Params, lm: LoadedModel, data: Data, run_dir: Path) -> dict:
     from trl import SFTConfig, SFTTrainer  # after load_model: unsloth must patch trl before it is imported
 
-    set_mode(model, backend, training=True)
-    args = training_arguments(p, run, backend, SFTConfig, **vision_sft_config())
-    history = LossHistory()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows,
-                         eval_dataset=heldout if len(heldout) else None, processing_class=processor,
-                         data_collator=make_vision_collator(model, processor, backend, max_length=p.max_seq_length),
-                         callbacks=[history], optimizers=lora_plus_optimizers(p, model))
-    show_progress(trainer)  # one bar instead of a dict of strings printed per step
-    samples = sample_answers_during_training(trainer, p, lambda: answer_between_steps(p, model, processor, heldout, backend))
-    eval_before, outcome = evaluate_then_train(trainer, run, evaluate_first=trainer.eval_dataset is not None)
-    eval_after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
-    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": eval_after, "history": history.records,
-            "samples_during_training": samples}
+    set_mode(lm.model, lm.backend, training=True)
+    args = training_arguments(p, run_dir, lm.backend, SFTConfig, **vision_sft_config())
+    collator = make_vision_collator(lm.model, lm.tokenizer, lm.backend, max_length=p.max_seq_length)
+    trainer, history = build_trainer(p, SFTTrainer, lm.model, args, data.train, data.eval_set,
+                                     processing_class=lm.tokenizer, data_collator=collator)
+    return run_trainer(p, trainer, history, run_dir, answer=lambda: answer_between_steps(p, lm, data.heldout))
 
 
-def answer_between_steps(p: Params, model, processor, heldout, backend) -> list[str]:
+def answer_between_steps(p: Params, lm: LoadedModel, heldout) -> list[str]:
     """The first two held-out images answered mid-training; the model goes back to training mode after."""
-    answers = evaluate(p, model, processor, heldout.select(range(min(2, len(heldout)))), backend)
-    set_mode(model, backend, training=True)
+    answers = answer_images(p, lm, heldout.select(range(min(2, len(heldout)))))
+    set_mode(lm.model, lm.backend, training=True)
     return answers
 
 
@@ -213,30 +213,29 @@ def sample_grid(p: Params, heldout, table: pd.DataFrame, path=None):
                                  title=f"{p.model}: held-out images")
 
 
-def save_artifacts(p: Params, run, model, processor, outcome: dict, table: pd.DataFrame, heldout, report, backend) -> dict:
-    metrics = save_training_artifacts(p, run, model, processor, outcome, report, backend)
+def save_artifacts(p: Params, run_dir: Path, lm: LoadedModel, data: Data, outcome: dict, table: pd.DataFrame) -> dict:
+    metrics = save_training_artifacts(p, run_dir, lm.model, lm.tokenizer, outcome, data.report, lm.backend)
     metrics.update(score_table(table))
     if is_main_process():  # one rank writes (DDP)
-        write_table(table, run, "answers")
-        plt.close(sample_grid(p, heldout, table, run / "samples.png"))  # on disk; a notebook drew its own
-    finish_run(run, EXPERIMENT, metrics, headline=("train_loss", "char_accuracy_after"))
+        write_table(table, run_dir, "answers")
+        plt.close(sample_grid(p, data.heldout, table, run_dir / "samples.png"))  # on disk; a notebook drew its own
+    finish_run(run_dir, EXPERIMENT, metrics, headline=("train_loss", "char_accuracy_after"))
     return metrics
 
 
 def run(p: Params) -> dict:
     started = time.time()
-    data = load_data(p)
-    run_path = setup_run(p)
-    model, processor, backend = load_model(p)
-    train_rows, heldout, report = build_dataset(p, data, processor)
-    before = evaluate(p, model, processor, heldout, backend)
-    outcome = train(p, model, processor, train_rows, heldout, run_path, backend)
-    after = evaluate(p, model, processor, heldout, backend)
-    table = answers_table(heldout, before, after)
+    data = build_dataset(p, load_data(p))
+    run_dir = setup_run(p)
+    lm = load_model(p)
+    before = evaluate(p, lm, data)
+    outcome = train(p, lm, data, run_dir)
+    after = evaluate(p, lm, data)
+    table = answers_table(data.heldout, before, after)
     outcome["run_seconds"] = round(time.time() - started, 2)
-    metrics = save_artifacts(p, run_path, model, processor, outcome, table, heldout, report, backend)
-    print(f"[lab] done: {run_path}")
-    return {"run_dir": str(run_path), "metrics": metrics, "answers": table}
+    metrics = save_artifacts(p, run_dir, lm, data, outcome, table)
+    print(f"[lab] done: {run_dir}")
+    return {"run_dir": str(run_dir), "metrics": metrics, "answers": table}
 
 
 def main(argv=None):

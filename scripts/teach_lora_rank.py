@@ -90,7 +90,8 @@ def parameter_table(shapes: pd.DataFrame, ranks) -> pd.DataFrame:
                      **{f"r={c['rank']}": c["lora"] for c in counts},
                      "break_even_r": lowrank.lora_break_even_rank((s.d_out, s.d_in))})
     table = pd.DataFrame(rows)
-    every = {"module": "all adapted (x layers)", "shape": "", "layers": int(table["layers"].sum()), "break_even_r": None}
+    every = {"module": "all adapted (x layers)", "shape": "", "layers": int(table["layers"].sum()),
+             "break_even_r": None}
     every.update({c: int((table[c] * table["layers"]).sum()) for c in ["full"] + [f"r={r}" for r in ranks]})
     return pd.concat([table, pd.DataFrame([every])], ignore_index=True)
 
@@ -222,7 +223,8 @@ def merge_check(p: Params, adapter, module: str) -> dict:
 
 
 def plot_parameter_counts(run: Path, counts: dict):
-    return plots.plot_lora_parameter_counts(counts["ranks"], counts["per_module"], counts["total"], run / "parameter_counts.png")
+    return plots.plot_lora_parameter_counts(counts["ranks"], counts["per_module"], counts["total"],
+                                            run / "parameter_counts.png")
 
 
 def plot_adapter_spectra(run: Path, spectra: dict, adapter):
@@ -245,7 +247,8 @@ def summarise(adapter, ranks_table: pd.DataFrame, dense: dict, merge: dict, ener
         "use_rslora": bool(adapter.config.get("use_rslora", False)), "scale": adapter.scale,
         "modules": len(ranks_table), "max_rank_seen": int(ranks_table["rank"].max()),
         "energy_fraction": energy_fraction,
-        "effective_rank": {"min": int(ranks_table["effective_rank"].min()), "max": int(ranks_table["effective_rank"].max()),
+        "effective_rank": {"min": int(ranks_table["effective_rank"].min()),
+                           "max": int(ranks_table["effective_rank"].max()),
                            "mean": float(ranks_table["effective_rank"].mean()),
                            "mean_by_kind": {k: float(v) for k, v in by_kind.mean().items()}},
         "dense_check": {k: v for k, v in dense.items() if k != "singular_values"},
@@ -266,7 +269,8 @@ def save_results(p: Params, run, table, adapter, ranks_table, dense, merge) -> d
     metrics = summarise(adapter, ranks_table, dense, merge, p.energy_fraction)
     write_json(metrics, run / "metrics.json")
     mark_complete(run, {"max_rank_seen": metrics["max_rank_seen"], "r": adapter.rank})
-    print(f"teach_lora_rank: r={adapter.rank}, rank(dW) <= {metrics['max_rank_seen']} over {metrics['modules']} modules, "
+    print(f"teach_lora_rank: r={adapter.rank}, rank(dW) <= {metrics['max_rank_seen']} "
+          f"over {metrics['modules']} modules, "
           f"effective rank ({p.energy_fraction:.0%} energy) {metrics['effective_rank']['min']}.."
           f"{metrics['effective_rank']['max']}, merged vs unmerged max |logit diff| "
           f"{merge['max_abs_diff_merged_vs_unmerged']:.2e}; wrote {run}")

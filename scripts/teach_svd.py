@@ -97,8 +97,8 @@ def summarise(p: Params, image, svds, ranks, errors, bounds) -> dict:
     storage, full_numbers = storage_by_rank(image, ranks)
     total = np.linalg.norm(image)
     grid = [
-        {"rank": k, "error": float(errors[k]), "eckart_young": float(bounds[k]), "relative_error": float(errors[k] / total),
-         "compression_ratio": full_numbers / storage[k] if k else None}
+        {"rank": k, "error": float(errors[k]), "eckart_young": float(bounds[k]),
+         "relative_error": float(errors[k] / total), "compression_ratio": full_numbers / storage[k] if k else None}
         for k in p.grid_ranks if k < len(errors)
     ]
     return {
@@ -124,7 +124,8 @@ def plot_spectrum(run: Path, svds):
 def plot_reconstructions(p: Params, run: Path, image, svds):
     grid_ranks = [k for k in p.grid_ranks if k <= len(svds[0][1])]
     images = [image] + [lowrank.reconstruct_channels(svds, k) for k in grid_ranks]
-    titles = ["original"] + [f"rank {k} ({lowrank.compression_ratio(image.shape[:2], k):.1f}x smaller)" for k in grid_ranks]
+    titles = ["original"] + [f"rank {k} ({lowrank.compression_ratio(image.shape[:2], k):.1f}x smaller)"
+                             for k in grid_ranks]
     return plots.plot_image_grid(images, titles, run / "reconstructions.png")
 
 

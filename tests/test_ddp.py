@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.ddp]
+pytestmark = pytest.mark.ddp
 
 DRIVER = '''
 import importlib, os, sys
@@ -32,10 +32,10 @@ experiment = importlib.import_module("scripts." + sys.argv[1])
 dump_dir, argv = sys.argv[2], sys.argv[3:]
 real_save_artifacts = experiment.save_artifacts
 
-def save_artifacts_and_dump_rank(p, run, model, *args, **kwargs):
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+def save_artifacts_and_dump_rank(p, run_dir, lm, *args, **kwargs):
+    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(lm.model).items()}
     save_file(weights, os.path.join(dump_dir, f"rank{os.environ['RANK']}.safetensors"))
-    return real_save_artifacts(p, run, model, *args, **kwargs)
+    return real_save_artifacts(p, run_dir, lm, *args, **kwargs)
 
 experiment.save_artifacts = save_artifacts_and_dump_rank
 experiment.main(argv)

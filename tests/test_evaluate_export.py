@@ -40,8 +40,9 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LAB_OUTPUT_DIR", str(out))
-        sft_alpaca.run(sft_alpaca.Params(max_rows=24, heldout_rows=2, max_steps=6, batch_size=8, lora_r=8, lora_alpha=16,
-                                         learning_rate=1e-3, max_new_tokens=4, max_seq_length=128, save_steps=100,
+        sft_alpaca.run(sft_alpaca.Params(max_rows=24, heldout_rows=2, max_steps=6, batch_size=8, lora_r=8,
+                                         lora_alpha=16, learning_rate=1e-3, max_new_tokens=4, max_seq_length=128,
+                                         save_steps=100,
                                          report_to="none", run_name="trained"))
     return out / "sft_alpaca" / "trained"
 
@@ -57,7 +58,7 @@ def test_switching_adapters_changes_the_answers(two_runs, tmp_path):
     assert (tmp_path / "ab.md").exists() and (tmp_path / "ab.csv").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     from data_loaders.alpaca import load_chat_file
     from lab_utils.models.chat import render
@@ -70,7 +71,6 @@ def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     assert perplexity(model, tokenizer, texts) < base
 
 
-@pytest.mark.slow
 def test_chat_through_a_pipe_answers_and_exits(trained_run):
     done = subprocess.run([sys.executable, "-m", "scripts.chat", "--target", str(trained_run), "--max_new_tokens", "8"],
                           input="What is the capital of Japan?\n/reset\nHi\n/exit\nnever read\n", cwd=REPO_ROOT,
@@ -88,7 +88,8 @@ def test_chat_and_serve_refuse_a_missing_target(tmp_path):
 
 def test_serve_prints_lora_and_merged_commands(two_runs, tmp_path):
     command, name = serve.serve_command(serve.Params(target=str(two_runs[0]), name="tutor"))
-    assert command[:2] == ["vllm", "serve"] and "--enable-lora" in command and f"tutor={two_runs[0] / 'adapter'}" in command
+    assert command[:2] == ["vllm", "serve"] and "--enable-lora" in command
+    assert f"tutor={two_runs[0] / 'adapter'}" in command
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "config.json").write_text("{}")
@@ -97,7 +98,7 @@ def test_serve_prints_lora_and_merged_commands(two_runs, tmp_path):
     assert "base_url=" in serve.client_snippet(serve.Params(), name)
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_evaluates_exports_and_loads_the_gguf_back(trained_run, tmp_path):
     from lab_utils.core.artifacts import read_json
     from lab_utils.core.paths import output_dir

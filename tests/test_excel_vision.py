@@ -51,7 +51,8 @@ def test_bundled_samples_load_and_match_the_generator(tmp_path):
     rebuilt_first = Image.open(rebuilt["images"][0]).convert("RGB")
     assert list(rebuilt_first.getdata()) == list(first["images"][0].getdata())
     # the embedded picture in row 2 is the same rendered image as the file in row 2
-    assert embedded_ds[0]["image_ref"] == "picture at A2" and embedded_ds[0]["source"] == "digits_embedded.xlsx:数字:row 2"
+    assert embedded_ds[0]["image_ref"] == "picture at A2"
+    assert embedded_ds[0]["source"] == "digits_embedded.xlsx:数字:row 2"
     assert list(embedded_ds[0]["images"][0].getdata()) == list(first["images"][0].getdata())
 
 
@@ -89,7 +90,8 @@ def test_chinese_headers_sheet_by_name_and_index_and_resizing(tmp_path):
 def test_explicit_columns_by_header_or_letter_and_system_prompt(tmp_path):
     save_png(tmp_path / "x.png")
     sheet = write_sheet(tmp_path / "s.xlsx", [["pic", "what", "truth"], ["x.png", "q?", "7"]])
-    ds, _ = load_excel_vision(str(sheet), image_column="pic", question_column="B", answer_column="truth", system="Be brief.")
+    ds, _ = load_excel_vision(str(sheet), image_column="pic", question_column="B", answer_column="truth",
+                              system="Be brief.")
     assert ds[0]["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
     assert ds[0]["answer"] == "7"
 
@@ -115,7 +117,8 @@ def test_every_bad_row_reason_is_reported_with_sheet_and_row(tmp_path):
     assert ds["source"] == ["bad.xlsx:Sheet1:row 2"]
     assert report.counts() == {"empty answer": 2, "no image": 1, "missing file": 1, "unreadable image": 2}
     assert {s["row"]: s["reason"] for s in report.skipped} == {
-        3: "empty answer", 4: "no image", 5: "missing file", 6: "unreadable image", 7: "unreadable image", 9: "empty answer"}
+        3: "empty answer", 4: "no image", 5: "missing file", 6: "unreadable image", 7: "unreadable image",
+        9: "empty answer"}
     assert all(s["source"] == "bad.xlsx:Sheet1" for s in report.skipped)
     assert "gone.png" in next(s["detail"] for s in report.skipped if s["row"] == 5)
 

@@ -1,17 +1,22 @@
 """Every training experiment speaks one vocabulary: shared Params groups, the same steps in the same order."""
 
+import ast
 import dataclasses
 import importlib
 import inspect
+import os
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from lab_utils.training.params import AnswerParams, EvalParams, LoraParams, OptimParams, RunParams
-from lab_utils.training.trainer import training_arguments
 from lab_utils.core.backend import Backend
+from lab_utils.core.notebooks import NOTEBOOKS_DIR, code_cells
+from lab_utils.training.trainer import training_arguments
 
 TRAINING_EXPERIMENTS = ["sft_alpaca", "sft_medical", "grpo_gsm8k", "sft_vision", "preference"]
-STEPS = ["load_data", "setup_run", "load_model", "build_dataset", "evaluate", "train", "save_artifacts", "run", "main"]
+STEPS = ["load_data", "build_dataset", "setup_run", "load_model", "evaluate", "train", "save_artifacts", "run", "main"]
 CPU = Backend("hf", "test", "cpu")
 
 
@@ -34,10 +39,54 @@ def test_steps_have_the_same_names_in_the_same_order(name):
     assert lines == sorted(lines), f"{name}: steps out of order: {sorted(zip(lines, STEPS))}"
 
 
+def step_calls(tree, is_step) -> list[str]:
+    """The step functions a piece of code calls, in the order they run (an argument's call runs first)."""
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and is_step(node.func)]
+    calls.sort(key=lambda node: (node.end_lineno, node.end_col_offset))
+    return [node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id for node in calls]
+
+
 @pytest.mark.parametrize("name", TRAINING_EXPERIMENTS)
-def test_run_reads_the_data_before_it_creates_the_run_folder(name):
-    source = inspect.getsource(experiment(name).run)
-    assert source.index("load_data(p)") < source.index("setup_run(p)")
+def test_the_notebook_calls_the_steps_in_the_order_run_does(name):
+    module = experiment(name)
+    steps = set(STEPS) - {"run", "main"} | {"warm_up"}
+    in_run = step_calls(ast.parse(textwrap.dedent(inspect.getsource(module.run))),
+                        lambda f: isinstance(f, ast.Name) and f.id in steps)
+    in_notebook = []
+    for source in code_cells(NOTEBOOKS_DIR / f"{name}.ipynb"):
+        in_notebook += step_calls(ast.parse(source), lambda f: isinstance(f, ast.Attribute) and f.attr in steps
+                                  and isinstance(f.value, ast.Name) and f.value.id == "experiment")
+    assert in_run[:4] == ["load_data", "build_dataset", "setup_run", "load_model"], in_run
+    assert in_notebook == in_run, f"{name}: the notebook runs {in_notebook}, run() runs {in_run}"
+
+
+# Data that loads but cannot be used: each stops with one line before any run folder exists
+# (the tokenizer is loaded for the length checks; the model is not).
+def two_row_medical_csv(tmp_path):
+    path = tmp_path / "two_rows.csv"
+    rows = "ask,answer\n头痛怎么办？,多休息，多喝水，必要时就医。\n咳嗽两周了,建议去医院拍胸片检查。\n"
+    path.write_text(rows, encoding="gbk")
+    return {"data_file": str(path)}
+
+
+UNUSABLE = {
+    "sft_alpaca": lambda tmp_path: {"max_seq_length": 8},  # every answer starts beyond 8 tokens
+    "sft_medical": two_row_medical_csv,  # too few rows for a train/validation/test split
+    "grpo_gsm8k": lambda tmp_path: {"max_seq_length": 16},  # no worked solution fits the warm-up
+    "sft_vision": lambda tmp_path: {"max_rows": 3, "heldout_rows": 3},  # nothing left to train on
+    "preference": lambda tmp_path: {"max_seq_length": 8},  # every prompt fills max_seq_length
+}
+
+
+@pytest.mark.parametrize("name", TRAINING_EXPERIMENTS)
+def test_unusable_data_stops_with_one_line_and_leaves_no_run_folder(name, tmp_path, capsys):
+    argv = [arg for key, value in UNUSABLE[name](tmp_path).items() for arg in (f"--{key}", str(value))]
+    with pytest.raises(SystemExit) as stop:
+        experiment(name).main(argv + ["--report_to", "none"])
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    outputs = Path(os.environ["LAB_OUTPUT_DIR"])
+    assert not outputs.exists() or not any(outputs.rglob("*")), sorted(outputs.rglob("*"))
 
 
 @pytest.mark.parametrize("name", TRAINING_EXPERIMENTS)
@@ -64,3 +113,13 @@ def test_bad_warmup_and_eval_settings_are_one_clear_error(tmp_path):
     args = training_arguments(Params(eval_steps=5, save_steps=10, load_best=True), tmp_path, CPU)
     assert (args.eval_strategy, args.eval_steps, args.load_best_model_at_end) == ("steps", 5, True)
     assert issubclass(Params, EvalParams)
+
+
+def test_the_eval_loss_reads_at_most_eval_loss_rows():
+    from datasets import Dataset
+
+    from lab_utils.training.trainer import capped_rows
+
+    rows = Dataset.from_dict({"i": list(range(10))})
+    assert capped_rows(rows, 4)["i"] == [0, 1, 2, 3] and len(capped_rows(rows, 0)) == 10
+    assert len(capped_rows(rows, 64)) == 10 and capped_rows(None, 4) is None

@@ -31,7 +31,8 @@ def _make_run(root, lora_seed=0):
     source = resolve_model("smollm2-135m")
     torch.manual_seed(lora_seed)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     with torch.no_grad():  # random B at peft's default scale garbles the model; keep the update modest
         for name, param in peft_model.named_parameters():
@@ -57,7 +58,8 @@ def merged_f16(finished_run, tmp_path_factory):
 
 
 def _logits(model, tokenizer):
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     with torch.no_grad():
         return model(ids).logits[0]
 
@@ -80,7 +82,8 @@ def _gguf_fields(path):
 
 
 def _greedy(model, tokenizer, new_tokens=12):
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
@@ -154,7 +157,6 @@ def test_converter_rejects_kquant_outtype(tmp_path):
 # --- merged safetensors ------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -175,7 +177,6 @@ def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
     torch.testing.assert_close(actual, expected, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
     config = json.loads((merged_f16 / "config.json").read_text())
     assert config["dtype"] == "float16"
@@ -194,7 +195,6 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
 # --- GGUF ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -219,7 +219,6 @@ def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_p
         convert_to_gguf(merged_f16, gguf, outtype="f16")
 
 
-@pytest.mark.slow
 def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
     if find_quantizer() is None:
         pytest.skip("no llama-quantize on PATH and no llama-cpp-python")
@@ -238,7 +237,8 @@ def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
     text = path.read_text()
     assert path == tmp_path / "Modelfile"
     assert text.startswith("FROM ./model-q8_0.gguf\n")
-    assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""' in text
+    assert ('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+            '<|im_start|>assistant\n"""') in text
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     assert "PARAMETER temperature 0.2" in text and "PARAMETER top_p 0.9" in text and "PARAMETER num_ctx 4096" in text
     assert f'SYSTEM """{SYSTEM_PROMPT}"""' in text
@@ -317,7 +317,6 @@ def test_cli_checks_formats(finished_run):
         cli.main(["--run_dir", str(finished_run), "--formats", "gguf-f16,modelfile"])
 
 
-@pytest.mark.slow
 def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
     from scripts import export as cli
 
@@ -386,9 +385,11 @@ def test_vision_run_merges_into_a_16bit_image_text_model(tmp_path):
 
     from scripts import export as cli  # the same merge from the command line, 16-bit
 
-    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16", "--out_dir", str(tmp_path / "cli")])
+    result = cli.main(["--run_dir", str(run), "--formats", "merged", "--dtype", "float16",
+                       "--out_dir", str(tmp_path / "cli")])
     half = tmp_path / "cli" / "merged"
-    assert [a["artifact"] for a in result["artifacts"]] == ["merged"] and (tmp_path / "cli" / "run_complete.json").exists()
+    assert [a["artifact"] for a in result["artifacts"]] == ["merged"]
+    assert (tmp_path / "cli" / "run_complete.json").exists()
     assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
     assert AutoModelForImageTextToText.from_pretrained(half).dtype == torch.float16
     assert load_vision_processor(str(half)).image_processor is not None

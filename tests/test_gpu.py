@@ -63,7 +63,8 @@ def test_hf_backend_qlora_loads_4bit_and_trains(random_small_model, tmp_path):
 
     p = sft_alpaca.Params(**TINY_RUN, model=random_small_model, backend="hf", load_in_4bit=True,
                           gradient_checkpointing=True)
-    model, tokenizer, backend = sft_alpaca.load_model(p)
+    lm = sft_alpaca.load_model(p)
+    model, tokenizer, backend = lm.model, lm.tokenizer, lm.backend
     assert backend.name == "hf" and any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     # no fp32 upcast of the frozen non-quantised weights (peft's prepare_model_for_kbit_training did that)
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
@@ -88,8 +89,8 @@ def bench(module, argv, tmp_path, embedded_model_dir) -> dict:
 
 def test_sft_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_dir):
     monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
-    rows = bench("benchmarks.gpu_sft", ["--models", SMALL, "--seq_len", "256", "--batch_size", "2", "--steps", "4",
-                                        "--warmup_steps", "1"], tmp_path, embedded_model_dir)
+    rows = bench("benchmarks.sft_throughput", ["--sweep", "--models", SMALL, "--seq_len", "256", "--batch_size", "2",
+                                               "--steps", "4", "--warmup_steps", "1"], tmp_path, embedded_model_dir)
     for key in [("lab-hf", "lora16"), ("lab-hf", "qlora4"), ("lab-unsloth", "lora16"), ("lab-unsloth", "qlora4")]:
         assert rows[key]["status"] == "ok", (key, rows[key]["status"])
         assert rows[key]["tokens_per_s"] > 0 and rows[key]["peak_gib"] > 0
@@ -100,8 +101,8 @@ def test_rollout_benchmark_short_gpu_run(tmp_path, monkeypatch, embedded_model_d
     from lab_utils.core.backend import has_package
 
     monkeypatch.setenv("LAB_MODELS_DIR", str(tmp_path / "models"))
-    rows = bench("benchmarks.gpu_grpo_rollout", ["--models", SMALL, "--prompts", "4", "--group_size", "4",
-                                                 "--new_tokens", "32"], tmp_path, embedded_model_dir)
+    rows = bench("benchmarks.grpo_rollout", ["--models", SMALL, "--prompts", "4", "--group_sizes", "4",
+                                             "--new_tokens", "32"], tmp_path, embedded_model_dir)
     assert rows[("hf", None)]["status"] == "ok" and rows[("hf", None)]["tokens"] == 4 * 4 * 32
     if has_package("vllm"):
         assert rows[("vllm", None)]["status"] == "ok" and rows[("vllm", None)]["tokens"] == 4 * 4 * 32

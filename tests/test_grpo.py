@@ -13,24 +13,25 @@ from lab_utils.core.paths import output_dir
 from lab_utils.training.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
-# 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after
+# 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after.
+# HF generate on purpose (auto would pick vLLM where it is installed): tests/test_vllm.py runs the vLLM path.
 TINY = dict(max_rows=12, heldout_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
             max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none",
-            sft_warmup_steps=1, sft_warmup_batch_size=2)
+            sft_warmup_steps=1, sft_warmup_batch_size=2, rollouts="hf")
 # The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
 # where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
 # Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.
 LEARNING = dict(heldout_rows=8, sft_warmup_steps=16, sft_warmup_learning_rate=8e-4, max_steps=8, save_steps=8,
-                report_to="none", precision="fp32", run_name="learns")
+                report_to="none", precision="fp32", run_name="learns", rollouts="hf")
 REWARDS = ["correctness", "soft_format", "xml_count", "overlong_penalty"]
 
 
-def test_cpu_rollouts_are_hf_generate_and_vllm_on_cpu_is_a_clear_error():
+def test_rollouts_are_vllm_where_installed_else_hf_generate():
     cpu = Backend("hf", "test", "cpu")
-    assert choose_rollouts("auto", cpu).engine == "hf"
+    assert choose_rollouts("auto", cpu).engine == ("vllm" if vllm_available() else "hf")
     assert choose_rollouts("hf", cpu).engine == "hf"
     if not vllm_available():
-        with pytest.raises(RuntimeError, match="(CUDA GPU|not installed)"):
+        with pytest.raises(RuntimeError, match="make setup-vllm"):
             choose_rollouts("vllm", cpu)
     with pytest.raises(ValueError, match="auto, vllm or hf"):
         choose_rollouts("sglang", cpu)
@@ -41,6 +42,9 @@ def test_cpu_rollouts_are_hf_generate_and_vllm_on_cpu_is_a_clear_error():
     (dict(num_generations=1), "at least 2"),
     (dict(num_generations=4, batch_size=2), "multiple of num_generations"),
     (dict(prompt_language="fr"), "prompt_language"),
+    (dict(loss_type="ppo"), "loss_type='ppo': expected one of grpo, bnpo, dr_grpo, dapo"),
+    (dict(importance_sampling_level="batch"), "importance_sampling_level='batch'"),
+    (dict(scale_rewards="std"), "scale_rewards='std': expected one of group, batch, none"),
 ])
 def test_bad_params_fail_before_any_model_loads(change, message):
     with pytest.raises(ValueError, match=message):
@@ -48,9 +52,69 @@ def test_bad_params_fail_before_any_model_loads(change, message):
                                                      "reward_weights": [2.0, 0.5, 0.5, 1.0], **change}))
 
 
-@pytest.mark.slow
+def test_unknown_loss_type_stops_in_one_line_before_the_run_folder():
+    with pytest.raises(SystemExit, match=r"^error: loss_type='ppo': expected one of grpo, bnpo, dr_grpo, dapo"):
+        grpo_gsm8k.main(["--loss_type", "ppo", "--run_name", "bad-loss"])
+    assert not (output_dir() / "grpo_gsm8k").exists()
+
+
+# (loss_type, importance_sampling_level, scale_rewards): the batch's variants and bnpo
+VARIANTS = [("dapo", "token", "group"), ("grpo", "token", "group"), ("bnpo", "token", "batch"),
+            ("dr_grpo", "token", "none"), ("grpo", "sequence", "group")]
+
+
+@pytest.fixture(scope="module")
+def grpo_model():
+    """One LoRA model for the variant tests: each trains 2 GRPO steps on it (the weights need not be fresh)."""
+    return grpo_gsm8k.load_model(grpo_gsm8k.Params(**TINY))
+
+
+@pytest.mark.parametrize("loss_type, level, scale", VARIANTS, ids=["-".join(v) for v in VARIANTS])
+def test_each_loss_variant_trains_and_reaches_trl(grpo_model, loss_type, level, scale):
+    """2 GRPO steps (1 prompt x 2 completions x 16 tokens) per variant; TRL's saved config holds the variant."""
+    import torch
+
+    p = grpo_gsm8k.Params(**{**TINY, "sft_warmup_steps": 0}, loss_type=loss_type, importance_sampling_level=level,
+                          scale_rewards=scale, run_name=f"{loss_type}-{level}")
+    data = grpo_gsm8k.build_dataset(p, grpo_gsm8k.load_data(p))
+    run = grpo_gsm8k.setup_run(p)
+    outcome = grpo_gsm8k.train(p, grpo_model, data, run)
+    assert [r["step"] for r in outcome["history"] if "reward" in r] == [1, 2]
+    args = torch.load(run / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert (args.loss_type, args.importance_sampling_level, args.scale_rewards) == (loss_type, level, scale)
+    assert read_json(run / "params.json")["loss_type"] == loss_type
+
+
+@pytest.mark.notebook
+def test_variant_runs_then_the_lesson_compares_them(tmp_path):
+    """Dr. GRPO and GSPO end to end on CPU (tiny), then the teach_grpo_variants notebook reads and plots both."""
+    for name, change in (("dr_grpo", dict(loss_type="dr_grpo", scale_rewards="none")),
+                         ("gspo", dict(loss_type="grpo", importance_sampling_level="sequence"))):
+        metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**TINY, **change, run_name=name))["metrics"]
+        assert metrics["global_step"] == 2 and 0 <= metrics["format_rate_after"] <= 1
+    out = tmp_path / "lesson.ipynb"
+    execute(NOTEBOOKS_DIR / "teach_grpo_variants.ipynb", out, {"runs_dir": "", "run_name": "lesson"})
+    lesson = output_dir() / "teach_grpo_variants" / "lesson"
+    table = (lesson / "variants.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in table[1:]] == ["dr_grpo", "gspo"]
+    assert "dr_grpo, token ratios, std over none" in table[1] and "grpo, sequence ratios" in table[2]
+    assert (lesson / "rewards.png").exists() and (lesson / "format_rates.png").exists()
+    images = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the reward curves and the format rates are shown"
+
+
+def test_lesson_without_runs_is_one_line():
+    from scripts import teach_grpo_variants
+
+    with pytest.raises(SystemExit, match=r"^error: no finished grpo_gsm8k runs under .*scripts.batch"):
+        teach_grpo_variants.main(["--runs_dir", "nothing-here"])
+    assert not (output_dir() / "teach_grpo_variants").exists()
+
+
 def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_path):
     # max_prompt_length 100 drops the sample's longest questions: they must be listed, not lost
+    imported = {m for m in ("vllm", "unsloth") if m in sys.modules}  # by an earlier test of this session
     p = grpo_gsm8k.Params(**TINY, reward_names=REWARDS, reward_weights=[2.0, 0.5, 0.5, 1.0], max_prompt_length=100,
                           run_name="cpu")
     result = grpo_gsm8k.run(p)
@@ -78,10 +142,10 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
     skipped = (run / "skipped_rows.csv").read_text().splitlines()
     assert metrics["rows_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
     assert len(result["samples"]) == 2 and set(result["samples"]["before_correct"]) <= {0.0, 1.0}
-    assert "vllm" not in sys.modules and "unsloth" not in sys.modules  # a CPU run never imports them
+    assert {m for m in ("vllm", "unsloth") if m in sys.modules} == imported  # an HF-rollout CPU run imports neither
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
     metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**LEARNING))["metrics"]
     # the base model never writes the layout; after warm-up + GRPO most greedy answers do (margins leave
@@ -94,7 +158,6 @@ def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
     assert metrics["reward_last_quarter"] > metrics["reward_first_quarter"]
 
 
-@pytest.mark.slow
 def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "max_steps": 1}))
@@ -113,7 +176,7 @@ def test_cli_with_config_and_override_then_resume(tmp_path, capsys):
     assert metrics["sft_warmup_steps"] == 0  # the GRPO checkpoint already holds the warmed-up adapter
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "grpo_gsm8k.ipynb", out, {**TINY, "max_steps": 1, "run_name": "nb"})
@@ -127,29 +190,15 @@ def test_notebook_runs_under_papermill(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.slow
 def test_vllm_rollouts_train_and_log_rewards(tmp_path):
     """The GPU path for real: vLLM writes the rollouts (through unsloth's fast_inference when installed,
-    else TRL's colocate mode), the rewards are logged per step, and the adapter is saved."""
+    else the lab's engine through rollout_func), the rewards are logged per step, and the adapter is saved."""
     if not vllm_available():
-        pytest.skip("needs a CUDA GPU and vllm (pip install -r requirements-gpu.txt)")
-    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4},
-                          rollouts="vllm", vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
+        pytest.skip("needs vllm (make setup-vllm)")
+    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4,
+                             "rollouts": "vllm"}, vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
     metrics = grpo_gsm8k.run(p)["metrics"]
     assert metrics["rollouts"] == "vllm" and metrics["device"] == "cuda" and metrics["global_step"] == 2
     history = read_json(output_dir() / "grpo_gsm8k" / "vllm" / "history.json")
     assert all(f"rewards/{n}/mean" in r for r in history if "reward" in r for n in ("correctness_reward",))
     assert (output_dir() / "grpo_gsm8k" / "vllm" / "adapter" / "adapter_model.safetensors").exists()
-
-
-@pytest.mark.slow
-def test_rollout_benchmark_times_hf_and_says_why_vllm_is_skipped(capsys):
-    from benchmarks import grpo_rollout
-
-    hf, vllm = grpo_rollout.main(["--prompts", "1", "--num_generations", "2", "--max_new_tokens", "4"])
-    assert 0 < hf["tokens"] <= 2 * 4 and hf["completions"] == 2 and hf["tokens_per_second"] > 0
-    out = capsys.readouterr().out
-    if vllm_available():
-        assert vllm["tokens"] > 0 and "vLLM / HF generate" in out
-    else:
-        assert vllm["skipped"] == "skipped: no CUDA/vllm" and "skipped: no CUDA/vllm" in out

@@ -40,8 +40,8 @@ def tokenizer():
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
-    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l, ensure_ascii=False) for l in lines) + "\n",
-                    encoding="utf-8")
+    texts = [line if isinstance(line, str) else json.dumps(line, ensure_ascii=False) for line in lines]
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
     return path
 
 
@@ -53,7 +53,8 @@ def test_sample_loads_with_the_documented_schema():
     assert len(ds) == 41 and report.skipped == [] and report.kept == 41
     assert ds.column_names == ["prompt", "answer", "solution", "source"]
     row = ds[0]
-    assert row["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"][1]["content"]}]
+    assert row["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
+                             {"role": "user", "content": row["prompt"][1]["content"]}]
     assert row["prompt"][1]["content"].startswith("Maya bakes 6 trays")
     assert row["answer"] == "53" and row["source"] == "gsm8k_sample.jsonl:1"
     assert len(set(ds["source"])) == len(ds)
@@ -85,7 +86,7 @@ def test_gold_solutions_score_full_marks_with_the_rewards():
         expected = [1.0 if name != "is_integer" or float(a).is_integer() else 0.0 for a in ds["answer"]]
         assert scores == expected, name
     # the gold worked text itself ("... #### 72") is graded right by the any-format correctness
-    raw = [json.loads(l)["answer"] for l in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    raw = [json.loads(line)["answer"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
     assert get("correctness_any")(ds["prompt"], raw, answer=ds["answer"]) == [1.0] * len(ds)
 
 
@@ -126,7 +127,7 @@ def test_limit_and_system_prompt_options():
 def test_real_gsm8k_test_split(real_gsm8k):
     report = SkipReport()
     ds = load_gsm8k("gsm8k", split_file="test.jsonl", report=report)
-    raw = [json.loads(l) for l in (real_gsm8k / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    raw = [json.loads(line) for line in (real_gsm8k / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(ds) == len(raw) == 1319 and report.skipped == []
     assert ds[0]["source"] == "test.jsonl:1"
     assert ds[0]["prompt"][1]["content"] == raw[0]["question"]
@@ -185,7 +186,8 @@ def test_gbk_file_is_decoded_and_undecodable_one_raises_data_error(tmp_path):
     path = tmp_path / "gbk.jsonl"
     path.write_bytes(json.dumps({"question": "小明有几个苹果？", "answer": "#### 3"}, ensure_ascii=False).encode("gbk"))
     assert load_gsm8k(str(path))["prompt"][0][-1]["content"] == "小明有几个苹果？"
-    path.write_bytes(json.dumps({"question": "りんごはいくつ？", "answer": "#### 3"}, ensure_ascii=False).encode("shift_jis"))
+    japanese = json.dumps({"question": "りんごはいくつ？", "answer": "#### 3"}, ensure_ascii=False)
+    path.write_bytes(japanese.encode("shift_jis"))
     with pytest.raises(DataError, match=r"gbk\.jsonl: could not detect the encoding"):
         load_gsm8k(str(path))
 
@@ -230,7 +232,6 @@ def test_prompt_length_filter_needs_a_tokenizer():
 
 # ---------------------------------------------------------------- the contract with TRL
 
-@pytest.mark.slow
 def test_loader_and_rewards_drive_a_trl_grpo_step(tokenizer, tmp_path):
     """One real GRPO step: TRL passes the answer column and completion_ids, and logs each reward by name."""
     from peft import LoraConfig

@@ -21,6 +21,8 @@ CELL_TIMEOUT_S = 120
 # Small parameters, injected after the parameters cell as papermill would (a synthetic 96x96 image)
 SMALL_SVD = 'image = "synthetic"\nmax_side = 96\ngrid_ranks = [1, 4]\nrun_name = "server"\n'
 
+pytestmark = pytest.mark.jupyter  # a real JupyterLab server and kernel, driven over its API
+
 
 def execute_request(code: str, session: str) -> dict:
     return {"header": {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "test",
@@ -66,7 +68,7 @@ def errors_in(results) -> list[str]:
     return [f"{o['ename']}: {o['evalue']}" for outputs in results for o in outputs if o["type"] == "error"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_a_notebook_runs_through_jupyterlabs_kernel_api(lab_server, tmp_path):
     # JupyterLab itself is served (what `make lab` opens), at the notebooks folder
     status, page = lab_server.request("GET", "/lab/tree/notebooks")

@@ -1,5 +1,6 @@
 """lab_utils is grouped into rooms: the index in lab_utils/__init__.py names every module, none is too long,
-and imports flow one way (nothing in lab_utils/, data_loaders/ or rewards/ imports scripts/ or benchmarks/)."""
+and imports flow one way (nothing in lab_utils/, data_loaders/ or rewards/ imports scripts/ or benchmarks/, and
+no script imports a benchmark)."""
 
 import ast
 import re
@@ -53,6 +54,9 @@ def test_imports_flow_one_way():
         for path in (REPO / folder).rglob("*.py"):
             wrong = {m for m in imported_modules(path) if m.split(".")[0] in ("scripts", "benchmarks")}
             assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}"
+    for path in (REPO / "scripts").rglob("*.py"):  # a script may use the library, never a benchmark
+        wrong = {m for m in imported_modules(path) if m.split(".")[0] == "benchmarks"}
+        assert not wrong, f"{path.relative_to(REPO)} imports {sorted(wrong)}: move what it needs into lab_utils/"
     for path in (REPO / "rewards").rglob("*.py"):
         lab = {m for m in imported_modules(path) if m.split(".")[0] in ("lab_utils", "data_loaders", "torch")}
         assert not lab, f"{path.relative_to(REPO)}: rewards import nothing of the lab and no torch ({sorted(lab)})"

@@ -9,7 +9,6 @@ from lab_utils.training.trainer import make_trainer
 from lab_utils.training.lora import resolve_precision
 from scripts import sft_alpaca
 
-pytestmark = pytest.mark.slow
 
 
 def lora_model(**options):

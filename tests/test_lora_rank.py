@@ -53,7 +53,6 @@ def test_effective_rank_by_energy():
 # ---------------------------------------------------------------- the embedded model's shapes (config only)
 
 
-@pytest.mark.slow  # builds the model on the meta device (no weights, but transformers import)
 def test_layer_shapes_of_the_embedded_model():
     shapes = teach_lora_rank.layer_shapes("smollm2-135m").set_index("module")
     assert tuple(shapes.loc["q_proj", ["d_out", "d_in", "count"]]) == (576, 576, 30)
@@ -84,7 +83,6 @@ def tiny_adapter(tmp_path_factory):
     return root, folder
 
 
-@pytest.mark.slow
 def test_real_adapter_rank_at_most_r(tiny_adapter):
     _, folder = tiny_adapter
     adapter = adapters.read_lora_adapter(folder)
@@ -99,7 +97,6 @@ def test_real_adapter_rank_at_most_r(tiny_adapter):
     assert np.allclose(dense_s[:TINY_R], spectra["model.layers.0.self_attn.q_proj"], rtol=1e-8, atol=1e-15)
 
 
-@pytest.mark.slow
 def test_newest_finished_run_is_found(tiny_adapter, monkeypatch):
     root, folder = tiny_adapter
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(root))
@@ -108,7 +105,6 @@ def test_newest_finished_run_is_found(tiny_adapter, monkeypatch):
     assert adapters.find_adapter(str(folder.parent)) == folder
 
 
-@pytest.mark.slow
 def test_merged_model_gives_the_unmerged_outputs(tiny_adapter):
     _, folder = tiny_adapter
     adapter = adapters.read_lora_adapter(folder)
@@ -119,7 +115,7 @@ def test_merged_model_gives_the_unmerged_outputs(tiny_adapter):
     assert merge["parameters_merged"] < merge["parameters_unmerged"]  # the adapter's numbers are gone
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_executes_headless_given_an_adapter(tiny_adapter, tmp_path, monkeypatch):
     _, folder = tiny_adapter
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "out"))
@@ -132,7 +128,6 @@ def test_notebook_executes_headless_given_an_adapter(tiny_adapter, tmp_path, mon
     assert metrics["dense_check"]["matrix_rank"] <= TINY_R
 
 
-@pytest.mark.slow
 def test_script_run_writes_every_figure_and_table(tiny_adapter, tmp_path, monkeypatch):
     _, folder = tiny_adapter
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))

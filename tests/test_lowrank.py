@@ -187,7 +187,8 @@ def test_movielens_loader_reports_blank_and_repeated_rows(tmp_path):
     assert skips.skipped[1]["row"] == 3
 
 
-@pytest.mark.parametrize("line, column", [("1\t2\tfive\t100", "rating"), ("1\t2\t7\t100", "rating"), ("x\t2\t3\t1", "user")])
+@pytest.mark.parametrize("line, column",
+                         [("1\t2\tfive\t100", "rating"), ("1\t2\t7\t100", "rating"), ("x\t2\t3\t1", "user")])
 def test_movielens_bad_row_is_one_clear_error(tmp_path, line, column):
     path = tmp_path / "u.data"
     path.write_text("1\t1\t4\t99\n" + line + "\n")
@@ -232,7 +233,7 @@ def test_movielens_missing_folder_names_lab_data_dir(tmp_path, monkeypatch):
         load_ml100k_split("u3")
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_teach_als_cli_runs_every_movielens_split(tmp_path, monkeypatch):
     from scripts import teach_als
 
@@ -265,7 +266,6 @@ needs_pyspark = pytest.mark.skipif(importlib.util.find_spec("pyspark") is None,
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 @needs_pyspark
 def test_spark_als_agrees_with_numpy_als(monkeypatch):
     from lab_utils.teaching.spark_als import spark_als

@@ -18,8 +18,10 @@ SAMPLES = REPO_ROOT / "data" / "samples" / "medical"
 REAL_FILE = "chinese-medical-dialogue/样例_内科5000-6000.csv"
 HEADER = ["department", "title", "ask", "answer"]
 ROWS = [
-    ["内科", "发烧怎么办", "昨天开始发烧三十八度，嗓子疼。", "多喝水、多休息，体温超过三十八度五可以用退烧药，高烧不退请就医。"],
-    ["心血管科", "血压高", "血压一百五，头有点晕，要吃药吗？", "请连续几天测量血压，如果一直偏高，到心内科让医生决定是否用药。"],
+    ["内科", "发烧怎么办", "昨天开始发烧三十八度，嗓子疼。",
+     "多喝水、多休息，体温超过三十八度五可以用退烧药，高烧不退请就医。"],
+    ["心血管科", "血压高", "血压一百五，头有点晕，要吃药吗？",
+     "请连续几天测量血压，如果一直偏高，到心内科让医生决定是否用药。"],
     ["消化内科", "胃不舒服", "饭后胃疼还反酸。", "少吃辛辣油腻，规律饮食，症状持续请做胃镜检查。"],
 ]
 TRADITIONAL_ROWS = [
@@ -190,7 +192,6 @@ def test_cleaning_and_skip_report_counts(tmp_path):
     assert len(written) == 6 and set(written.columns) == {"source", "row", "reason", "detail"}
 
 
-@pytest.mark.slow  # loads the embedded model's tokenizer (converts it first when LAB_MODELS_DIR has no cache)
 def test_length_window_counts_tokens_when_given_a_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
@@ -253,7 +254,8 @@ def test_bad_input_is_one_clear_line(tmp_path, name, content, message):
 def test_undecodable_file_names_the_closest_candidate_and_offset(tmp_path):
     path = tmp_path / "sjis.csv"
     path.write_bytes("department,title,ask,answer\r\n内科,頭痛,頭が痛いです,休んでください\r\n".encode("shift_jis"))
-    with pytest.raises(DataError, match=r"closest candidate \S+ fails with invalid byte 0x[0-9A-F]{2} at byte offset \d+"):
+    with pytest.raises(DataError,
+                       match=r"closest candidate \S+ fails with invalid byte 0x[0-9A-F]{2} at byte offset \d+"):
         load_medical_csv(path)
 
 
@@ -287,7 +289,8 @@ def test_real_gbk_file_loads_every_row(monkeypatch):
     # independent count: pandas with the encoding we know the file has
     frame = pd.read_csv(shared_data() / REAL_FILE, encoding="gb18030", keep_default_na=False)
     duplicates = int(frame.duplicated(["title", "ask", "answer"]).sum())
-    result = load_medical_csv(REAL_FILE)  # its conversations are 63..753 characters: the default window [8, 2048] keeps all
+    # its conversations are 63..753 characters: the default window [8, 2048] keeps all
+    result = load_medical_csv(REAL_FILE)
     assert result.encoding == "gb18030"
     assert result.rows_read == len(frame) == 7644
     assert result.report.counts() == {"duplicate": duplicates}

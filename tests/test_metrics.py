@@ -9,7 +9,8 @@ from lab_utils.core.plots import plot_metric_comparison
 
 
 def test_identical_text_scores_100():
-    for texts in (["高血压患者要少吃盐，多运动，按时服药。", "感冒了多喝水"], ["Drink more water and rest well today."]):
+    chinese = ["高血压患者要少吃盐，多运动，按时服药。", "感冒了多喝水"]
+    for texts in (chinese, ["Drink more water and rest well today."]):
         scores = text_metrics(texts, texts)
         for name in ("bleu4", "rouge1", "rouge2", "rougeL"):
             assert scores[name] == pytest.approx(100.0)

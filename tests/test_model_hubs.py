@@ -51,7 +51,8 @@ def cache_tiny_model(tokenizer, model_id: str = MODEL_ID):
 
 
 @pytest.mark.parametrize("offline", [None, "LAB_OFFLINE", "HF_HUB_OFFLINE"])
-def test_cached_modelscope_model_loads_with_no_network_call(embedded_tokenizer, models_dir, no_network, monkeypatch, offline):
+def test_cached_modelscope_model_loads_with_no_network_call(embedded_tokenizer, models_dir, no_network, monkeypatch,
+                                                            offline):
     folder, original = cache_tiny_model(embedded_tokenizer)
     assert folder == models_dir / "modelscope" / "Qwen" / "Qwen2.5-1.5B-Instruct"
     if offline:
@@ -65,7 +66,8 @@ def test_cached_modelscope_model_loads_with_no_network_call(embedded_tokenizer, 
     assert no_network == []  # nothing even tried to connect
 
 
-def test_training_loads_the_cached_folder_through_resolve_model(embedded_tokenizer, models_dir, no_network, monkeypatch):
+def test_training_loads_the_cached_folder_through_resolve_model(embedded_tokenizer, models_dir, no_network,
+                                                                monkeypatch):
     from scripts.sft_alpaca import Params
     from lab_utils.training.lora import load_lora_model
 

@@ -58,7 +58,8 @@ def test_a_cache_made_by_older_code_is_upgraded_in_place(embedded_model_dir, tmp
     import json
 
     from lab_utils.models import registry as models
-    from lab_utils.models.registry import (EMBEDDED_CACHE_MARKER, EMBEDDED_CACHE_VERSION, embedded_cache_version, load_tokenizer)
+    from lab_utils.models.registry import (EMBEDDED_CACHE_MARKER, EMBEDDED_CACHE_VERSION, embedded_cache_version,
+                                           load_tokenizer)
 
     source = Path(embedded_model_dir)
     old = tmp_path / "models" / models.EMBEDDED_CACHE_NAME

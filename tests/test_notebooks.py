@@ -42,7 +42,8 @@ def test_parameters_cell_is_generated_from_params_with_each_knobs_help(notebook)
 def test_notebook_holds_no_logic_and_no_outputs(notebook):
     for source in code_cells(notebook):
         for node in ast.walk(ast.parse(source)):
-            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), f"{notebook.name}: logic in a cell"
+            is_logic = isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda))
+            assert not is_logic, f"{notebook.name}: logic in a cell"
         assert "/root/" not in source and "/home/" not in source and "/content/" not in source
     for cell in read_notebook(notebook)["cells"]:
         assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, f"{notebook.name}: strip outputs"

@@ -24,18 +24,21 @@ def write(path: Path, text: str, codec: str = "gbk") -> Path:
 
 def test_bundled_gbk_sample_is_detected_and_read_whole():
     result = load_medical_csv(SAMPLE, system_prompt=None)
-    assert (result.layout, result.encoding, result.rows_read, len(result.dataset)) == ("paired_lines", "gb18030", 12, 12)
+    got = (result.layout, result.encoding, result.rows_read, len(result.dataset))
+    assert got == ("paired_lines", "gb18030", 12, 12)
     assert result.report.skipped == [] and "paired lines, 12 question/answer blocks" in result.summary()
     raw = (REPO_ROOT / "data" / "samples" / SAMPLE).read_bytes().decode("gbk").split("\r\n")
     first = result.dataset[0]
     assert first["messages"] == [{"role": "user", "content": raw[0]}, {"role": "assistant", "content": raw[1]}]
-    assert first["source"] == "dialogues_paired_gbk.txt:1" and result.dataset[1]["source"] == "dialogues_paired_gbk.txt:4"
+    assert first["source"] == "dialogues_paired_gbk.txt:1"
+    assert result.dataset[1]["source"] == "dialogues_paired_gbk.txt:4"
     assert set(result.dataset["department"]) == {""}
 
 
 def test_the_sample_as_csv_is_what_a_new_user_used_to_get():
     """Forcing CSV shows why detection matters: the text's quote and comma break the CSV reader."""
-    with pytest.raises(DataError, match=r"dialogues_paired_gbk\.txt.*(malformed CSV|missing required column).*paired_lines"):
+    with pytest.raises(DataError,
+                       match=r"dialogues_paired_gbk\.txt.*(malformed CSV|missing required column).*paired_lines"):
         load_medical_csv(SAMPLE, layout="csv")
 
 
@@ -58,7 +61,8 @@ def test_csv_with_unknown_headers_stays_csv_and_says_how_to_read_paired_lines(tm
 
 
 def test_csv_with_quoted_blank_lines_is_read_as_csv(tmp_path):
-    text = 'ask,answer\r\n"头疼怎么办","多休息。\r\n\r\n持续请就医。"\r\n"发烧怎么办","多喝水。\r\n\r\n高烧请就医。"\r\n'
+    text = ('ask,answer\r\n"头疼怎么办","多休息。\r\n\r\n持续请就医。"\r\n'
+            '"发烧怎么办","多喝水。\r\n\r\n高烧请就医。"\r\n')
     result = load_medical_csv(write(tmp_path / "q.csv", text), system_prompt=None, min_len=1)
     assert result.layout == "csv" and result.dataset[0]["messages"][1]["content"] == "多休息。\n\n持续请就医。"
 
@@ -84,7 +88,8 @@ def test_unpairable_blocks_empty_and_duplicates_are_reported_not_guessed(tmp_pat
             "头疼怎么办？\n多休息，多喝水。\n\n"
             "发烧怎么办？\n多喝水，高烧请就医。\n\n"
             "问：\n答：空问题\n")
-    result = load_medical_csv(write(tmp_path / "mixed.txt", text), min_len=1, layout="paired_lines")  # 4 of 6 pair: auto says CSV
+    # 4 of 6 pair: auto says CSV
+    result = load_medical_csv(write(tmp_path / "mixed.txt", text), min_len=1, layout="paired_lines")
     assert result.rows_read == 6 and len(result.dataset) == 2
     assert result.report.counts() == {"unpaired_lines": 2, "duplicate": 1, "empty": 1}
     skipped = {s["row"]: s["reason"] for s in result.report.skipped}
@@ -94,7 +99,8 @@ def test_unpairable_blocks_empty_and_duplicates_are_reported_not_guessed(tmp_pat
 def test_format_paired_lines_forces_it_and_an_unknown_format_is_one_line(tmp_path):
     path = write(tmp_path / "one.txt", "头疼怎么办？\n多休息，多喝水。\n")  # one block: auto cannot tell
     assert load_medical_csv(path, layout="paired_lines", min_len=1).layout == "paired_lines"
-    with pytest.raises(DataError, match=r"^one\.txt: format 'tsv' is unknown; expected one of auto, csv, paired_lines$"):
+    with pytest.raises(DataError,
+                       match=r"^one\.txt: format 'tsv' is unknown; expected one of auto, csv, paired_lines$"):
         load_medical_csv(path, layout="tsv")
 
 
@@ -112,6 +118,6 @@ def test_medical_experiment_reads_paired_lines_through_its_format_parameter():
     from scripts import sft_medical
 
     data = sft_medical.load_data(sft_medical.Params(data_file=SAMPLE, format="auto"))
-    assert data.layout == "paired_lines" and sft_medical.encoding_report(data)["format"] == "paired_lines"
+    assert data.csv.layout == "paired_lines" and sft_medical.encoding_report(data.csv)["format"] == "paired_lines"
     with pytest.raises(DataError, match="malformed CSV|missing required column"):
         sft_medical.load_data(sft_medical.Params(data_file=SAMPLE, format="csv"))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from data_loaders.common import DataError
-from data_loaders.preference import load_preference_file
+from data_loaders.preference import load_preference_file, unpair
 
 
 def write_jsonl(path, rows):
@@ -85,9 +85,13 @@ def test_bad_files_are_one_clear_line(tmp_path, content, message):
 @pytest.mark.parametrize("encoding", ["gbk", "utf-16", "big5"])
 def test_legacy_encodings_are_read_by_the_shared_decoder(tmp_path, encoding):
     path = tmp_path / "legacy.jsonl"
-    path.write_bytes('{"prompt": "你好，今天天氣怎麼樣？", "chosen": "很好。", "rejected": "不知道。"}\n'.encode(encoding))
+    path.write_bytes(
+        '{"prompt": "你好，今天天氣怎麼樣？", "chosen": "很好。", "rejected": "不知道。"}\n'.encode(encoding)
+    )
     pairs, _ = load_preference_file(str(path))
-    assert pairs[0]["prompt"][-1]["content"] == "你好，今天天氣怎麼樣？" and pairs[0]["chosen"][0]["content"] == "很好。"
+    assert (
+        pairs[0]["prompt"][-1]["content"] == "你好，今天天氣怎麼樣？" and pairs[0]["chosen"][0]["content"] == "很好。"
+    )
 
 
 def test_utf8_with_bom_is_read(tmp_path):
@@ -95,3 +99,44 @@ def test_utf8_with_bom_is_read(tmp_path):
     path.write_bytes('{"prompt": "你好", "chosen": "好", "rejected": "坏"}\n'.encode("utf-8-sig"))
     pairs, _ = load_preference_file(str(path))
     assert pairs[0]["prompt"][-1]["content"] == "你好"
+
+
+def test_bundled_unpaired_sample_is_kto_layout_zh_and_en_balanced():
+    rows, report = load_preference_file("preference_unpaired.jsonl")
+    assert len(rows) == 96 and report.skipped == [] and sum(rows["label"]) == 48
+    assert set(rows.column_names) == {"prompt", "completion", "label", "source"}
+    assert rows[0]["completion"][0]["role"] == "assistant" and isinstance(rows[0]["label"], bool)
+    prompts = " ".join(p[-1]["content"] for p in rows["prompt"])
+    assert "capital" in prompts and any("\u4e00" <= ch <= "\u9fff" for ch in prompts)
+
+
+def test_unpaired_rows_with_bad_labels_or_the_other_layout_are_reported(tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"prompt": "a?", "completion": "b.", "label": True},
+            {"prompt": "c?", "completion": "d.", "label": "yes"},
+            {"prompt": "e?", "chosen": "f.", "rejected": "g."},
+            {"prompt": "h?", "completion": "", "label": False},
+        ],
+    )
+    rows, report = load_preference_file(str(path))
+    assert len(rows) == 1 and [s["reason"] for s in report.skipped] == [
+        "label is not a boolean",
+        "not an unpaired row",
+        "empty answer",
+    ]
+    mixed = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"prompt": "a?", "chosen": "b.", "rejected": "c."}, {"prompt": "d?", "completion": "e.", "label": True}],
+    )
+    pairs, report = load_preference_file(str(mixed))
+    assert len(pairs) == 1 and report.skipped[0]["reason"] == "unpaired row in a file of pairs"
+
+
+def test_unpair_makes_each_pair_a_desirable_and_an_undesirable_row():
+    pairs, _ = load_preference_file("preference_ultrafeedback.jsonl")
+    rows = unpair(pairs)
+    assert len(rows) == 2 * len(pairs) and rows["label"][:2] == [True, False]
+    assert rows[0]["completion"] == pairs[0]["chosen"] and rows[1]["completion"] == pairs[0]["rejected"]
+    assert rows[0]["prompt"] == rows[1]["prompt"] == pairs[0]["prompt"] and rows[1]["source"] == pairs[0]["source"]

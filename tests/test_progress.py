@@ -44,7 +44,7 @@ def test_output_read_as_a_log_gets_a_few_lines_not_one_per_update(monkeypatch, c
     assert capsys.readouterr() == ("", "")
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_a_notebook_under_papermill_logs_progress_as_plain_lines(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -93,7 +93,6 @@ def test_greedy_answer_cut_at_max_new_tokens_ends_in_a_whole_character(embedded_
     assert REPLACEMENT_CHARACTER not in answer
 
 
-@pytest.mark.slow
 def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_path, capsys, monkeypatch):
     from lab_utils.core.artifacts import read_json
     from lab_utils.core.paths import output_dir
@@ -110,9 +109,12 @@ def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_pa
     assert len(train) == 1 and "100%" in train[0] and "2/2" in train[0] and "loss=" in train[0]
     generation = [bar for bar in closed_bars if bar.startswith("generate:")]
     assert len(generation) == 2 and all("100%" in bar for bar in generation)  # before and after training
+    evaluation = [bar for bar in closed_bars if bar.startswith("eval loss:")]
+    assert len(evaluation) == 2 and all("100%" in bar for bar in evaluation)  # the held-out loss, before and after
     metrics = read_json(output_dir() / "sft_alpaca" / "bars" / "metrics.json")
     assert isinstance(metrics["train_tokens_per_second"], float) and metrics["train_tokens_per_second"] > 0
-    assert metrics["train_tokens_per_second"] == pytest.approx(metrics["tokens_seen"] / metrics["train_seconds"], rel=0.01, abs=0.05)  # rounded to 0.1
+    rate = metrics["tokens_seen"] / metrics["train_seconds"]
+    assert metrics["train_tokens_per_second"] == pytest.approx(rate, rel=0.01, abs=0.05)  # rounded to 0.1
     assert isinstance(metrics["eval_loss_after"], float)  # numbers, not strings
     history = json.loads((output_dir() / "sft_alpaca" / "bars" / "history.json").read_text())
     assert all(isinstance(r["loss"], float) for r in history if "loss" in r)
@@ -126,7 +128,6 @@ def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_pa
         assert next_step in text, next_step
 
 
-@pytest.mark.slow
 def test_gguf_export_follows_the_file_with_one_bar(tokenizer, tmp_path, capsys, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 

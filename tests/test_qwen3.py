@@ -125,7 +125,7 @@ def test_a_4000x3000_photo_trains_within_the_pixel_bound(tmp_path, name):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_the_vision_experiment_trains_the_tiny_qwen3_vl(tmp_path):
     p = sft_vision.Params(model="tiny-qwen3-vl", max_rows=8, heldout_rows=2, max_steps=3, batch_size=2, lora_r=4,
                           lora_alpha=4, max_new_tokens=4, save_steps=10, grid_images=2, run_name="tiny-qwen3-vl")

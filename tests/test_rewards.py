@@ -113,7 +113,8 @@ CASES = [
     ("strict-preamble", "strict_format", "Sure!\n" + GOOD, {}, 0.0),
     ("strict-trailing-text", "strict_format", GOOD + "\nHope this helps", {}, 0.0),
     ("strict-two-answers", "strict_format", GOOD + "\n<answer>\n54\n</answer>", {}, 0.0),
-    ("strict-nested", "strict_format", "<reasoning>\n<reasoning>\nx\n</reasoning>\n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
+    ("strict-nested", "strict_format",
+     "<reasoning>\n<reasoning>\nx\n</reasoning>\n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
     ("strict-blank-reasoning", "strict_format", "<reasoning>\n \n</reasoning>\n<answer>\n5\n</answer>", {}, 0.0),
     ("strict-empty", "strict_format", "", {}, 0.0),
     # soft format
@@ -290,7 +291,8 @@ def test_reward_names_are_unique():
 
 
 def test_accepts_the_extra_keywords_trl_passes():
-    trl_extras = {"trainer_state": None, "log_extra": print, "log_metric": print, "solution": ["..."], "source": ["x:1"]}
+    trl_extras = {"trainer_state": None, "log_extra": print, "log_metric": print, "solution": ["..."],
+                  "source": ["x:1"]}
     for name, reward in REWARDS.items():
         assert len(reward(prompts=[EN_Q], completions=[GOOD], answer=["53"], completion_ids=[[1]], **trl_extras)) == 1
 
@@ -392,3 +394,13 @@ def test_combine_rejects_bad_arguments():
 def test_describe_has_a_line_per_reward():
     table = rewards.describe()
     assert set(table) == set(REWARDS) and all(table.values())
+
+
+@pytest.mark.parametrize("module", ["rewards.correctness", "rewards.format", "rewards.language", "rewards.penalties"])
+def test_the_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{module}: no >>> examples"
+    assert result.failed == 0, f"{module}: {result.failed} of {result.attempted} examples failed (see the output above)"

@@ -13,7 +13,6 @@ from scripts import sft_alpaca
 TINY = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
             max_seq_length=128, save_steps=1)
 
-pytestmark = pytest.mark.slow
 
 
 def tiny_config(tmp_path, **extra):
@@ -73,6 +72,7 @@ def test_eval_steps_give_an_eval_curve_sample_answers_and_the_best_checkpoint(tm
     assert metrics["eval_loss_after"] == pytest.approx(eval_losses[best_step], rel=1e-4)  # the best one was kept
 
 
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "sft_alpaca.ipynb", out, {**TINY, "run_name": "nb"})

@@ -19,7 +19,6 @@ def run_folder(name):
     return output_dir() / "sft_medical" / name
 
 
-@pytest.mark.slow
 def test_cli_trains_evaluates_and_reports_the_encoding(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "data_file": "medical/dialogues_gbk.csv"}))
@@ -31,12 +30,12 @@ def test_cli_trains_evaluates_and_reports_the_encoding(tmp_path):
     scores = read_json(run / "eval.json")
     assert set(scores) == {"base", "tuned"} and scores["base"]["n"] == 1
     assert 0 <= metrics["tuned_rougeL"] <= 100 and metrics["global_step"] == 2
-    for name in ("eval.png", "lengths.png", "training.png", "samples.md", "skipped_rows.csv", "adapter/adapter_config.json",
-                 "run_complete.json"):
+    for name in ("eval.png", "lengths.png", "training.png", "samples.md", "skipped_rows.csv",
+                 "adapter/adapter_config.json", "run_complete.json"):
         assert (run / name).exists(), name
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     execute(NOTEBOOKS_DIR / "sft_medical.ipynb", tmp_path / "out.ipynb",
             {**TINY, "data_file": "medical/dialogues_big5.csv", "run_name": "nb", "validation_fraction": 0.15,
@@ -50,7 +49,8 @@ def png_bytes() -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+            + chunk(b"IEND", b""))
 
 
 BAD_INPUTS = {  # case: (file name, bytes, what the one-line error must mention)

@@ -6,7 +6,6 @@ import pytest
 
 from benchmarks import sft_throughput
 
-pytestmark = pytest.mark.slow
 
 
 def test_benchmark_measures_both_paths_on_the_same_rows(tmp_path, capsys):

@@ -16,7 +16,6 @@ from scripts import sft_vision
 TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,
             save_steps=1, grid_images=2)
 
-pytestmark = pytest.mark.slow
 
 
 def tiny_config(tmp_path, **extra):
@@ -42,7 +41,8 @@ def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
     for score in ("exact_match_before", "exact_match_after", "char_accuracy_before", "char_accuracy_after"):
         assert 0.0 <= metrics[score] <= 1.0
     answers = (run / "answers.csv").read_text().splitlines()
-    assert answers[0].startswith("source,image,reference,before,after,char_acc_before,char_acc_after") and len(answers) == 3
+    assert answers[0].startswith("source,image,reference,before,after,char_acc_before,char_acc_after")
+    assert len(answers) == 3
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "character accuracy" in capsys.readouterr().out
 
@@ -59,6 +59,7 @@ def test_resume_continues_the_step_count():
         sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
 
 
+@pytest.mark.notebook
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "executed.ipynb"
     execute(NOTEBOOKS_DIR / "sft_vision.ipynb", out, {**TINY, "run_name": "nb"})
@@ -71,6 +72,7 @@ def test_notebook_runs_under_papermill(tmp_path):
     assert "trained on:" in printed and "char_accuracy_after" in printed
 
 
+@pytest.mark.learning
 def test_the_demo_model_learns_to_read_the_digits_from_scratch():
     """The CPU demo config, seeded: the random model goes from word salad to naming the digit in held-out pictures.
 
@@ -98,8 +100,9 @@ def write_sheet(path, rows):
 
 def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    digit = str(REPO_ROOT / "data/samples/vision/images/digit_001.png")
     write_sheet(tmp_path / "broken.xlsx", [["missing_1.png", "Reading?", "00123"], ["", "Reading?", "00456"],
-                                           [str(REPO_ROOT / "data/samples/vision/images/digit_001.png"), "Reading?", None]])
+                                           [digit, "Reading?", None]])
     with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet' has no usable rows \(kept 0 rows, skipped 3"):
         sft_vision.run(sft_vision.Params(**TINY, sheet="broken.xlsx", run_name="broken"))
     assert not (output_dir() / "sft_vision" / "broken").exists()

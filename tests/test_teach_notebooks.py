@@ -24,7 +24,7 @@ def test_notebook_parameters_match_params_and_config(name):
         assert "def " not in source and "class " not in source
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", LESSONS)
 def test_notebook_executes_headless(name, tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "out"))
@@ -35,7 +35,6 @@ def test_notebook_executes_headless(name, tmp_path, monkeypatch):
     assert (run / "metrics.json").exists() and (run / "run_complete.json").exists()
 
 
-@pytest.mark.slow
 def test_svd_cli_with_config_and_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
     result = teach_svd.main(["--config", "configs/teach_svd.yaml", "--image", "synthetic", "--max_side", "96",
@@ -53,7 +52,6 @@ def test_svd_cli_with_config_and_override(tmp_path, monkeypatch):
         teach_svd.main(["--image", "synthetic", "--max_side", "32", "--run_name", "cli"])
 
 
-@pytest.mark.slow
 def test_als_cli_with_config_and_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
     teach_als.main(["--config", "configs/teach_als.yaml", "--n_users", "150", "--n_items", "100",

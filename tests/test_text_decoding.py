@@ -11,9 +11,11 @@ from data_loaders.gsm8k import load_gsm8k
 from data_loaders.medical_csv import load_medical_csv
 from lab_utils.core.text_decoding import decode_file, plausibility, read_text
 
-SIMPLIFIED = [{"instruction": "用一句话解释什么是光合作用。", "input": "", "output": "植物利用阳光把水和二氧化碳变成糖和氧气。"},
+SIMPLIFIED = [{"instruction": "用一句话解释什么是光合作用。", "input": "",
+               "output": "植物利用阳光把水和二氧化碳变成糖和氧气。"},
               {"instruction": "把下面的句子翻译成英文。", "input": "我喜欢喝茶。", "output": "I like drinking tea."}]
-TRADITIONAL = [{"instruction": "請用一句話解釋什麼是颱風。", "input": "", "output": "颱風是在熱帶海面上形成的強烈氣旋。"}]
+TRADITIONAL = [{"instruction": "請用一句話解釋什麼是颱風。", "input": "",
+                "output": "颱風是在熱帶海面上形成的強烈氣旋。"}]
 # (python codec that writes the file, what read_text reports)
 ENCODINGS = [("utf-8", "utf-8"), ("utf-8-sig", "utf-8-sig"), ("utf-16", "utf-16"), ("gbk", "gb18030"),
              ("gb18030", "gb18030")]
@@ -44,7 +46,8 @@ def test_sharegpt_json_list_in_big5_and_messages_in_gbk(tmp_path):
                                    {"from": "gpt", "value": TRADITIONAL[0]["output"]}]}]
     dataset, _ = load_chat_file(str(_write(tmp_path / "s.json", json.dumps(sharegpt, ensure_ascii=False), "big5")))
     assert dataset[0]["messages"][1]["content"] == "颱風是在熱帶海面上形成的強烈氣旋。"
-    messages = [{"messages": [{"role": "user", "content": "头疼怎么办？"}, {"role": "assistant", "content": "多休息，多喝水。"}]}]
+    messages = [{"messages": [{"role": "user", "content": "头疼怎么办？"},
+                              {"role": "assistant", "content": "多休息，多喝水。"}]}]
     dataset, _ = load_chat_file(str(_write(tmp_path / "m.jsonl", jsonl(messages), "gbk")))
     assert dataset[0]["messages"][0]["content"] == "头疼怎么办？"
 

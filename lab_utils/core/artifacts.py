@@ -30,9 +30,12 @@ def _plain(value):
 
 
 def write_json(data, path) -> Path:
+    """Write, then rename: a killed run never leaves a JSON file that is cut short."""
+    from lab_utils.core.paths import write_then_rename
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2, ensure_ascii=False), encoding="utf-8")
+    with write_then_rename(path, overwrite=True) as staging:
+        staging.write_text(json.dumps(_plain(data), indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
 
@@ -40,10 +43,10 @@ def read_json(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_table(frame: pd.DataFrame, run: Path, name: str) -> Path:
+def write_table(frame: pd.DataFrame, run_dir: Path, name: str) -> Path:
     """Save a table as <name>.csv (for pandas) and <name>.md (for people)."""
-    frame.to_csv(Path(run) / f"{name}.csv", index=False)
-    markdown = Path(run) / f"{name}.md"
+    frame.to_csv(Path(run_dir) / f"{name}.csv", index=False)
+    markdown = Path(run_dir) / f"{name}.md"
     # a newline inside a cell would end the Markdown row; <br> keeps it in the cell
     cells = frame.apply(lambda col: col.map(lambda v: v.replace("\n", "<br>") if isinstance(v, str) else v))
     markdown.write_text(cells.to_markdown(index=False), encoding="utf-8")

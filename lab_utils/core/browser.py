@@ -152,7 +152,8 @@ class LabPage:
         # may redraw it while the page settles, so it is looked up afresh each time, never held
         cell = f"document.querySelector('{CODE_CELL}')"
         # Where the literal ends on screen (before any trailing `# comment`) and how many characters it has
-        find = lambda: self.js(r"""
+        def find():  # asked afresh on every try: the cell may be redrawn
+            return self.js(r"""
             const [cell, name] = [CELL, arguments[0]];
             if (!cell) return null;
             for (const line of cell.querySelectorAll('.cm-line')) {
@@ -231,8 +232,12 @@ class LabPage:
         raise TimeoutError(f"Run All not finished after {timeout:.0f} s; prompts {self.prompts()}")
 
     def scroll_to(self, selector: str, index: int = -1, block: str = "center"):
-        self.js(f"const all = document.querySelectorAll(arguments[0]); all[{index} < 0 ? all.length + {index} : {index}]"
-                ".scrollIntoView({block: arguments[1]})", selector, block)
+        self.js(
+            f"const all = document.querySelectorAll(arguments[0]); all[{index} < 0 ? all.length + {index} : {index}]"
+            ".scrollIntoView({block: arguments[1]})",
+            selector,
+            block,
+        )
         time.sleep(0.3)  # let JupyterLab render the cells scrolled into view
 
     def screenshot(self, path, box=None, max_height: int | None = None, **kwargs) -> Path:
@@ -261,11 +266,14 @@ class LabPage:
         return wait_for(lambda: self.js(script, *args), timeout, "an element to screenshot")
 
     def resize(self, width: int, height: int):
-        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         time.sleep(0.5)  # JupyterLab lays itself out again
 
     def images_loaded(self, selector: str = "img") -> list[int]:
         """naturalWidth of each image matching selector: 0 for one that failed to decode."""
-        return self.js("return [...document.querySelectorAll(arguments[0])].map(i => i.complete ? i.naturalWidth : 0)",
-                       selector)
+        return self.js(
+            "return [...document.querySelectorAll(arguments[0])].map(i => i.complete ? i.naturalWidth : 0)", selector
+        )

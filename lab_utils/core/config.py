@@ -253,7 +253,9 @@ def parse_args(params_cls, argv=None, description: str = ""):
 
 def save_params(params, path) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(dataclasses.asdict(params), indent=2, ensure_ascii=False), encoding="utf-8")
+    from lab_utils.core.secrets import redact  # a credential given as a parameter is never written
+
+    path.write_text(json.dumps(redact(dataclasses.asdict(params)), indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
 

@@ -16,6 +16,8 @@ In a single plain process every function here is a no-op that says "main".
 import os
 from contextlib import contextmanager
 
+from lab_utils.core.errors import MachineError
+
 
 def launched_distributed() -> bool:
     """True under torchrun / accelerate launch with more than one process (on any number of nodes)."""
@@ -93,8 +95,8 @@ def accelerate_cpu_single_process() -> bool:
 # Experiments whose FSDP2 run fails (measured on 2 CPU ranks, accelerate 1.15, TRL 1.14), and what to use instead.
 FSDP_UNSUPPORTED = {
     "grpo_gsm8k": ("GRPO under FSDP fails here: its SFT warm-up's trainer shards the model and the GRPO trainer then "
-                   "meets DTensor weights; launch it with configs/accelerate/ddp.yaml (a LoRA adapter needs no sharding "
-                   "of its optimizer state) or 4-bit QLoRA on one GPU"),
+                   "meets DTensor weights; launch it with configs/accelerate/ddp.yaml (a LoRA adapter needs no "
+                   "sharding of its optimizer state) or 4-bit QLoRA on one GPU"),
 }
 
 
@@ -118,12 +120,12 @@ def scale_out_refusal(engine: str, backend: str, load_in_4bit: bool = False, loa
 def check_launch(backend: str, load_in_4bit: bool = False, load_in_8bit: bool = False, experiment: str = "") -> str:
     """The engine this process was launched with; raises one line for a launch that cannot work."""
     if accelerate_cpu_single_process():
-        raise RuntimeError("accelerate launch --cpu starts ONE process and ignores the config's FSDP/DeepSpeed "
+        raise MachineError("accelerate launch --cpu starts ONE process and ignores the config's FSDP/DeepSpeed "
                            "settings: drop --cpu (on a machine without CUDA the ranks run on CPU anyway)")
     engine = launch_engine()
     refusal = scale_out_refusal(engine, backend, load_in_4bit, load_in_8bit, experiment)
     if refusal:
-        raise RuntimeError(refusal)
+        raise MachineError(refusal)
     if engine == "fsdp":
         shard_on_cpu_ranks()
     return engine

@@ -1,6 +1,7 @@
 """JupyterLab as `make lab` starts it, in one place: the command line, and a headless server for tests.
 
-`make lab` runs `python -m lab_utils.core.jupyter_lab [jupyter lab args]`: the repo as the server root,
+`make lab` runs `python -m scripts.jupyter_lab [jupyter lab args]` (which adds the token guard) on
+lab_command(): the repo as the server root,
 opening on notebooks/, with the app settings in env/jupyterlab/ (overrides.json: no "notified about
 official Jupyter news?" popup and no update check on first start; a user's own settings still win).
 The browser test and `make screenshots` start the very same command headless (LabServer): loopback,
@@ -115,16 +116,3 @@ class LabServer:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def main(argv=None):
-    """`make lab`: say where models, data and outputs go, then become `jupyter lab`."""
-    from lab_utils.core import paths
-
-    print(f"[lab] models {paths.models_dir()} | data {paths.data_dir()} | outputs {paths.output_dir()}")
-    cmd = lab_command(sys.argv[1:] if argv is None else argv)
-    os.execve(cmd[0], cmd, lab_environment())
-
-
-if __name__ == "__main__":
-    main()

@@ -84,28 +84,44 @@ def is_complete(run: Path) -> bool:
     return (Path(run) / COMPLETE_MARKER).exists()
 
 
-def run_dir(experiment: str, run_name: str, output_root=None, overwrite: bool = False) -> Path:
-    """Create $LAB_OUTPUT_DIR/<experiment>/<run_name>/ for a new run.
+def run_dir(experiment: str, run_name: str, output_root=None, overwrite: bool = False, lock: bool = True) -> Path:
+    """Create $LAB_OUTPUT_DIR/<experiment>/<run_name>/ for a new run, locked for this process.
 
     A finished run (it holds run_complete.json) is never overwritten unless
     `overwrite=True`. An unfinished one is reused, so training can resume from
-    its last checkpoint.
+    its last checkpoint; `overwrite=True` starts it again from scratch instead.
+    With `lock` (every caller but DDP's non-main ranks) the folder is first locked
+    (lab_utils/core/locks): a second live process with this run name stops with one line,
+    before anything here is touched. mark_complete releases the lock.
     """
+    from lab_utils.core.locks import hold_run, release_run
+
     path = output_dir(output_root) / slug(experiment) / slug(run_name)
-    if is_complete(path):
-        if not overwrite:
+    took = lock and hold_run(path)
+    try:
+        if is_complete(path) and not overwrite:
             raise RunExistsError(
                 f"run '{path}' already finished; choose another run_name or pass overwrite=True"
             )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if took:
+            release_run(path)
+        raise
     return path
 
 
 def mark_complete(run: Path, summary: dict | None = None) -> Path:
-    """Write the marker that says every artifact of the run is on disk. Call it last."""
+    """Write the marker that says every artifact of the run is on disk (atomically), and release the
+    run's lock. Call it last."""
+    from lab_utils.core.locks import release_run
+
     marker = Path(run) / COMPLETE_MARKER
-    marker.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=2))
+    with write_then_rename(marker, overwrite=True) as staging:
+        staging.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=2))
+    release_run(run)
     return marker
 
 

@@ -172,7 +172,8 @@ def plot_rmse_sweep(values, train_rmse, valid_rmse, xlabel: str, path=None, log_
     return save(fig, path)
 
 
-def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "", title: str = "items, PCA of ALS item factors"):
+def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "",
+                        title: str = "items, PCA of ALS item factors"):
     """A 2-D scatter of item factors (e.g. coloured by item bias: do good films cluster?)."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     points = ax.scatter([c[0] for c in coords], [c[1] for c in coords], c=colour, s=8, cmap="coolwarm", alpha=0.8)
@@ -187,14 +188,15 @@ def plot_item_embedding(coords, path=None, colour=None, colour_label: str = "", 
 # --- batch runs (scripts/batch.py) ---
 
 
-def plot_loss_curves(histories: dict, path=None, title: str = "training loss by run"):
-    """Train loss of several runs on one axis ({run name: history records}), for comparing a grid."""
+def plot_loss_curves(histories: dict, path=None, title: str = "training loss by run", key: str = "loss",
+                     ylabel: str = "train loss", xlabel: str = "step"):
+    """One logged value (train loss, GRPO's reward, ...) of several runs on one axis ({run name: records}), by step."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, history in histories.items():
-        points = [(r["step"], r["loss"]) for r in history if "loss" in r and "step" in r]
+        points = [(r["step"], r[key]) for r in history if r.get(key) is not None and "step" in r]
         if points:
             ax.plot(*zip(*points), marker=".", label=name)
-    ax.set(xlabel="step", ylabel="train loss", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -239,7 +241,8 @@ def plot_lora_parameter_counts(ranks, per_module: dict, total, path=None):
         left.plot(ranks, lora, color=colour, label=f"{name}: r (d_out + d_in)")
         left.axhline(full, color=colour, ls="--", lw=0.8)
     left.set_yscale("log")
-    left.set(xlabel="LoRA rank r", ylabel="numbers trained per layer (log)", title="LoRA (solid) vs full matrix (dashed)")
+    left.set(xlabel="LoRA rank r", ylabel="numbers trained per layer (log)",
+             title="LoRA (solid) vs full matrix (dashed)")
     left.legend(fontsize=7)
     total_full, total_lora = total
     right.plot(ranks, [100 * n / total_full for n in total_lora])
@@ -256,11 +259,12 @@ def plot_lora_spectra(spectra: dict, rank: int, path=None):
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, s in spectra.items():
         kind = name.rsplit(".", 1)[-1]
-        ax.plot(range(1, len(s) + 1), [v / s[0] if s[0] > 0 else 0.0 for v in s], color=f"C{kinds.index(kind) % 10}", alpha=0.35, lw=1)
+        ax.plot(range(1, len(s) + 1), [v / s[0] if s[0] > 0 else 0.0 for v in s],
+                color=f"C{kinds.index(kind) % 10}", alpha=0.35, lw=1)
     for i, kind in enumerate(kinds):
         ax.plot([], [], color=f"C{i % 10}", label=kind)
-    ax.set(xlabel="index i (at most r are non-zero)", ylabel="s_i / s_1", title=f"singular values of trained dW (r={rank})",
-           xlim=(0.8, rank + 0.2), ylim=(0, 1.05))
+    ax.set(xlabel="index i (at most r are non-zero)", ylabel="s_i / s_1",
+           title=f"singular values of trained dW (r={rank})", xlim=(0.8, rank + 0.2), ylim=(0, 1.05))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -361,7 +365,8 @@ def plot_preference_rewards(history: list[dict], path=None, title: str = "prefer
     accuracy = _series(history, "rewards/accuracies")
     if accuracy:
         ax_accuracy.plot(*zip(*accuracy), marker=".", color="tab:blue", label="accuracy")
-    ax_accuracy.set(xlabel="step", ylabel="share of pairs ranked right", ylim=(-0.05, 1.05), title="batch accuracy, margin")
+    ax_accuracy.set(xlabel="step", ylabel="share of pairs ranked right", ylim=(-0.05, 1.05),
+                    title="batch accuracy, margin")
     margins = _series(history, "rewards/margins")
     if margins:
         twin = ax_accuracy.twinx()
@@ -382,7 +387,8 @@ def plot_preference_margins(before: list[float], after: list[float], path=None, 
     values = list(before) + list(after)
     low, high = min(values + [0.0]), max(values + [0.0])
     bins = [low + (high - low) * i / 30 for i in range(31)] if high > low else 10
-    for label, data, colour, share in (("before", before, "tab:grey", accuracy[0]), ("after", after, "tab:blue", accuracy[1])):
+    for label, data, colour, share in (("before", before, "tab:grey", accuracy[0]),
+                                       ("after", after, "tab:blue", accuracy[1])):
         name = f"{label} (accuracy {share:.2f})" if share is not None else label
         ax.hist(data, bins=bins, alpha=0.6, color=colour, label=name)
     ax.axvline(0, color="black", lw=0.8)

@@ -107,7 +107,8 @@ def follow_output_file(process, path, expected_bytes: int, desc: str, poll_s: fl
 
 
 class TrainingProgress:
-    """One bar for trainer.train(): optimizer steps, with the latest loss / eval loss / reward as numbers.
+    """One bar for trainer.train(): optimizer steps, with the latest loss / eval loss / reward as numbers;
+    and one for each evaluation (trainer.evaluate(), before, during or after training): its batches.
 
     The TrainerCallback events that draw the bar; `training_progress()` mixes them into a real
     TrainerCallback. Kept apart so that importing this module imports neither transformers nor
@@ -117,6 +118,7 @@ class TrainingProgress:
     def __init__(self, desc: str = "train"):
         self.desc = desc
         self.bar = None
+        self.eval_bar = None  # one per evaluation (before, during and after training): its batches
         self.postfix = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -135,6 +137,19 @@ class TrainingProgress:
             if isinstance(logs.get(key), (int, float)):
                 self.postfix[label] = round(float(logs[key]), 4)
         self.bar.set_postfix(self.postfix, refresh=False)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_local_process_zero:
+            return
+        if self.eval_bar is None:
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
+            self.eval_bar = progress_bar(total=total, desc="eval loss", unit="batch")
+        self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -39,16 +39,16 @@ def compare_text_metrics(base: list[str], tuned: list[str], references: list[str
     return {"base": text_metrics(base, references), "tuned": text_metrics(tuned, references)}
 
 
-def write_text_evaluation(run: Path, conversations, base: list[str], tuned: list[str], title: str = "") -> dict:
+def write_text_evaluation(run_dir: Path, conversations, base: list[str], tuned: list[str], title: str = "") -> dict:
     """eval.json, eval.png (bar chart) and samples.md/.csv (question, reference, base, tuned)."""
     references = references_of(conversations)
     scores = compare_text_metrics(base, tuned, references)
     if not is_main_process():
         return scores  # under DDP every rank evaluates the same rows; one writes
-    write_json(scores, Path(run) / "eval.json")
+    write_json(scores, Path(run_dir) / "eval.json")
     plots.plot_metric_comparison(scores["base"], scores["tuned"], title=title or "base vs fine-tuned",
-                                 path=Path(run) / "eval.png")
-    write_table(sample_table(questions_of(conversations), references, base, tuned), run, "samples")
+                                 path=Path(run_dir) / "eval.png")
+    write_table(sample_table(questions_of(conversations), references, base, tuned), run_dir, "samples")
     return scores
 
 
@@ -92,7 +92,8 @@ def load_adapters(adapters: dict, base_model: str | None = None):
     model = PeftModel.from_pretrained(base, str(located[names[0]].adapter_dir), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(located[name].adapter_dir), adapter_name=name)
-    tokenizer_dir = first.adapter_dir if (first.adapter_dir / "tokenizer_config.json").exists() else resolve_model(first.base_model)
+    has_tokenizer = (first.adapter_dir / "tokenizer_config.json").exists()
+    tokenizer_dir = first.adapter_dir if has_tokenizer else resolve_model(first.base_model)
     return model.eval(), load_tokenizer(str(tokenizer_dir))
 
 
@@ -116,14 +117,14 @@ def ab_table(conversations, answers: dict):
     return pd.DataFrame({**table, **answers})
 
 
-def write_ab_report(table, run: Path, name: str = "ab", title: str = "A/B: base vs fine-tuned") -> Path:
+def write_ab_report(table, run_dir: Path, name: str = "ab", title: str = "A/B: base vs fine-tuned") -> Path:
     """<name>.md, <name>.csv and a self-contained <name>.html (escaped text, inline CSS)."""
-    write_table(table, run, name)
+    write_table(table, run_dir, name)
     cells = table.to_html(index=False, escape=True).replace("\\n", "<br>")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:28em}th{background:#f3f3f3}")
     html = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>" \
            f"<body><h1>{title}</h1>{cells}</body></html>"
-    path = Path(run) / f"{name}.html"
+    path = Path(run_dir) / f"{name}.html"
     path.write_text(html, encoding="utf-8")
     return path

@@ -39,7 +39,8 @@ def llama_cpp_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
 
 def _download_sdist(version: str, into: Path) -> Path:
     """pip download the llama-cpp-python sdist (never a wheel: wheels do not carry the converter)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(into), f"llama-cpp-python=={version}"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(into),
+           f"llama-cpp-python=={version}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     sdists = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if result.returncode != 0 or not sdists:
@@ -58,7 +59,8 @@ def _extract_converter(sdist: Path, into: Path) -> None:
                 member.name = rest
                 members.append(member)
         if not any(m.name == CONVERT_SCRIPT for m in members):
-            raise ExportError(f"{sdist.name} has no vendor/llama.cpp/{CONVERT_SCRIPT}; pick another LLAMA_CPP_PYTHON_VERSION")
+            raise ExportError(f"{sdist.name} has no vendor/llama.cpp/{CONVERT_SCRIPT}; "
+                              "pick another LLAMA_CPP_PYTHON_VERSION")
         tar.extractall(into, members=members, filter="data")
 
 
@@ -67,7 +69,8 @@ def ensure_llama_cpp(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     target = llama_cpp_dir(version)
     if (target / CONVERT_SCRIPT).exists() and (target / "gguf-py" / "gguf").is_dir():
         return target
-    print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}", flush=True)
+    print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}",
+          flush=True)
     with write_then_rename(target, overwrite=True) as staging, tempfile.TemporaryDirectory() as tmp:
         _extract_converter(_download_sdist(version, Path(tmp)), staging)
     return target
@@ -76,12 +79,14 @@ def ensure_llama_cpp(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
 def _check_converter_deps() -> None:
     import importlib.util
 
-    missing = [name for name in ("torch", "transformers", "numpy", "sentencepiece") if importlib.util.find_spec(name) is None]
+    needed = ("torch", "transformers", "numpy", "sentencepiece")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportError(f"llama.cpp's converter needs {missing}: pip install -r requirements.txt")
 
 
-def _run_tool(cmd: list[str], what: str, env: dict | None = None, writes: Path | None = None, expected_bytes: int = 0) -> float:
+def _run_tool(cmd: list[str], what: str, env: dict | None = None, writes: Path | None = None,
+              expected_bytes: int = 0) -> float:
     """Run a converter/quantizer subprocess; one clear error with its last lines if it fails.
 
     With `writes`, one progress bar follows that output file's size up to `expected_bytes`.
@@ -112,7 +117,8 @@ def expected_gguf_bytes(hf_dir: Path, outtype: str) -> int:
     return int(weights * GGUF_BYTES_PER_WEIGHT[outtype])
 
 
-def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = False, llama_cpp: Path | None = None) -> Path:
+def convert_to_gguf(hf_dir, out_path, outtype: str = "f16", overwrite: bool = False,
+                    llama_cpp: Path | None = None) -> Path:
     """A safetensors model folder (e.g. merge_adapter's output) -> one GGUF file."""
     if outtype not in GGUF_OUTTYPES:
         hint = " (a k-quant: convert to f16 first, then quantize_gguf)" if outtype in KQUANT_TYPES else ""
@@ -168,7 +174,8 @@ def quantize_gguf(src_gguf, out_path, qtype: str = "q4_k_m", overwrite: bool = F
     if quantizer is None:
         raise ExportError(
             f"{qtype} needs llama.cpp's quantizer and none is installed: put `llama-quantize` on PATH "
-            f"(cmake -B build && cmake --build build --target llama-quantize, in {llama_cpp_dir()} sources or a llama.cpp checkout) "
+            f"(cmake -B build && cmake --build build --target llama-quantize, in {llama_cpp_dir()} sources "
+            "or a llama.cpp checkout) "
             f"or `pip install llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}` (compiles llama.cpp, several minutes). "
             "f16, bf16 and q8_0 need neither."
         )

@@ -1,6 +1,7 @@
 """Export what a run trained: merged 16-bit safetensors, GGUF files, an Ollama Modelfile, a hub upload.
 
-    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload); text or vision-language
+    merge_adapter(run_dir, out)          LoRA adapter merged into its base (peft merge_and_unload);
+                                         text or vision-language
     locate_adapter(run_dir)              adapter folder, base model and system prompt of a finished run
     convert_to_gguf(merged, out.gguf)    f32 / f16 / bf16 / q8_0 with llama.cpp's own convert_hf_to_gguf.py
     quantize_gguf(f16.gguf, out.gguf)    k-quants (q4_k_m, ...) with llama.cpp's quantizer
@@ -57,8 +58,8 @@ class TrainedAdapter:
     run_dir: Path | None  # None for a bare adapter folder
 
 
-def _read_run_params(run: Path) -> dict:
-    params_file = run / "params.json"
+def _read_run_params(run_dir: Path) -> dict:
+    params_file = run_dir / "params.json"
     if not params_file.exists():
         return {}
     return json.loads(params_file.read_text(encoding="utf-8"))
@@ -74,7 +75,8 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
     path = Path(run_dir_or_adapter).expanduser().resolve()
     if not path.exists():
         raise ExportError(f"nothing to export: '{path}' does not exist (pass a finished run dir or an adapter folder)")
-    if (path / ADAPTER_CONFIG).exists():  # the user named the adapter folder; inside a run dir, that run must be finished too
+    # the user named the adapter folder; inside a run dir, that run must be finished too
+    if (path / ADAPTER_CONFIG).exists():
         adapter = path
         looks_like_run = (path.parent / "params.json").exists() or is_complete(path.parent)
         run = path.parent if looks_like_run else None
@@ -97,7 +99,8 @@ def locate_adapter(run_dir_or_adapter, base_model: str | None = None) -> Trained
 
 
 # Merged 16-bit safetensors (text and vision-language models)
-def merge_adapter(run_dir_or_adapter, out_dir, dtype: str = "float16", overwrite: bool = False, base_model: str | None = None) -> Path:
+def merge_adapter(run_dir_or_adapter, out_dir, dtype: str = "float16", overwrite: bool = False,
+                  base_model: str | None = None) -> Path:
     """Merge the LoRA adapter into its base and save safetensors + tokenizer (or processor) + chat template.
 
     The merge itself runs in float32 (W + scale * B @ A without 16-bit rounding of the

@@ -76,7 +76,8 @@ FAMILIES = {
 {{ end }}
 {{- end }}<start_of_turn>model
 """, ("<end_of_turn>", "<start_of_turn>")),
-    # tests/data/templates/mistral-v1.jinja: ' [INST] ' + (system + '\n\n' on the first turn) + user + ' [/INST]', ' ' + answer + eos
+    # tests/data/templates/mistral-v1.jinja:
+    #   ' [INST] ' + (system + '\n\n' on the first turn) + user + ' [/INST]', ' ' + answer + eos
     "mistral": Family(("[INST]",), """{{- $system := "" }}
 {{- range .Messages }}
 {{- if eq .Role "system" }}{{ $system = .Content }}
@@ -86,7 +87,8 @@ FAMILIES = {
 {{- else }} {{ .Content }}</s>
 {{- end }}
 {{- end }}""", MISTRAL_STOPS),
-    # tests/data/templates/mistral-v3.jinja: '[INST] ' + (system + '\n\n' on the LAST turn) + user + '[/INST]', ' ' + answer + eos
+    # tests/data/templates/mistral-v3.jinja:
+    #   '[INST] ' + (system + '\n\n' on the LAST turn) + user + '[/INST]', ' ' + answer + eos
     # (the Jinja template also trims the answer; Go templates have no trim, so answers are written as given)
     "mistral-v3": Family(("[INST]",), """{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}

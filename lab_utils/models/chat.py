@@ -76,7 +76,8 @@ def set_thinking(tokenizer, enable_thinking: bool | None):
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
            enable_thinking: bool | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template; use an instruct/chat model")
+        raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template; "
+                                "use an instruct/chat model")
     if enable_thinking is None:
         enable_thinking = getattr(tokenizer, THINKING_ATTRIBUTE, None)
     check_thinking_switch(tokenizer, enable_thinking)
@@ -108,7 +109,8 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> dict:
     """input_ids and labels (-100 outside assistant turns), truncated to max_length."""
     text, spans = assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+                        max_length=max_length)
     labels = []
     for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
         inside = any(s <= start and end <= e and end > start for s, e in spans)
@@ -160,7 +162,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     try:
         with progress_bar(total=n_batches * max_new_tokens, desc="generate", unit="tok") as bar:
             for i in range(0, len(conversations), batch_size):
-                prompts = [render(tokenizer, prompt_of(c), add_generation_prompt=True) for c in conversations[i : i + batch_size]]
+                prompts = [render(tokenizer, prompt_of(c), add_generation_prompt=True)
+                           for c in conversations[i : i + batch_size]]
                 batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
                 sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,

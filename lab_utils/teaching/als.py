@@ -130,11 +130,13 @@ def regularised_objective(model: FactorModel, train, reg: float, bias_reg: float
     """
     users, items, values = train
     # the loss is on the raw model: clipping to the rating scale is only for reported predictions
-    pred = FactorModel(model.global_mean, model.user_bias, model.item_bias, model.user_factors, model.item_factors).predict(users, items)
+    raw = FactorModel(model.global_mean, model.user_bias, model.item_bias, model.user_factors, model.item_factors)
+    pred = raw.predict(users, items)
     n_users, n_items = len(model.user_bias), len(model.item_bias)
     user_w = np.maximum(np.bincount(users, minlength=n_users), 1) if weighted_reg else np.ones(n_users)
     item_w = np.maximum(np.bincount(items, minlength=n_items), 1) if weighted_reg else np.ones(n_items)
-    penalty = reg * (np.sum(user_w * np.sum(model.user_factors**2, axis=1)) + np.sum(item_w * np.sum(model.item_factors**2, axis=1)))
+    penalty = reg * (np.sum(user_w * np.sum(model.user_factors**2, axis=1))
+                     + np.sum(item_w * np.sum(model.item_factors**2, axis=1)))
     penalty += bias_reg * (np.sum(model.user_bias**2) + np.sum(model.item_bias**2))
     return float((np.sum((pred - values) ** 2) + penalty) / len(values))
 

@@ -53,7 +53,8 @@ def start_session(master: str | None = None, app_name: str = "finetune-lab-als")
     try:
         session = builder.getOrCreate()
     except Exception as err:  # py4j raises bare exceptions when Java is missing or too old
-        raise SparkUnavailable(f"could not start Spark at master '{spark_master(master)}': {str(err).splitlines()[0]}") from None
+        raise SparkUnavailable(f"could not start Spark at master '{spark_master(master)}': "
+                               f"{str(err).splitlines()[0]}") from None
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -64,7 +65,8 @@ def _frame(session, ratings):
     return session.createDataFrame(rows, ["user", "item", "rating"])
 
 
-def spark_als(train, test, *, rank: int, reg: float, n_iters: int, seed: int = 0, master: str | None = None, clip=None) -> dict:
+def spark_als(train, test, *, rank: int, reg: float, n_iters: int, seed: int = 0, master: str | None = None,
+              clip=None) -> dict:
     """Fit MLlib ALS on `train`, predict `test`; returns RMSE and the seconds spent starting, fitting, predicting."""
     _, ALS = import_pyspark()
     start = time.perf_counter()

@@ -12,6 +12,20 @@ class EmptyBatchError(LabError, ValueError):
     """A batch in which every label is masked: nothing to learn, and a NaN loss if trained on."""
 
 
+def load_data_tokenizer(p):
+    """The model's tokenizer without the model (cheap), loaded and set up as load_lora_model does it
+    (trust_remote_code, the thinking switch): what build_dataset tokenizes with, before any run folder exists.
+    The backend is checked first: a run it refuses (unsloth without CUDA, hf after unsloth) stops here,
+    before minutes of tokenizing."""
+    from lab_utils.core.backend import choose_backend
+    from lab_utils.models.chat import set_thinking
+    from lab_utils.models.registry import load_tokenizer, resolve_model
+
+    choose_backend(getattr(p, "backend", "auto"))
+    tokenizer = load_tokenizer(resolve_model(p.model), getattr(p, "trust_remote_code", False))
+    return set_thinking(tokenizer, getattr(p, "enable_thinking", None))
+
+
 def tokenize_dataset(dataset, tokenizer, max_length: int, report=None):
     """Tokenize conversations; drop (and report) rows whose answer lies beyond max_length."""
     def encode(row):
@@ -39,7 +53,8 @@ class ChatCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         if all(count_trainable_tokens(r["labels"]) == 0 for r in rows):
-            raise EmptyBatchError("every label in this batch is masked (no assistant tokens); check the data and max_seq_length")
+            raise EmptyBatchError("every label in this batch is masked (no assistant tokens); "
+                                  "check the data and max_seq_length")
         return self.packed(rows) if self.padding_free else self.padded(rows)
 
     def packed(self, rows):

@@ -22,7 +22,7 @@ class RunParams:
     backend: str = "auto"  # auto | hf | unsloth (LAB_BACKEND forces one too)
     seed: int = 42  # random seed for LoRA init, data order and sampling
     run_name: str = "demo"  # the run folder: $LAB_OUTPUT_DIR/<experiment>/<run_name>/
-    overwrite: bool = False  # a finished run with this name is refused unless true
+    overwrite: bool = False  # true: start this run again from scratch (else: finished refused, unfinished resumed)
     report_to: str = "tensorboard"  # tensorboard | wandb | swanlab | none
     logging_steps: int = 1  # log the loss every N steps
     save_steps: int = 10  # checkpoint every N steps: an interrupted run resumes from the last one

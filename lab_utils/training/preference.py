@@ -1,6 +1,6 @@
 """Held-out preference scores: does the model prefer the chosen answer to the rejected one, and by how much?
 
-Both measures start from the same numbers: the log-probability the model gives each answer
+Every measure starts from the same numbers: the log-probability the model gives each answer
 token after the prompt (rendered with the model's own chat template, as TRL's trainers do).
 
 DPO (implicit reward). DPO trains the policy pi so that
@@ -21,8 +21,18 @@ m(y) = mean over the answer's tokens of log pi(token), through the odds p/(1-p) 
 A pair is right when log_odds > 0 (equivalently m(chosen) > m(rejected)); the margin is the
 mean log odds ratio. This one is meaningful before training too: the base model's own preference.
 
-`likelihood_accuracy` (the share of pairs with m(chosen) > m(rejected)) is reported for both
-methods: a reference-free view of the same question.
+SimPO (no reference, length-normalised). SimPO (TRL's CPOTrainer, loss_type="simpo") trains the reward
+beta * m(y) directly: the pair's margin is beta * (m(chosen) - m(rejected)), pushed above gamma (simpo_gamma).
+A pair is right when the margin is > 0; the margin is its mean, the very quantity SimPO optimises.
+
+KTO (unpaired rows). KTO sees one answer at a time, labelled desirable or not, and trains the same
+implicit reward as DPO, r = beta * (log pi(y|x) - log ref(y|x)), up for desirable answers and down for
+undesirable ones (against a batch-level KL reference point). Held-out rows are scored alone: a row's
+margin is its reward signed by its label (+r if desirable, -r if not), right when > 0; the margin is
+their mean. Like DPO it starts as a tie: accuracy 0.5, margin 0.
+
+`likelihood_accuracy` (the share of pairs with m(chosen) > m(rejected)) is reported for every paired
+method: a reference-free view of the same question (for SimPO it is its accuracy; KTO has no pairs).
 """
 
 import math
@@ -79,9 +89,21 @@ def answer_logps(model, tokenizer, prompts, answers, max_length: int = 512, batc
 def score_pairs(model, tokenizer, pairs, max_length: int = 512, batch_size: int = 8) -> dict:
     """Per pair: summed log-probs and token counts of the chosen and the rejected answer."""
     chosen, chosen_tokens = answer_logps(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length, batch_size)
-    rejected, rejected_tokens = answer_logps(model, tokenizer, pairs["prompt"], pairs["rejected"], max_length, batch_size)
-    return {"chosen_logp": chosen, "rejected_logp": rejected, "chosen_tokens": chosen_tokens,
-            "rejected_tokens": rejected_tokens}
+    rejected, rejected_tokens = answer_logps(
+        model, tokenizer, pairs["prompt"], pairs["rejected"], max_length, batch_size
+    )
+    return {
+        "chosen_logp": chosen,
+        "rejected_logp": rejected,
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+    }
+
+
+def score_unpaired(model, tokenizer, rows, max_length: int = 512, batch_size: int = 8) -> dict:
+    """Per unpaired row (KTO): summed log-prob and token count of its completion, and its label."""
+    logp, tokens = answer_logps(model, tokenizer, rows["prompt"], rows["completion"], max_length, batch_size)
+    return {"logp": logp, "tokens": tokens, "label": list(rows["label"])}
 
 
 def log1mexp(x: float) -> float:
@@ -99,8 +121,14 @@ def pair_margins(scores: dict, reference: dict | None, method: str, beta: float)
     if method == "dpo":
         if reference is None:
             raise ValueError("DPO's implicit reward needs the reference's scores (the model before training)")
-        return [beta * ((scores["chosen_logp"][i] - reference["chosen_logp"][i])
-                        - (scores["rejected_logp"][i] - reference["rejected_logp"][i])) for i in rows]
+        return [
+            beta
+            * (
+                (scores["chosen_logp"][i] - reference["chosen_logp"][i])
+                - (scores["rejected_logp"][i] - reference["rejected_logp"][i])
+            )
+            for i in rows
+        ]
     if method == "orpo":
         margins = []
         for i in rows:
@@ -108,7 +136,24 @@ def pair_margins(scores: dict, reference: dict | None, method: str, beta: float)
             rejected = mean_logp(scores["rejected_logp"][i], scores["rejected_tokens"][i])
             margins.append((chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected)))
         return margins
-    raise ParamError(f"method={method!r}: expected dpo or orpo")
+    if method == "simpo":
+        return [
+            beta
+            * (
+                mean_logp(scores["chosen_logp"][i], scores["chosen_tokens"][i])
+                - mean_logp(scores["rejected_logp"][i], scores["rejected_tokens"][i])
+            )
+            for i in rows
+        ]
+    raise ParamError(f"method={method!r}: expected dpo, orpo or simpo (kto: row_margins)")
+
+
+def row_margins(scores: dict, reference: dict, beta: float) -> list[float]:
+    """KTO, per unpaired row: its implicit reward beta * (log pi - log ref), signed by its label."""
+    return [
+        beta * (logp - ref) * (1 if label else -1)
+        for logp, ref, label in zip(scores["logp"], reference["logp"], scores["label"])
+    ]
 
 
 def share_right(margins: list[float]) -> float:
@@ -117,9 +162,25 @@ def share_right(margins: list[float]) -> float:
 
 
 def preference_summary(scores: dict, reference: dict | None, method: str, beta: float) -> dict:
-    """accuracy and margin in the method's measure, plus the reference-free likelihood accuracy."""
+    """accuracy and margin in the method's measure, plus the reference-free likelihood accuracy (pairs only)."""
+    if method == "kto":
+        margins = row_margins(scores, reference, beta)
+        return {
+            "accuracy": round(share_right(margins), 4),
+            "margin": round(sum(margins) / len(margins), 4),
+            "likelihood_accuracy": None,
+            "margins": margins,
+        }
     margins = pair_margins(scores, reference, method, beta)
-    normalised = [mean_logp(c, nc) - mean_logp(r, nr) for c, r, nc, nr in zip(
-        scores["chosen_logp"], scores["rejected_logp"], scores["chosen_tokens"], scores["rejected_tokens"])]
-    return {"accuracy": round(share_right(margins), 4), "margin": round(sum(margins) / len(margins), 4),
-            "likelihood_accuracy": round(share_right(normalised), 4), "margins": margins}
+    normalised = [
+        mean_logp(c, nc) - mean_logp(r, nr)
+        for c, r, nc, nr in zip(
+            scores["chosen_logp"], scores["rejected_logp"], scores["chosen_tokens"], scores["rejected_tokens"]
+        )
+    ]
+    return {
+        "accuracy": round(share_right(margins), 4),
+        "margin": round(sum(margins) / len(margins), 4),
+        "likelihood_accuracy": round(share_right(normalised), 4),
+        "margins": margins,
+    }

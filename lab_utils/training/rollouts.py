@@ -3,53 +3,76 @@
 GRPO spends most of a step *generating* (num_generations completions per prompt),
 so the rollout engine sets the pace. Three ways, picked by `choose_rollouts`:
 
-    vllm via unsloth  FastLanguageModel(fast_inference=True): one vLLM engine inside the
-                      model shares its weights and serves the LoRA adapter as it trains
-    vllm via TRL      GRPOConfig(use_vllm=True, vllm_mode="colocate"): TRL starts vLLM in
-                      this process and copies the updated weights into it every step
-    hf                model.generate() on the training model (CPU, or a GPU without vLLM)
+    vllm via unsloth  (CUDA + unsloth) FastLanguageModel(fast_inference=True): one vLLM engine
+                      inside the model shares its weights and serves the LoRA adapter as it trains
+    vllm via the lab  (CPU, or CUDA with the hf backend) the lab's own in-process engine
+                      (lab_utils.training.vllm_engine) driven through TRL's rollout_func: before
+                      each generation the adapter being trained is saved and served as a fresh
+                      LoRARequest, so vLLM samples from the current policy
+    hf                model.generate() on the training model (vLLM not installed, or rollouts: hf)
 
-Nothing here imports vllm or unsloth unless a CUDA GPU and the package are present
-(`lab_utils.core.backend.vllm_available`), so a CPU run never touches them.
+Why not TRL's own colocate mode (use_vllm=True) for CUDA + hf: on a CPU its weight sync
+fails (vLLM's CPU layers repack their weights), and one rollout_func path that runs on
+every machine, CI included, beats a GPU-only path nobody can test. Publishing the LoRA
+(tens of MB) is also cheaper than TRL's merge-and-copy of every weight each step.
+With use_vllm=False TRL ignores the sampling logprobs (no importance-sampling correction);
+that is right here because the engine serves the current adapter (on-policy) and its
+logprobs match HF's to ~1e-5.
+
+Nothing here imports vllm or unsloth until a vLLM path is chosen (`has_package` only looks).
 `p` is any Params with the shared LoRA fields (lab_utils.training.params.LoraParams) plus
 `rollouts` (auto | vllm | hf) and `vllm_gpu_memory_utilization`.
 """
 
+import os
 import time
 from dataclasses import dataclass
 
-from lab_utils.core.backend import Backend, cuda_available, has_package, vllm_available
+from lab_utils.core.backend import Backend, has_package
+from lab_utils.training.vllm_engine import SETUP_HINT, EngineError, start_engine, vllm_build
 
 
 @dataclass(frozen=True)
 class Rollouts:
     engine: str  # "vllm" or "hf"
     reason: str
+    unsloth: bool = False  # vLLM inside Unsloth's model (fast_inference) rather than the lab's own engine
 
     @property
     def uses_vllm(self) -> bool:
         return self.engine == "vllm"
 
+    @property
+    def lab_engine(self) -> bool:
+        """The lab starts (and grades with) its own engine: vLLM without Unsloth."""
+        return self.uses_vllm and not self.unsloth
+
 
 def choose_rollouts(requested: str, backend: Backend) -> Rollouts:
-    """auto -> vLLM where a GPU and vllm are present, else HF generate; vllm on a CPU is an error."""
+    """auto -> vLLM wherever it is installed, else HF generate; vllm without vLLM is a one-line error."""
     requested = (requested or "auto").strip().lower()
     if requested not in ("auto", "vllm", "hf"):
         raise ValueError(f"rollouts={requested!r}: expected auto, vllm or hf")
     if requested == "hf":
         return Rollouts("hf", "forced: rollouts=hf")
-    if requested == "vllm":
-        if not cuda_available():
-            raise RuntimeError("rollouts=vllm needs a CUDA GPU and none is visible; use rollouts auto or hf on CPU")
-        if not has_package("vllm"):
-            raise RuntimeError("rollouts=vllm but vllm is not installed: pip install -r requirements-gpu.txt")
-        return Rollouts("vllm", "forced: rollouts=vllm")
-    if backend.device != "cuda":
-        return Rollouts("hf", "no CUDA GPU: HF generate (vLLM needs one)")
-    if not vllm_available():
-        return Rollouts("hf", "CUDA is available but vllm is not installed (pip install -r requirements-gpu.txt)")
-    via = "unsloth fast_inference" if backend.is_unsloth else "TRL colocate mode"
-    return Rollouts("vllm", f"CUDA GPU and vllm available ({via})")
+    if not has_package("vllm"):
+        if requested == "vllm":
+            raise EngineError(f"rollouts=vllm but vLLM is not installed: run `{SETUP_HINT}` (or use rollouts: hf)")
+        return Rollouts("hf", f"vLLM is not installed: HF generate (`{SETUP_HINT}` for the fast path)")
+    unsloth = backend.is_unsloth and backend.device == "cuda"
+    via = ("inside Unsloth's model (fast_inference)" if unsloth
+           else "the lab's in-process engine, adapter served each step")
+    return Rollouts("vllm", f"{'forced' if requested == 'vllm' else 'installed'}: {vllm_build()} on "
+                            f"{backend.device}, {via}", unsloth)
+
+
+def start_rollout_engine(p, model_dir: str, dtype: str):
+    """The lab's engine for rollouts and greedy grading (context: prompt + completion, or max_seq_length)."""
+    length = max(p.max_seq_length, p.max_prompt_length + p.max_completion_length)
+    engine = start_engine(model_dir, max_model_len=length, lora_rank=p.lora_r, dtype=dtype, seed=p.seed,
+                          gpu_memory_utilization=p.vllm_gpu_memory_utilization)
+    print(f"[lab] vLLM engine started in {engine.start_seconds:.1f} s ({vllm_build()})", flush=True)
+    return engine
 
 
 def load_fast_inference_model(p, source: str):
@@ -66,55 +89,43 @@ def load_fast_inference_model(p, source: str):
 
 
 def vllm_config_kwargs(p, rollouts: Rollouts, backend: Backend) -> dict:
-    """The GRPOConfig fields that switch rollouts to vLLM (empty for HF generate).
+    """The GRPOConfig fields for the rollouts: Unsloth reads the engine it built from the model
+    (use_vllm); the lab's engine comes in through rollout_func, so TRL's own stays off."""
+    return {"use_vllm": True} if rollouts.uses_vllm and rollouts.unsloth else {}
 
-    Unsloth reads the engine it built (fast_inference) from the model and only needs
-    use_vllm; plain TRL starts its own colocated engine and needs its memory share and
-    the context length (prompt + completion) to size the KV cache.
+
+class VllmRolloutFunc:
+    """GRPOTrainer(rollout_func=...): (prompts, trainer) -> prompt_ids, completion_ids, logprobs.
+
+    TRL 1.14 hands over the raw prompts (message lists, not yet templated) already repeated
+    num_generations times; each distinct prompt is sampled once with n = its count, and the
+    completions go back in the order of the prompts. Sampling settings are the trainer's.
     """
-    if not rollouts.uses_vllm:
-        return {}
-    if backend.is_unsloth:
-        return {"use_vllm": True}
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": p.vllm_gpu_memory_utilization,
-            "vllm_max_model_length": p.max_prompt_length + p.max_completion_length}
 
+    def __init__(self, engine):
+        self.engine = engine
+        self.seconds = 0.0
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.14
 
-# ---------------------------------------------------------------- timing (benchmarks/grpo_rollout.py)
+    def __call__(self, prompts: list, trainer) -> dict:
+        from vllm import SamplingParams
 
-def hf_rollout(model, tokenizer, prompts: list[str], num_generations: int, max_new_tokens: int,
-               temperature: float = 1.0) -> dict:
-    """Sample num_generations completions per prompt with HF generate; tokens and seconds."""
-    import torch
-
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         started = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(**batch, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 num_return_sequences=num_generations, pad_token_id=tokenizer.pad_token_id)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-    finally:
-        tokenizer.padding_side = side
-    new = out[:, batch["input_ids"].shape[1]:]
-    # tokens up to and including the first eos count; padding after it is not generated text
-    ended = (new == tokenizer.eos_token_id).int().cumsum(dim=1)
-    tokens = int(((ended == 0) | ((ended == 1) & (new == tokenizer.eos_token_id))).sum())
-    return {"tokens": tokens, "seconds": seconds, "completions": len(new)}
-
-
-def vllm_rollout(llm, prompts: list[str], num_generations: int, max_new_tokens: int, temperature: float = 1.0,
-                 lora_request=None) -> dict:
-    """The same rollout with a vLLM engine (`vllm.LLM` or Unsloth's model.vllm_engine)."""
-    from vllm import SamplingParams
-
-    params = SamplingParams(n=num_generations, temperature=temperature, max_tokens=max_new_tokens)
-    started = time.perf_counter()
-    outputs = llm.generate(prompts, params, lora_request=lora_request, use_tqdm=False)
-    seconds = time.perf_counter() - started
-    tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-    return {"tokens": tokens, "seconds": seconds, "completions": sum(len(o.outputs) for o in outputs)}
+        self.engine.publish(trainer.accelerator.unwrap_model(trainer.model))  # the policy as it is now
+        prompt_ids = [list(ids) for ids in trainer._tokenize_prompts(prompts)[0]]  # templated exactly as TRL does
+        counts = {}
+        for ids in prompt_ids:
+            counts[tuple(ids)] = counts.get(tuple(ids), 0) + 1
+        a = trainer.args
+        params = [SamplingParams(n=n, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k or 0,
+                                 min_p=a.min_p or 0.0, repetition_penalty=a.repetition_penalty,
+                                 max_tokens=a.max_completion_length, logprobs=0) for n in counts.values()]
+        outputs = self.engine.generate([list(k) for k in counts], params)
+        pending = {key: list(out.outputs) for key, out in zip(counts, outputs)}
+        completion_ids, logprobs = [], []
+        for ids in prompt_ids:
+            sample = pending[tuple(ids)].pop(0)
+            completion_ids.append(list(sample.token_ids))
+            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)])
+        self.seconds += time.perf_counter() - started
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}

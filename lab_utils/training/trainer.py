@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from lab_utils.core.backend import Backend
 from lab_utils.core.distributed import launched_distributed
 from lab_utils.core.progress import show_progress
 from lab_utils.training.batching import ChatCollator
+from lab_utils.training.checkpoints import newest_whole_checkpoint
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
@@ -66,7 +66,7 @@ class EvalAtTrainBegin(TrainerCallback):
         self.loss = self.trainer.evaluate()["eval_loss"]
 
 
-def evaluate_then_train(trainer, run: Path, evaluate_first: bool = True) -> tuple:
+def evaluate_then_train(trainer, run_dir: Path, evaluate_first: bool = True) -> tuple:
     """(eval loss before training or None, train_from_last_checkpoint's outcome).
 
     Under FSDP2 accelerate cannot prepare the model for evaluation alone (it wants the optimizer
@@ -75,22 +75,22 @@ def evaluate_then_train(trainer, run: Path, evaluate_first: bool = True) -> tupl
     the model, before its first step (on a resumed run: the checkpoint's loss).
     """
     if not evaluate_first:
-        return None, train_from_last_checkpoint(trainer, run)
+        return None, train_from_last_checkpoint(trainer, run_dir)
     if getattr(trainer, "is_fsdp_enabled", False):
         first = EvalAtTrainBegin(trainer)
         trainer.add_callback(first)
-        outcome = train_from_last_checkpoint(trainer, run)
+        outcome = train_from_last_checkpoint(trainer, run_dir)
         return first.loss, outcome
     eval_before = evaluate_before_training(trainer)
-    return eval_before, train_from_last_checkpoint(trainer, run)
+    return eval_before, train_from_last_checkpoint(trainer, run_dir)
 
 
 def last_checkpoint(output_dir) -> str | None:
-    path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    """The newest whole checkpoint to resume from (damaged ones skipped with a line; lab_utils/training/checkpoints)."""
+    return newest_whole_checkpoint(output_dir)
 
 
-def training_arguments(p, run: Path, backend: Backend, args_class=None, **method_args):
+def training_arguments(p, run_dir: Path, backend: Backend, args_class=None, **method_args):
     """The one place Params become TrainingArguments (or a TRL config: SFTConfig, GRPOConfig, DPOConfig).
 
     `p` has the shared groups (RunParams, LoraParams, OptimParams; EvalParams where the experiment
@@ -102,10 +102,12 @@ def training_arguments(p, run: Path, backend: Backend, args_class=None, **method
     if not 0 <= p.warmup_ratio < 1:
         raise ParamError(f"warmup_ratio={p.warmup_ratio}: expected a share of the steps in [0, 1)")
     # transformers 5 reads the TensorBoard folder from the environment only
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if p.report_to == "swanlab":
+        start_swanlab(run_dir)
     precision = resolve_precision(p.precision, backend.device)
     shared = dict(
-        output_dir=str(run / "checkpoints"), seed=p.seed, data_seed=p.seed,
+        output_dir=str(run_dir / "checkpoints"), seed=p.seed, data_seed=p.seed,
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps, learning_rate=p.learning_rate,
         # max_steps 0 means "train num_train_epochs"; transformers spells that -1
@@ -124,6 +126,48 @@ def training_arguments(p, run: Path, backend: Backend, args_class=None, **method
         **(evaluation_arguments(p) if isinstance(p, EvalParams) else {}),
     )
     return (args_class or TrainingArguments)(**{**shared, **method_args})
+
+
+TRACKERS = {"wandb": "wandb", "swanlab": "swanlab"}  # report_to -> the package it needs (tensorboard is core)
+
+
+def check_report_to(report_to: str) -> None:
+    """A tracker that is not installed stops here, before a run folder exists (transformers would fail later)."""
+    import importlib.util
+
+    package = TRACKERS.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(f"report_to={report_to!r} needs the {package} package, not installed here "
+                         f"(make setup-trackers installs swanlab; pip install wandb); or report_to: tensorboard | none")
+
+
+def swanlab_mode() -> str:
+    """offline (the log stays in the run folder) unless SWANLAB_API_KEY is set: then online, to the cloud too."""
+    return "online" if os.environ.get("SWANLAB_API_KEY") else "offline"
+
+
+def start_swanlab(run: Path) -> str:
+    """Opens the SwanLab run, logging into <run>/swanlog in swanlab_mode(); returns the mode. An offline log
+    uploads later with `swanlab sync <run>/swanlog/run-...`. The key is only read from the environment.
+
+    The lab opens the run itself: transformers 5.17's SwanLabCallback asks `swanlab.get_run() is None`, which
+    swanlab >= 0.8 answers with an exception when no run is open; with one open, the callback logs into it."""
+    import swanlab
+
+    mode = swanlab_mode()
+    if not swanlab.has_run():
+        swanlab.init(project=os.environ.get("SWANLAB_PROJECT", "finetune-lab"), experiment_name=run.name,
+                     mode=mode, log_dir=str(run / "swanlog"))
+    return mode
+
+
+def finish_trackers() -> None:
+    """Close an open SwanLab run: transformers never does, so the next run in this process would log into it."""
+    import sys
+
+    swanlab = sys.modules.get("swanlab")
+    if swanlab is not None and swanlab.has_run():
+        swanlab.finish()
 
 
 def evaluation_arguments(p) -> dict:
@@ -168,20 +212,53 @@ def sample_answers_during_training(trainer, p, answer) -> list:
     return samples.records
 
 
-def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend):
-    """(trainer, LossHistory) for text SFT: the lab's batching and label-only loss, optional LoRA+."""
-    padding_free = p.batching == "padding_free" and not backend.is_unsloth
-    args = training_arguments(p, run, backend, prediction_loss_only=True,
-                              train_sampling_strategy="group_by_length" if p.batching == "padded" else "random")
-    trainer_cls = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
+def capped_rows(dataset, rows: int):
+    """The first `rows` rows of a (shuffled) held-out set, all of them when rows is 0: on a CPU an eval
+    loss over hundreds of long rows takes longer than the training it measures."""
+    if dataset is None or rows <= 0 or len(dataset) <= rows:
+        return dataset
+    return dataset.select(range(rows))
+
+
+def build_trainer(p, trainer_class, model, args, train_dataset, eval_dataset=None, **trainer_kwargs):
+    """(trainer, LossHistory) for every training kind (text SFT, vision SFT, GRPO, DPO/ORPO): the loss
+    history, one progress bar, LoRA+ optimizers, the eval set capped at eval_loss_rows."""
     history = LossHistory()
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_tokens, eval_dataset=eval_tokens,
-        data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free), callbacks=[history],
-        optimizers=lora_plus_optimizers(p, model), processing_class=tokenizer,
-    )
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset,
+                            eval_dataset=capped_rows(eval_dataset, getattr(p, "eval_loss_rows", 0)),
+                            callbacks=[history], optimizers=lora_plus_optimizers(p, model), **trainer_kwargs)
     show_progress(trainer)  # one bar instead of a dict of strings printed per step
     return trainer, history
+
+
+def drop_reference_adapter(model) -> None:
+    """TRL's DPO and GRPO keep a frozen copy of the starting adapter, named `ref`, as their reference;
+    only the trained adapter is the run's result."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+
+
+def run_trainer(p, trainer, history, run_dir: Path, answer=None, loss_before_after: bool = True) -> dict:
+    """Train (resumed from the run's last checkpoint) with the eval loss before and after when the trainer
+    has an eval set, `answer()` sampled at each evaluation during training (eval_steps > 0); the outcome
+    every experiment records, with the loss history."""
+    samples = sample_answers_during_training(trainer, p, answer) if answer else []
+    with_eval = loss_before_after and trainer.eval_dataset is not None
+    eval_before, outcome = evaluate_then_train(trainer, run_dir, evaluate_first=with_eval)
+    eval_after = trainer.evaluate()["eval_loss"] if with_eval else None
+    drop_reference_adapter(trainer.model)
+    losses = {"eval_loss_before": eval_before, "eval_loss_after": eval_after} if loss_before_after else {}
+    return {**outcome, **losses, "history": history.records, "samples_during_training": samples}
+
+
+def make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run_dir: Path, backend: Backend):
+    """(trainer, LossHistory) for text SFT: the lab's batching and label-only loss, optional LoRA+."""
+    padding_free = p.batching == "padding_free" and not backend.is_unsloth
+    args = training_arguments(p, run_dir, backend, prediction_loss_only=True,
+                              train_sampling_strategy="group_by_length" if p.batching == "padded" else "random")
+    trainer_class = Trainer if backend.is_unsloth else LabTrainer  # unsloth brings its own fused loss
+    return build_trainer(p, trainer_class, model, args, train_tokens, eval_tokens, processing_class=tokenizer,
+                         data_collator=ChatCollator(tokenizer.pad_token_id, padding_free=padding_free))
 
 
 def tokens_seen_at(checkpoint: str | None) -> int:
@@ -198,9 +275,9 @@ def tokens_per_second(tokens: int, seconds: float) -> float | None:
     return round(tokens / seconds, 1) if tokens > 0 and seconds > 0 else None
 
 
-def train_from_last_checkpoint(trainer, run: Path) -> dict:
+def train_from_last_checkpoint(trainer, run_dir: Path) -> dict:
     """trainer.train(), resuming from the run's last checkpoint; the numbers every experiment records."""
-    resume = last_checkpoint(run / "checkpoints")
+    resume = last_checkpoint(run_dir / "checkpoints")
     if resume:
         print(f"[lab] resuming from {resume}")
     first_step = int(resume.rsplit("-", 1)[1]) if resume else 0
@@ -219,7 +296,7 @@ def train_from_last_checkpoint(trainer, run: Path) -> dict:
     }
 
 
-def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backend: Backend,
+def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run_dir: Path, backend: Backend,
                sample_conversations=None) -> dict:
     """Text SFT: eval loss before, training (resumed if possible), eval loss after.
 
@@ -228,9 +305,6 @@ def train_lora(p, model, tokenizer, train_tokens, eval_tokens, run: Path, backen
     """
     from lab_utils.models.chat import generate
 
-    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run, backend)
-    samples = sample_answers_during_training(
-        trainer, p, lambda: generate(model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))
-    eval_before, outcome = evaluate_then_train(trainer, run)
-    return {**outcome, "eval_loss_before": eval_before, "eval_loss_after": trainer.evaluate()["eval_loss"],
-            "history": history.records, "samples_during_training": samples}
+    trainer, history = make_trainer(p, model, tokenizer, train_tokens, eval_tokens, run_dir, backend)
+    return run_trainer(p, trainer, history, run_dir, answer=lambda: generate(
+        model, tokenizer, sample_conversations or [], max_new_tokens=p.max_new_tokens))

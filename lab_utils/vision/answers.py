@@ -8,7 +8,8 @@ import torch
 
 def question_messages(question: str, n_images: int = 1, system: str | None = None) -> list[dict]:
     messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-    return messages + [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": question}]}]
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+    return messages + [{"role": "user", "content": content}]
 
 
 @torch.no_grad()
@@ -35,7 +36,8 @@ def generate_answers(model, processor, images: list, questions: list[str], max_n
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model.train(was_training)
     new_tokens = output[:, batch["input_ids"].shape[1]:]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)]
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return [text.strip() for text in texts]
 
 
 def normalise_answer(text) -> str:

@@ -8,10 +8,9 @@ TRL, turns them into tensors: `vision_sft_config` tells TRL to leave the rows al
 import torch
 
 from lab_utils.core.backend import get_backend, import_unsloth
+from lab_utils.models.chat import IGNORE_INDEX
 from lab_utils.vision.processor import ASSISTANT_MARKER, USER_MARKER, VISION_SPECIAL_TOKENS
 from lab_utils.core.errors import DataError
-
-IGNORE_INDEX = -100
 
 
 def assistant_token_mask(input_ids: list[int], start_ids: list[int], end_id: int) -> list[bool]:
@@ -71,7 +70,8 @@ class VisionSFTCollator:
         if (labels == IGNORE_INDEX).all():
             sources = [e.get("source", "?") for e in examples]
             raise DataError(f"every label in this batch is masked (rows {sources}): no assistant answer tokens; "
-                             f"check the rows end with an assistant turn and the chat template writes '{ASSISTANT_MARKER.strip()}'")
+                             f"check the rows end with an assistant turn and the chat template writes "
+                             f"'{ASSISTANT_MARKER.strip()}'")
         batch["labels"] = labels
         if self.dtype is not None and "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)

@@ -37,7 +37,8 @@ def vision_lora_target_regex(finetune_vision_layers: bool = True, finetune_langu
 
 
 def add_vision_lora(model, backend=None, r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                    use_rslora: bool = False, use_dora: bool = False, finetune_vision_layers: bool = True, finetune_language_layers: bool = True,
+                    use_rslora: bool = False, use_dora: bool = False, finetune_vision_layers: bool = True,
+                    finetune_language_layers: bool = True,
                     finetune_attention_modules: bool = True, finetune_mlp_modules: bool = True, seed: int = 3407,
                     modules_to_save: list[str] | None = None):
     """Wrap the model with LoRA adapters; the switches mean what they mean in Unsloth.

@@ -25,7 +25,8 @@ from lab_utils.core.backend import get_backend, import_unsloth
 from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import save_model_folder
 from lab_utils.core.paths import build_lock, models_dir
-from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS, ImageTextProcessor, load_vision_processor)
+from lab_utils.vision.processor import (PROCESSOR_MARKER, QWEN_VL_CHAT_TEMPLATE, VISION_SPECIAL_TOKENS,
+                                        ImageTextProcessor, load_vision_processor)
 from lab_utils.core.errors import MachineError
 
 log = logging.getLogger("lab")

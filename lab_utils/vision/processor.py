@@ -23,7 +23,8 @@ PROCESSOR_MARKER = "lab_image_text_processor.json"  # in a model folder: "load m
 # (the processor widens <|image_pad|> to the image's number of merged patches).
 QWEN_VL_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for content in message['content'] %}"
@@ -148,7 +149,9 @@ def merged_patch_side(model: str) -> int:
 
 
 def check_pixel_bounds(model: str, min_pixels: int, max_pixels: int) -> None:
-    """One clear ParamError (a ValueError) for bounds no image can meet: max_pixels below one image token, min above max."""
+    """One clear ParamError (a ValueError) for bounds no image can meet.
+
+    That is max_pixels below one image token, or min above max."""
     side = merged_patch_side(model)
     if max_pixels < side * side:
         raise ParamError(f"max_pixels={max_pixels} is smaller than one image patch of {model} ({side}x{side} = "
