@@ -9,7 +9,8 @@ Taken in headless Chromium by the code the browser test uses (lab_utils.core.bro
 The runs go through scripts.batch (configs/batch/screenshots.yaml, shortened demos) into
 outputs/screenshots/ inside the repo, where JupyterLab can open the executed notebooks.
 `--reuse` takes the pictures from an earlier batch without running it again (after, say,
-`LAB_OUTPUT_DIR=outputs/screenshots python -m scripts.batch configs/batch/screenshots.yaml --resume`). Each PNG stays under ~200 KB.
+`LAB_OUTPUT_DIR=outputs/screenshots python -m scripts.batch configs/batch/screenshots.yaml --resume`).
+Each PNG stays under ~200 KB.
 """
 
 import argparse
