@@ -15,6 +15,11 @@ from tests.gpu_isolation import pytest_runtest_protocol  # noqa: F401  (each GPU
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# vLLM's own logging handler is bound to sys.stdout when vllm is first imported: inside a test that is
+# pytest's capture stream, closed when the test ends, and every later vLLM log line then fails on a closed
+# file (its error report on a closed stderr can take the whole session down). Through the root logger
+# instead, pytest's logging capture handles its lines like any other library's.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 
