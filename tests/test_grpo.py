@@ -114,9 +114,10 @@ def test_lesson_without_runs_is_one_line():
 
 def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_path):
     # max_prompt_length 100 drops the sample's longest questions: they must be listed, not lost
-    imported = {m for m in ("vllm", "unsloth") if m in sys.modules}  # by an earlier test of this session
+    imported = "unsloth" in sys.modules  # by an earlier test of this session
+    # beta > 0 (the demo's default is 0): the KL term is logged and TRL's reference adapter must not be saved
     p = grpo_gsm8k.Params(**TINY, reward_names=REWARDS, reward_weights=[2.0, 0.5, 0.5, 1.0], max_prompt_length=100,
-                          run_name="cpu")
+                          beta=0.04, run_name="cpu")
     result = grpo_gsm8k.run(p)
     run = output_dir() / "grpo_gsm8k" / "cpu"
     history = read_json(run / "history.json")
@@ -142,7 +143,9 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
     skipped = (run / "skipped_rows.csv").read_text().splitlines()
     assert metrics["rows_skipped"] == len(skipped) - 1 > 0 and "prompt too long" in skipped[1]
     assert len(result["samples"]) == 2 and set(result["samples"]["before_correct"]) <= {0.0, 1.0}
-    assert {m for m in ("vllm", "unsloth") if m in sys.modules} == imported  # an HF-rollout CPU run imports neither
+    # an HF-rollout CPU run never imports unsloth (its import patches transformers for the whole process);
+    # vllm it may: TRL's trl.generation imports it whenever it is installed
+    assert ("unsloth" in sys.modules) == imported
 
 
 @pytest.mark.learning
