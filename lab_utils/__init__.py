@@ -8,6 +8,7 @@ core/        the run core
                   run folders and their completion marker, write_then_rename for anything written atomically
     config        Params dataclass <-> flat YAML <-> command line; each knob's help from its comment (--help,
                   --print_config, notebooks); run_cli: a script's main() with one-line errors
+    knob_checks   knob values that can never work (a negative length, an unknown choice), refused in one line
     errors        LabError, the base of the lab's own errors (ConfigError, DataError, ParamError, MachineError...)
     text_decoding the one decoder for text files and configs: BOM, UTF-8, UTF-16, GB18030/GBK, Big5
     artifacts     what a run writes: JSON (write_json), tables as Markdown + CSV, logging setup

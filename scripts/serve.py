@@ -41,9 +41,9 @@ class Params:
     target: str = ""  # merged model folder, or a finished run dir (base + LoRA)
     name: str = ""  # the model name clients ask for ("" = the folder's name)
     host: str = "127.0.0.1"  # this machine only; any other address needs an API key
-    port: int = 8000
+    port: int = 8000  # the port the OpenAI-compatible server listens on
     api_key: str = ""  # clients must send it; "" = $LAB_API_KEY (required when host is not 127.0.0.1)
-    max_model_len: int = 4096
+    max_model_len: int = 4096  # longest prompt + answer in tokens (vLLM sizes its KV cache by it)
     gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU (CUDA only)
     start: bool = False  # run the command instead of printing it
 

@@ -21,9 +21,12 @@ def token_of(args: list[str]) -> str | None:
 
 
 def test_make_lab_starts_jupyter_only_through_the_guard():
-    shown = subprocess.run(["make", "-n", "lab", "LAB_ARGS=--ip 0.0.0.0 --port 6006"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout
-    assert "-m scripts.jupyter_lab " in shown and shown.rstrip().endswith("--ip 0.0.0.0 --port 6006")
+    # Under `make test` this make is nested (MAKELEVEL=1): it would print "Entering directory" lines and,
+    # with a stale setup stamp, setup's recipe too; the lab's own command is the line that starts Python.
+    shown = subprocess.run(["make", "-n", "--no-print-directory", "lab", "LAB_ARGS=--ip 0.0.0.0 --port 6006"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    started = [line for line in shown.splitlines() if "-m scripts.jupyter_lab " in line]
+    assert len(started) == 1 and started[0].rstrip().endswith("--ip 0.0.0.0 --port 6006"), shown
     assert "bin/jupyter lab" not in shown
 
 

@@ -92,7 +92,8 @@ def test_kto_on_pairs_without_conversion_and_pairs_methods_on_unpaired_rows_stop
 
 
 def test_kto_from_pairs_keeps_each_pair_on_one_side_of_the_split():
-    train, heldout, _ = preference.load_data(preference.Params(**TINY, method="kto"))
+    data = preference.load_data(preference.Params(**TINY, method="kto"))
+    train, heldout = data.train, data.heldout
     assert len(heldout) == 2 * TINY["heldout_rows"] and sorted(heldout["label"]) == [False] * 4 + [True] * 4
     assert not set(train["source"]) & set(heldout["source"])  # a pair's two answers never straddle the split
     assert set(train["label"][:8]) == {True, False}  # shuffled: TRL's KTO reads rows in order

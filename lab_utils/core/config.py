@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from lab_utils.core.errors import ConfigError, DataError, LabError
+from lab_utils.core.knob_checks import check_knob_values
 from lab_utils.core.text_decoding import read_text
 
 
@@ -118,7 +119,7 @@ def make_params(params_cls, config: str | None = None, overrides: dict | None = 
     for origin, given in ((str(config), load_yaml(config) if config else {}), ("overrides", overrides or {})):
         check_keys(params_cls, given, origin)
         values.update({k: coerce(k, v, kinds[k], origin) for k, v in given.items()})
-    return params_cls(**values)
+    return check_knob_values(params_cls(**values))
 
 
 # ---- help text: one source, the comments in the Params source ----
@@ -261,7 +262,8 @@ def save_params(params, path) -> Path:
 
 def params_from(params_cls, namespace: dict):
     """Params from a notebook's globals (its parameters cell, after papermill's injection)."""
-    return params_cls(**{f.name: namespace[f.name] for f in dataclasses.fields(params_cls) if f.name in namespace})
+    given = {f.name: namespace[f.name] for f in dataclasses.fields(params_cls) if f.name in namespace}
+    return check_knob_values(params_cls(**given))
 
 
 # ---- errors: the user's input is one line, anything else keeps its traceback ----

@@ -28,7 +28,7 @@ from lab_utils.training.checkpoints import newest_whole_checkpoint
 from lab_utils.training.lora import resolve_precision
 from lab_utils.training.loss import LabTrainer
 from lab_utils.training.params import EvalParams
-from lab_utils.core.errors import ParamError
+from lab_utils.core.errors import ConfigError, ParamError
 
 
 class LossHistory(TrainerCallback):
@@ -137,7 +137,7 @@ def check_report_to(report_to: str) -> None:
 
     package = TRACKERS.get(report_to)
     if package and importlib.util.find_spec(package) is None:
-        raise ValueError(f"report_to={report_to!r} needs the {package} package, not installed here "
+        raise ConfigError(f"report_to={report_to!r} needs the {package} package, not installed here "
                          f"(make setup-trackers installs swanlab; pip install wandb); or report_to: tensorboard | none")
 
 
