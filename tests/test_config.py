@@ -154,6 +154,31 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(monkeypatch, where):
     assert "max_image_side (now" in str(exit_.value.code) or "max_pixels (now" in str(exit_.value.code)
 
 
+def test_a_full_disk_or_an_unwritable_folder_is_one_line_and_other_os_errors_keep_their_traceback(monkeypatch):
+    import errno
+
+    from scripts import sft_alpaca
+
+    def fails_with(err):
+        def step(p):
+            raise err
+        return step
+
+    monkeypatch.delenv("LAB_DEBUG", raising=False)
+    for err, expected in ((OSError(errno.ENOSPC, "No space left on device", "/runs/demo/model.safetensors"),
+                           "error: no space left on the disk (/runs/demo/model.safetensors): free some, or point "
+                           "LAB_OUTPUT_DIR"),
+                          (PermissionError(errno.EACCES, "Permission denied", "/runs"),
+                           "error: permission denied (/runs): point LAB_OUTPUT_DIR")):
+        monkeypatch.setattr(sft_alpaca, "load_data", fails_with(err))
+        with pytest.raises(SystemExit) as exit_:
+            sft_alpaca.main(["--run_name", "disk"])
+        assert str(exit_.value.code).startswith(expected) and "\n" not in str(exit_.value.code)
+    monkeypatch.setattr(sft_alpaca, "load_data", fails_with(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError, match="Input/output error"):
+        sft_alpaca.main(["--run_name", "disk"])
+
+
 # ---- knobs explain themselves: help from the comments, --help, --print_config ----
 
 @dataclass(kw_only=True)

@@ -26,6 +26,7 @@ harder to read than a trailing comment.
 """
 
 import argparse
+import errno
 import ast
 import dataclasses
 import functools
@@ -286,6 +287,18 @@ def out_of_memory(err: BaseException) -> str | None:
     return None
 
 
+def machine_fault(err: BaseException) -> str | None:
+    """One line for a full disk or a folder the lab may not write to (the machine's state, not a bug)."""
+    if not isinstance(err, OSError):
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the disk{where}: free some, or point LAB_OUTPUT_DIR at a bigger disk"
+    if isinstance(err, PermissionError):
+        return f"permission denied{where}: point LAB_OUTPUT_DIR (or LAB_HOME) at a folder you can write to"
+    return None
+
+
 def memory_hint(p, where: str) -> str:
     """One line naming the knobs of `p` that lower memory, with their values now."""
     lower = [f"{k} (now {getattr(p, k)})" for k, how in MEMORY_KNOBS if how == "lower" and hasattr(p, k)]
@@ -303,9 +316,10 @@ def run_cli(run, params_cls, argv=None, description: str = ""):
     p = parse_args(params_cls, argv, description=description)
     try:
         return run(p)
-    except (*USER_ERRORS, MemoryError, RuntimeError) as err:
+    except (*USER_ERRORS, MemoryError, RuntimeError, OSError) as err:
         where = out_of_memory(err)
-        if os.environ.get("LAB_DEBUG") or (where is None and not isinstance(err, USER_ERRORS)):
+        machine = machine_fault(err)
+        if os.environ.get("LAB_DEBUG") or (where is None and machine is None and not isinstance(err, USER_ERRORS)):
             raise
-        first_line = memory_hint(p, where) if where else (str(err).strip().splitlines() or [""])[0]
+        first_line = memory_hint(p, where) if where else machine or (str(err).strip().splitlines() or [""])[0]
         raise SystemExit(f"error: {first_line}  [{type(err).__name__}; LAB_DEBUG=1 shows the traceback]") from None
