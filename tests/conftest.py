@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import shared_data_dir
 from tests.gpu_isolation import pytest_runtest_protocol  # noqa: F401  (each GPU test in its own process)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
@@ -22,11 +23,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def shared_data_dir() -> Path:
-    """../shared/data beside the checkout (CI and developers), or LAB_SHARED_DATA."""
-    return Path(os.environ.get("LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,9 @@
-import json
 
 import pytest
 
 from data_loaders.alpaca import load_chat_file
 from data_loaders.common import DataError
-
-
-def write_jsonl(path, rows):
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    return path
+from tests.helpers import write_jsonl
 
 
 def test_bundled_alpaca_sample_is_mixed_and_complete():

@@ -19,6 +19,7 @@ import yaml
 from lab_utils.core import browser
 from lab_utils.core.browser import IMAGE_OUTPUT, TABLE_OUTPUT, WIDGET_PROGRESS, LabPage
 from lab_utils.core.jupyter_lab import DEFAULT_URL
+from tests.helpers import TINY_SFT
 
 UNAVAILABLE = browser.unavailable_reason()
 pytestmark = [
@@ -28,15 +29,10 @@ pytestmark = [
 
 RUN_TIMEOUT_S = 900  # a tiny run takes ~1 min on 2 quiet cores; the CI machine is shared
 # As small as the SFT notebook goes: 2 optimizer steps of 2 rows, 2 held-out prompts, 4 new tokens
-TINY_SFT = {
-    "max_steps": "2",
-    "batch_size": "2",
-    "heldout_rows": "2",
-    "max_new_tokens": "4",
-    "max_seq_length": "128",
-    "report_to": "'none'",
-    "run_name": "'browser'",
-}
+# (the literals a person types into the parameters cell: the suite's tiny SFT settings, batches of 2)
+TINY_EDITS = {**{name: repr(TINY_SFT[name]) for name in ("max_steps", "heldout_rows", "max_new_tokens",
+                                                          "max_seq_length", "report_to")},
+              "batch_size": "2", "run_name": "'browser'"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +64,7 @@ def test_sft_alpaca_edited_and_run_in_jupyterlab(page, tmp_path, artifacts):
     assert "sft_alpaca.ipynb" in page.texts(".jp-DirListing-itemText")
 
     page.open_notebook("sft_alpaca.ipynb")
-    for name, value in TINY_SFT.items():
+    for name, value in TINY_EDITS.items():
         page.set_literal(name, value)
     page.screenshot(artifacts / "sft_alpaca_edited.png")
     page.run_all()

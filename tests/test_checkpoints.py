@@ -9,9 +9,9 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.paths import output_dir
 from lab_utils.training.checkpoints import CheckpointError, checkpoint_problem, newest_whole_checkpoint
 from scripts import sft_alpaca
+from tests.helpers import TINY_SFT, as_cli
 
-TINY = {"max_rows": 40, "heldout_rows": 2, "max_steps": 2, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
-        "max_new_tokens": 2, "max_seq_length": 128, "save_steps": 1, "save_total_limit": 3, "report_to": "none"}
+TINY = {**TINY_SFT, "save_total_limit": 3}
 
 
 
@@ -87,7 +87,7 @@ def test_rerun_resumes_from_the_previous_whole_checkpoint(trained_run, capsys):
     (run / "run_complete.json").unlink()
     for checkpoint in (run / "checkpoints").iterdir():
         (checkpoint / "optimizer.pt").write_bytes(b"")
-    argv = ["--run_name", "resume", *[f"--{k}={v}" for k, v in TINY.items()]]
+    argv = ["--run_name", "resume", *as_cli(TINY)]
     with pytest.raises(SystemExit) as stop:
         sft_alpaca.main(argv)
     message = str(stop.value)

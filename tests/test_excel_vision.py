@@ -10,21 +10,12 @@ from PIL import Image
 from data_loaders.common import DataError
 from data_loaders.excel_vision import DEFAULT_PROMPT, load_excel_vision
 from data_loaders.vision_samples import EMBEDDED_SHEET, PATH_SHEET, SAMPLE_DIR, make_sample_sheets
+from tests.helpers import write_sheet
 
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "lab-data"))
-
-
-def write_sheet(path: Path, rows: list, title="Sheet1") -> Path:
-    workbook = Workbook()
-    ws = workbook.active
-    ws.title = title
-    for row in rows:
-        ws.append(row)
-    workbook.save(path)
-    return path
 
 
 def save_png(path: Path, size=(64, 32), color="white") -> Path:

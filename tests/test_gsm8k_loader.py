@@ -1,7 +1,6 @@
 """The GSM8K loader: the bundled sample, real GSM8K rows, bad rows, the prompt-length filter."""
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -12,15 +11,10 @@ from data_loaders.gsm8k import load_gsm8k, prompt_token_count, target_format_ans
 from lab_utils.core.paths import LabPathError
 from rewards import SYSTEM_PROMPT, SYSTEM_PROMPT_ZH, get
 from rewards.numeric import parse_number
+from tests.helpers import shared_data_dir, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "gsm8k_sample.jsonl"
-
-
-def shared_data_dir() -> Path:
-    """The real datasets: $LAB_SHARED_DATA, else ../shared/data beside the checkout (as in the lead's)."""
-    explicit = os.environ.get("LAB_SHARED_DATA")
-    return Path(explicit) if explicit else REPO.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -30,19 +24,6 @@ def real_gsm8k(monkeypatch) -> Path:
         pytest.skip(f"real GSM8K not found at {folder}/gsm8k; set LAB_SHARED_DATA to the folder holding gsm8k/")
     monkeypatch.setenv("LAB_DATA_DIR", str(folder))
     return folder / "gsm8k"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from lab_utils.models.registry import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model("smollm2-135m"))
-
-
-def write_jsonl(path: Path, lines: list) -> Path:
-    texts = [line if isinstance(line, str) else json.dumps(line, ensure_ascii=False) for line in lines]
-    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------- the bundled sample

@@ -1,16 +1,11 @@
 """Preference pairs in three layouts -> one schema; bad rows reported, bad files one clear line."""
 
-import json
 
 import pytest
 
 from data_loaders.common import DataError
 from data_loaders.preference import load_preference_file, unpair
-
-
-def write_jsonl(path, rows):
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    return path
+from tests.helpers import write_jsonl
 
 
 def test_bundled_sample_is_zh_and_en_and_complete():

@@ -10,9 +10,9 @@ import sys
 
 from lab_utils.core import locks, paths
 from lab_utils.core.paths import REPO_ROOT, output_dir
+from tests.helpers import TINY_SFT, as_cli
 
-TINY = ["--max_rows=40", "--heldout_rows=2", "--max_steps=1", "--batch_size=4", "--lora_r=4", "--lora_alpha=8",
-        "--max_new_tokens=2", "--max_seq_length=128", "--save_steps=1", "--report_to=none"]
+TINY = as_cli({**TINY_SFT, "max_steps": 1})
 HOLD = ("import sys, time; from lab_utils.core import paths; paths.run_dir(sys.argv[1], sys.argv[2]); "
         "print('held', flush=True); time.sleep(600)")
 DIE_HOLDING = ("import os, signal, sys; from lab_utils.core import paths; paths.run_dir(sys.argv[1], sys.argv[2]); "

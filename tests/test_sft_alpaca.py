@@ -9,9 +9,9 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_alpaca
+from tests.helpers import TINY_SFT
 
-TINY = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
-            max_seq_length=128, save_steps=1)
+TINY = {**TINY_SFT, "report_to": "tensorboard"}  # the CLI test reads its tensorboard log
 
 
 

@@ -3,8 +3,6 @@
 import json
 
 import pytest
-import yaml
-from openpyxl import Workbook
 
 from data_loaders.common import DataError
 from lab_utils.core.artifacts import read_json
@@ -12,6 +10,7 @@ from lab_utils.core.config import make_params
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_vision
+from tests.helpers import write_config, write_sheet
 
 TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,
             save_steps=1, grid_images=2)
@@ -19,9 +18,7 @@ TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lor
 
 
 def tiny_config(tmp_path, **extra):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **extra}))
-    return path
+    return write_config(tmp_path, {**TINY, **extra})
 
 
 def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
@@ -89,21 +86,12 @@ def test_the_demo_model_learns_to_read_the_digits_from_scratch():
     assert metrics["char_accuracy_before"] <= 0.1 and metrics["char_accuracy_after"] >= 0.4, list(answers["after"])
 
 
-def write_sheet(path, rows):
-    workbook = Workbook()
-    workbook.active.append(["image", "question", "answer"])
-    for row in rows:
-        workbook.active.append(row)
-    workbook.save(path)
-    return path
-
-
 def test_a_sheet_without_usable_rows_is_one_clear_error_and_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
     digit = str(REPO_ROOT / "data/samples/vision/images/digit_001.png")
-    write_sheet(tmp_path / "broken.xlsx", [["missing_1.png", "Reading?", "00123"], ["", "Reading?", "00456"],
-                                           [digit, "Reading?", None]])
-    with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet' has no usable rows \(kept 0 rows, skipped 3"):
+    write_sheet(tmp_path / "broken.xlsx", [["image", "question", "answer"], ["missing_1.png", "Reading?", "00123"],
+                                           ["", "Reading?", "00456"], [digit, "Reading?", None]])
+    with pytest.raises(DataError, match=r"broken.xlsx: sheet 'Sheet1' has no usable rows \(kept 0 rows, skipped 3"):
         sft_vision.run(sft_vision.Params(**TINY, sheet="broken.xlsx", run_name="broken"))
     assert not (output_dir() / "sft_vision" / "broken").exists()
 

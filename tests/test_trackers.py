@@ -5,9 +5,9 @@ import pytest
 from lab_utils.core.paths import output_dir
 from lab_utils.training.trainer import check_report_to, swanlab_mode
 from scripts import sft_alpaca
+from tests.helpers import TINY_SFT
 
-TINY = dict(max_rows=8, heldout_rows=2, max_steps=1, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=2,
-            max_seq_length=128, save_steps=1)
+TINY = {**TINY_SFT, "max_rows": 8, "max_steps": 1}
 
 
 def test_swanlab_mode_follows_the_api_key(monkeypatch):
