@@ -152,9 +152,13 @@ def test_short_simpo_run_raises_the_length_normalised_margin():
 
 
 def test_orpo_runs_and_measures_log_odds():
-    metrics = preference.run(preference.Params(**TINY, method="orpo", beta=0.2, run_name="orpo"))["metrics"]
+    result = preference.run(preference.Params(**TINY, method="orpo", beta=0.2, run_name="orpo"))
+    metrics, pairs = result["metrics"], result["pairs"]
     assert metrics["method"] == "orpo" and metrics["preference_measure"] == "log odds ratio"
-    assert metrics["global_step"] == 2 and 0 <= metrics["preference_accuracy_after"] <= 1
+    assert metrics["global_step"] == 2 and len(pairs) == TINY["heldout_rows"]
+    # the accuracy is the share of held-out pairs whose margin (pairs.csv) favours the chosen answer
+    assert metrics["preference_accuracy_after"] == pytest.approx((pairs["margin_after"] > 0).mean(), abs=1e-3)
+    assert metrics["preference_accuracy_before"] == pytest.approx((pairs["margin_before"] > 0).mean(), abs=1e-3)
 
 
 def test_init_from_an_sft_run_continues_its_adapter():

@@ -14,6 +14,10 @@ def test_benchmark_measures_both_paths_on_the_same_rows(tmp_path, capsys):
     ratio = sft_throughput.main(["--rows", "16", "--steps", "2", "--warmup", "1", "--batch_size", "2", "--lora_r", "4",
                                  "--max_length", "128", "--skip_fp32", "--json", str(out)])
     result = json.loads(out.read_text())
-    assert result["lab"]["timed_tokens"] > 0 and result["trl"]["timed_tokens"] > 0
-    assert result["ratio"] == pytest.approx(ratio, rel=1e-3) and ratio > 0
+    for side in ("lab", "trl"):  # each rate is the real tokens of the timed steps over their seconds
+        stats = result[side]
+        assert stats["timed_tokens"] >= 2 * 16 and stats["timed_seconds"] > 0, side  # 2 rows of 16+ tokens
+        assert stats["tokens_per_second"] == pytest.approx(stats["timed_tokens"] / stats["timed_seconds"], rel=0.01)
+    assert ratio == pytest.approx(result["lab"]["tokens_per_second"] / result["trl"]["tokens_per_second"], rel=1e-3)
+    assert result["ratio"] == pytest.approx(ratio, rel=1e-3)
     assert "ratio lab / TRL" in capsys.readouterr().out
