@@ -37,11 +37,6 @@ def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
     assert "prompt" in capsys.readouterr().out
 
 
-def test_a_finished_run_is_not_overwritten(tmp_path):
-    p = sft_alpaca.Params(**TINY, run_name="once")
-    sft_alpaca.run(p)
-    with pytest.raises(FileExistsError, match="already finished"):
-        sft_alpaca.run(p)
 
 
 def test_resume_continues_the_step_count(tmp_path):

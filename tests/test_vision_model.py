@@ -155,19 +155,6 @@ def test_lora_steps_lower_the_loss_on_a_repeated_batch_and_generate_answers(rows
     assert model.training  # generation restores the mode it found
 
 
-def test_trl_sft_trainer_runs_with_the_collator(tmp_path, rows):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    model, processor = build_tiny_vision_model(seed=0)
-    model = add_vision_lora(model, backend=HF_CPU, r=4)
-    dataset = Dataset.from_list(rows)
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, logging_steps=1,
-                     save_strategy="no", use_cpu=True, learning_rate=5e-3, report_to=[], **vision_sft_config())
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                         data_collator=VisionSFTCollator(processor))
-    result = trainer.train()
-    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
 
 
 def test_scores_exact_match_and_character_accuracy():
