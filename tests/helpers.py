@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_SFT = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
                 max_seq_length=128, save_steps=1, report_to="none")
 
+TUTOR_PROMPT = "You are a terse math tutor."  # conftest's finished_sft_run's system prompt (its Modelfile's SYSTEM)
+
 
 def as_cli(settings: dict) -> list[str]:
     """--key=value arguments for a script's main() or a subprocess."""

@@ -12,39 +12,31 @@ from transformers import AutoModelForCausalLM
 from lab_utils.evaluation.evaluate import ab_table, answers_per_adapter, load_adapters, perplexity, write_ab_report
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, mark_complete
-from scripts import serve, sft_alpaca
+from scripts import serve
 
 QUESTIONS = [[{"role": "user", "content": "What is the capital of France?"}]]
 
 
-def fake_finished_run(folder, embedded_model_dir, seed):
+def fake_finished_run(folder, base_model_dir, seed):
     """A run dir as sft_alpaca writes it, holding a random (non-zero) LoRA adapter."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
     config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(folder / "adapter")
-    (folder / "params.json").write_text(json.dumps({"model": "smollm2-135m", "data_file": "alpaca_sample.jsonl"}))
+    (folder / "params.json").write_text(json.dumps({"model": str(base_model_dir), "data_file": "alpaca_sample.jsonl"}))
     mark_complete(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, embedded_model_dir):
+def two_runs(tmp_path_factory, tiny_lm_dir):
     root = tmp_path_factory.mktemp("runs")
-    return [fake_finished_run(root / name, embedded_model_dir, seed) for seed, name in enumerate(("one", "two"))]
+    return [fake_finished_run(root / name, tiny_lm_dir, seed) for seed, name in enumerate(("one", "two"))]
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A real, short, high-learning-rate SFT run: enough to learn its own rows."""
-    out = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LAB_OUTPUT_DIR", str(out))
-        sft_alpaca.run(sft_alpaca.Params(max_rows=24, heldout_rows=2, max_steps=6, batch_size=8, lora_r=8,
-                                         lora_alpha=16, learning_rate=1e-3, max_new_tokens=4, max_seq_length=128,
-                                         save_steps=100,
-                                         report_to="none", run_name="trained"))
-    return out / "sft_alpaca" / "trained"
+def trained_run(finished_sft_run):
+    return finished_sft_run  # conftest's: a real sft_alpaca run on the tiny Llama, 6 steps at lr 5e-3
 
 
 def test_switching_adapters_changes_the_answers(two_runs, tmp_path):
@@ -68,7 +60,7 @@ def test_fine_tuning_lowers_perplexity_on_its_own_text(trained_run):
     texts = [render(tokenizer, m) for m in rows["messages"]]
     with model.disable_adapter():
         base = perplexity(model, tokenizer, texts)
-    assert perplexity(model, tokenizer, texts) < base
+    assert perplexity(model, tokenizer, texts) < 0.95 * base  # measured 47.9k -> 42.5k (seeded)
 
 
 def test_chat_through_a_pipe_answers_and_exits(trained_run):
@@ -105,7 +97,7 @@ def test_notebook_evaluates_exports_and_loads_the_gguf_back(trained_run, tmp_pat
 
     execute(NOTEBOOKS_DIR / "evaluate_export.ipynb", tmp_path / "out.ipynb",
             {"run_dir": str(trained_run), "prompts": ["What is the capital of Italy?"], "max_new_tokens": 12})
-    metrics = read_json(output_dir() / "evaluate_export" / "trained" / "metrics.json")
+    metrics = read_json(output_dir() / "evaluate_export" / trained_run.name / "metrics.json")
     assert metrics["gguf_same_answer"], metrics["gguf_roundtrip"]
     assert metrics["perplexity_tuned"] < metrics["perplexity_base"]
     assert {a["artifact"] for a in metrics["artifacts"]} == {"merged", "gguf-f16", "modelfile"}

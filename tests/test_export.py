@@ -17,39 +17,20 @@ from lab_utils.export.gguf import convert_to_gguf, find_quantizer, quantize_gguf
 from lab_utils.export.hub import push_to_hub
 from lab_utils.export.merge import ExportError, locate_adapter, merge_adapter
 from lab_utils.core.paths import mark_complete
+from tests.helpers import TUTOR_PROMPT
 
-SYSTEM_PROMPT = "You are a terse math tutor."
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 
 
-def _make_run(root, lora_seed=0):
-    from peft import LoraConfig, get_peft_model
+@pytest.fixture(scope="module")
+def finished_run(finished_sft_run):
+    return finished_sft_run  # conftest's: a real sft_alpaca run on the tiny Llama
+
+
+def parameter_count(model_dir) -> int:
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_tokenizer, resolve_model
-
-    source = resolve_model("smollm2-135m")
-    torch.manual_seed(lora_seed)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # random B at peft's default scale garbles the model; keep the update modest
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.05)
-    run = root / "sft-demo"
-    peft_model.save_pretrained(run / "adapter")
-    load_tokenizer(source).save_pretrained(run / "adapter")
-    (run / "params.json").write_text(json.dumps({"model": "smollm2-135m", "system_prompt": SYSTEM_PROMPT, "lora_r": 8}))
-    (run / "metrics.json").write_text(json.dumps({"train_loss": 1.0}))
-    mark_complete(run)
-    return run
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    return _make_run(tmp_path_factory.mktemp("runs"))
+    return AutoModelForCausalLM.from_pretrained(model_dir).num_parameters()
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +104,11 @@ def test_finished_run_without_adapter_is_refused(tmp_path):
         locate_adapter(run)
 
 
-def test_locate_adapter_reads_the_run_params(finished_run):
+def test_locate_adapter_reads_the_run_params(finished_run, tiny_lm_dir):
     trained = locate_adapter(finished_run)
     assert trained.adapter_dir == finished_run / "adapter"
-    assert trained.base_model == "smollm2-135m"
-    assert trained.system_prompt == SYSTEM_PROMPT
+    assert trained.base_model == tiny_lm_dir
+    assert trained.system_prompt == TUTOR_PROMPT
 
 
 def test_existing_output_is_not_overwritten(finished_run, tmp_path):
@@ -157,30 +138,32 @@ def test_converter_rejects_kquant_outtype(tmp_path):
 # --- merged safetensors ------------------------------------------------------------------------
 
 
-def test_merged_logits_equal_base_plus_adapter(finished_run, tmp_path):
+def test_merged_logits_equal_base_plus_adapter(finished_run, tiny_lm_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_tokenizer, resolve_model
+    from lab_utils.models.registry import load_tokenizer
 
     merged_dir = merge_adapter(finished_run, tmp_path / "merged32", dtype="float32")
     assert (merged_dir / "model.safetensors").exists() and (merged_dir / "chat_template.jinja").exists()
     assert not list(tmp_path.glob("*.partial"))
     tokenizer = load_tokenizer(str(merged_dir))
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
     base_logits = _logits(base, tokenizer)
     with_adapter = PeftModel.from_pretrained(base, str(finished_run / "adapter"))
     expected = _logits(with_adapter, tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     actual = _logits(merged, tokenizer)
-    assert (expected - base_logits).abs().max() > 0.5  # the adapter really changes the model
+    # the trained adapter really changes the model: by 100x the tolerance the merge is held to below
+    assert (expected - base_logits).abs().max() > 100 * 2e-4
     torch.testing.assert_close(actual, expected, atol=2e-4, rtol=1e-4)
 
 
 def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
     config = json.loads((merged_f16 / "config.json").read_text())
     assert config["dtype"] == "float16"
-    assert (merged_f16 / "model.safetensors").stat().st_size < 300e6  # 2 bytes x 134.5M params (+ header)
+    weights = (merged_f16 / "model.safetensors").stat().st_size
+    assert 0 < weights - 2 * parameter_count(merged_f16) < 1e5  # 2 bytes a parameter, plus the header
     # the SentencePiece leftovers repaired for llama.cpp change nothing in HF tokenization
     from lab_utils.models.registry import load_tokenizer, resolve_model
 
@@ -195,16 +178,24 @@ def test_merged_f16_folder_is_16bit_and_overwritable(merged_f16, finished_run):
 # --- GGUF ----------------------------------------------------------------------------------------
 
 
-def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_path):
+@pytest.fixture(scope="module")
+def gguf_f16(merged_f16, tmp_path_factory):
+    """The suite's one GGUF conversion: the tiny model (8 MB) with the real SmolLM2 tokenizer."""
+    return convert_to_gguf(merged_f16, tmp_path_factory.mktemp("gguf") / "model-f16.gguf", outtype="f16")
+
+
+def test_gguf_f16_loads_back_with_the_merged_models_weights(merged_f16, gguf_f16):
     from transformers import AutoModelForCausalLM
 
     from lab_utils.models.registry import load_tokenizer
 
-    gguf = convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
-    assert gguf.stat().st_size > 250e6 and not (tmp_path / "model-f16.gguf.partial").exists()
+    gguf = gguf_f16
+    assert gguf.stat().st_size > 2 * parameter_count(merged_f16) and not list(gguf.parent.glob("*.partial"))
     tokenizer = load_tokenizer(str(merged_f16))
     from_hf = AutoModelForCausalLM.from_pretrained(merged_f16, dtype=torch.float32)
-    from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
+    from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # f16 in, f16 out: llama.cpp's file holds the merged model's very weights
+    torch.testing.assert_close(_logits(from_gguf, tokenizer), _logits(from_hf, tokenizer), atol=1e-4, rtol=1e-4)
     assert _greedy(from_gguf, tokenizer) == _greedy(from_hf, tokenizer)
     # llama.cpp must see SmolLM2's byte-level BPE (gpt2 vocab, smollm pre-tokenizer, merges),
     # not a SentencePiece vocab; read the GGUF metadata directly (transformers' GGUF
@@ -219,12 +210,11 @@ def test_gguf_f16_loads_back_and_answers_like_the_merged_model(merged_f16, tmp_p
         convert_to_gguf(merged_f16, gguf, outtype="f16")
 
 
-def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
+def test_gguf_q4_k_m_with_llama_quantize(gguf_f16, tmp_path):
     if find_quantizer() is None:
         pytest.skip("no llama-quantize on PATH and no llama-cpp-python")
-    f16 = convert_to_gguf(merged_f16, tmp_path / "model-f16.gguf", outtype="f16")
-    q4 = quantize_gguf(f16, tmp_path / "model-q4_k_m.gguf", "q4_k_m")
-    assert 50e6 < q4.stat().st_size < f16.stat().st_size / 2
+    q4 = quantize_gguf(gguf_f16, tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    assert q4.stat().st_size < gguf_f16.stat().st_size  # the tiny model's rows (64) fall back to q5_0/q8_0
 
 
 # --- Modelfile -------------------------------------------------------------------------------------
@@ -233,7 +223,7 @@ def test_gguf_q4_k_m_with_llama_quantize(merged_f16, tmp_path):
 def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
     gguf = tmp_path / "model-q8_0.gguf"
     gguf.write_bytes(b"GGUF")  # the Modelfile only names it
-    path = write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT, temperature=0.2, num_ctx=4096)
+    path = write_modelfile(gguf, smollm_tokenizer, TUTOR_PROMPT, temperature=0.2, num_ctx=4096)
     text = path.read_text()
     assert path == tmp_path / "Modelfile"
     assert text.startswith("FROM ./model-q8_0.gguf\n")
@@ -241,9 +231,9 @@ def test_modelfile_has_template_stops_and_system(smollm_tokenizer, tmp_path):
             '<|im_start|>assistant\n"""') in text
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     assert "PARAMETER temperature 0.2" in text and "PARAMETER top_p 0.9" in text and "PARAMETER num_ctx 4096" in text
-    assert f'SYSTEM """{SYSTEM_PROMPT}"""' in text
+    assert f'SYSTEM """{TUTOR_PROMPT}"""' in text
     with pytest.raises(ExportError, match="already exists"):
-        write_modelfile(gguf, smollm_tokenizer, SYSTEM_PROMPT)
+        write_modelfile(gguf, smollm_tokenizer, TUTOR_PROMPT)
 
 
 def test_modelfile_defaults_to_the_templates_own_system_prompt(smollm_tokenizer, tmp_path):
@@ -317,7 +307,7 @@ def test_cli_checks_formats(finished_run):
         cli.main(["--run_dir", str(finished_run), "--formats", "gguf-f16,modelfile"])
 
 
-def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
+def test_cli_exports_q8_0_and_modelfile(finished_run, tiny_lm_dir, tmp_path, monkeypatch):
     from scripts import export as cli
 
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
@@ -326,10 +316,11 @@ def test_cli_exports_q8_0_and_modelfile(finished_run, tmp_path, monkeypatch):
     assert result["out_dir"] == str(out) and (out / "run_complete.json").exists()
     assert [a["artifact"] for a in result["artifacts"]] == ["merged", "gguf-q8_0", "modelfile"]
     gguf = out / "sft-demo-q8_0.gguf"
-    assert 130e6 < gguf.stat().st_size < 160e6  # ~8.5 bits per weight
+    parameters = parameter_count(out / "merged")
+    assert parameters < gguf.stat().st_size < 2 * parameters  # ~8.5 bits per weight (+ the vocabulary): not f16
     modelfile = (out / "Modelfile").read_text()
-    assert "FROM ./sft-demo-q8_0.gguf" in modelfile and f'SYSTEM """{SYSTEM_PROMPT}"""' in modelfile
-    assert json.loads((out / "export.json").read_text())["base_model"] == "smollm2-135m"
+    assert "FROM ./sft-demo-q8_0.gguf" in modelfile and f'SYSTEM """{TUTOR_PROMPT}"""' in modelfile
+    assert json.loads((out / "export.json").read_text())["base_model"] == tiny_lm_dir
     with pytest.raises(SystemExit, match="already finished"):
         cli.main(["--run_dir", str(finished_run), "--formats", "gguf-q8_0,modelfile"])
 
