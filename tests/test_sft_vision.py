@@ -1,6 +1,9 @@
 """The vision SFT experiment end to end on the tiny Qwen2.5-VL: CLI, resume, papermill, bad sheets, GPU path."""
 
+import contextlib
+import io
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -23,9 +26,19 @@ def tiny_config(tmp_path, **extra):
     return write_config(tmp_path, {**TINY, **extra})
 
 
-def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
-    sft_vision.main(["--config", str(tiny_config(tmp_path)), "--run_name", "cli", "--lora_r", "2"])
-    run = output_dir() / "sft_vision" / "cli"
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """The module's one finished vision run, trained through the command line (config + an override); the
+    resume test continues a copy of it."""
+    out, printed = tmp_path_factory.mktemp("vision_cli"), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("LAB_OUTPUT_DIR", str(out / "outputs"))
+        sft_vision.main(["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
+    return out / "outputs" / "sft_vision" / "cli", printed.getvalue()
+
+
+def test_cli_with_config_and_override_writes_every_artifact(cli_run):
+    run, printed = cli_run
     params = read_json(run / "params.json")
     assert params["lora_r"] == 2 and params["max_steps"] == 2  # override beats config beats default
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json",
@@ -46,19 +59,18 @@ def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
         exact = (answers[when].map(normalise_answer) == answers["reference"].map(normalise_answer)).mean()
         assert metrics[f"exact_match_{when}"] == pytest.approx(exact), when
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert "character accuracy" in capsys.readouterr().out
+    assert "character accuracy" in printed
 
 
-def test_resume_continues_the_step_count():
-    first = sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
-    run = output_dir() / "sft_vision" / "resume"
-    assert first["metrics"]["global_step"] == 2 and (run / "checkpoints" / "checkpoint-2").is_dir()
+def test_resume_continues_the_step_count(cli_run):
+    run = shutil.copytree(cli_run[0], output_dir() / "sft_vision" / "resume")
+    assert (run / "checkpoints" / "checkpoint-2").is_dir()
     (run / "run_complete.json").unlink()  # as if the run had been interrupted before its end
-    second = sft_vision.run(sft_vision.Params(**{**TINY, "max_steps": 4}, run_name="resume"))
+    second = sft_vision.run(sft_vision.Params(**{**TINY, "max_steps": 4, "lora_r": 2}, run_name="resume"))
     assert second["metrics"]["resumed_from"].endswith("checkpoint-2") and second["metrics"]["global_step"] == 4
     assert [r["step"] for r in read_json(run / "history.json") if "loss" in r] == [3, 4]
     with pytest.raises(FileExistsError, match="already finished"):
-        sft_vision.run(sft_vision.Params(**TINY, run_name="resume"))
+        sft_vision.run(sft_vision.Params(**{**TINY, "lora_r": 2}, run_name="resume"))
 
 
 @pytest.mark.notebook
