@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from lab_utils.core.artifacts import read_json
-from lab_utils.core.backend import Backend, vllm_available
+from lab_utils.core.backend import Backend, has_package, vllm_available
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import output_dir
 from lab_utils.training.rollouts import choose_rollouts
@@ -21,8 +21,10 @@ TINY = dict(max_rows=12, heldout_rows=2, num_generations=2, batch_size=2, max_co
 # The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
 # where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
 # Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.
+# rollouts auto: vLLM samples and grades where it is installed (CI), HF generate elsewhere; the learning is the
+# trainer's either way, and both samplers are proven by the tiny runs here and in tests/test_vllm.py.
 LEARNING = dict(heldout_rows=8, sft_warmup_steps=16, sft_warmup_learning_rate=8e-4, max_steps=8, save_steps=8,
-                report_to="none", precision="fp32", run_name="learns", rollouts="hf")
+                report_to="none", precision="fp32", run_name="learns", rollouts="auto")
 REWARDS = ["correctness", "soft_format", "xml_count", "overlong_penalty"]
 
 
@@ -154,6 +156,7 @@ def test_cpu_run_logs_each_reward_saves_adapter_and_lists_skipped_prompts(tmp_pa
 @pytest.mark.learning
 def test_warm_up_then_grpo_teach_the_format_and_raise_the_reward():
     metrics = grpo_gsm8k.run(grpo_gsm8k.Params(**LEARNING))["metrics"]
+    assert metrics["rollouts"] == ("vllm" if has_package("vllm") else "hf")
     # the base model never writes the layout; after warm-up + GRPO most greedy answers do (margins leave
     # room for another CPU's rounding: each is several problems away from the value measured)
     assert metrics["format_rate_before"] <= 0.125
