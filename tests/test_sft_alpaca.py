@@ -1,6 +1,9 @@
 """The alpaca experiment end to end on the embedded model: CLI, resume, papermill."""
 
+import contextlib
+import io
 import json
+import shutil
 
 import pytest
 import yaml
@@ -21,9 +24,19 @@ def tiny_config(tmp_path, **extra):
     return path
 
 
-def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
-    sft_alpaca.main(["--config", str(tiny_config(tmp_path)), "--run_name", "cli", "--lora_r", "2"])
-    run = output_dir() / "sft_alpaca" / "cli"
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """The module's one finished run, trained through the command line (config + an override); the resume test
+    continues a copy of it."""
+    out, printed = tmp_path_factory.mktemp("alpaca_cli"), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("LAB_OUTPUT_DIR", str(out / "outputs"))
+        sft_alpaca.main(["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
+    return out / "outputs" / "sft_alpaca" / "cli", printed.getvalue()
+
+
+def test_cli_with_config_and_override_writes_every_artifact(cli_run):
+    run, printed = cli_run
     params = read_json(run / "params.json")
     assert params["lora_r"] == 2 and params["max_steps"] == 2  # override beats config beats default
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.json", "history.json",
@@ -34,17 +47,14 @@ def test_cli_with_config_and_override_writes_every_artifact(tmp_path, capsys):
     metrics = read_json(run / "metrics.json")
     assert metrics["global_step"] == 2 and metrics["train_loss"] > 0 and metrics["tokens_seen"] > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert "prompt" in capsys.readouterr().out
+    assert "prompt" in printed
 
 
-
-
-def test_resume_continues_the_step_count(tmp_path):
-    first = sft_alpaca.run(sft_alpaca.Params(**TINY, run_name="resume"))
-    run = output_dir() / "sft_alpaca" / "resume"
-    assert first["metrics"]["global_step"] == 2 and (run / "checkpoints" / "checkpoint-2").is_dir()
+def test_resume_continues_the_step_count(cli_run):
+    run = shutil.copytree(cli_run[0], output_dir() / "sft_alpaca" / "resume")
+    assert (run / "checkpoints" / "checkpoint-2").is_dir()
     (run / "run_complete.json").unlink()  # as if the run had been interrupted before its end
-    second = sft_alpaca.run(sft_alpaca.Params(**{**TINY, "max_steps": 4}, run_name="resume"))
+    second = sft_alpaca.run(sft_alpaca.Params(**{**TINY, "max_steps": 4, "lora_r": 2}, run_name="resume"))
     assert second["metrics"]["resumed_from"].endswith("checkpoint-2")
     assert second["metrics"]["global_step"] == 4
     steps = [r["step"] for r in read_json(run / "history.json") if "loss" in r]
