@@ -72,3 +72,11 @@ teaching/    the lessons' maths
     als           ALS matrix factorisation (biases, weighted ridge), baselines, choosing rank by validation
     spark_als     the same ALS on Spark MLlib, for comparison with als
 """
+
+import os as _os
+
+# accelerate imports DeepSpeed whenever it is installed (make setup-deepspeed), and DeepSpeed then warns
+# "Setting accelerator to CPU" on every CPU-only machine, in every run. Where no NVIDIA device exists, say
+# so up front; a GPU box (or a user's own DS_ACCELERATOR) is left to DeepSpeed's own detection.
+if not _os.path.exists("/dev/nvidiactl") and not _os.environ.get("CUDA_VISIBLE_DEVICES"):
+    _os.environ.setdefault("DS_ACCELERATOR", "cpu")
