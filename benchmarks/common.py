@@ -162,3 +162,18 @@ def report(name: str, title: str, a, rows: list[dict], columns: list[str]) -> di
               "environment": environment(), "rows": rows}
     write_results(name, result, a.out)
     return result
+
+
+def run_case(module: str, function: str, payload: dict) -> dict:
+    """One benchmark case: in a fresh Python on a GPU (Unsloth patches a process for good, and each case's peak
+    memory must be its own), in this process on a CPU, where neither applies and a new process only adds its
+    start-up (~10 s of imports). Either way {"status": "ok", "value": ...} or the error's one line."""
+    if cuda_available():
+        return run_isolated(module, function, payload)
+    import importlib
+
+    try:
+        return {"status": "ok", "value": getattr(importlib.import_module(module), function)(**payload)}
+    except Exception as err:  # a case that fails is a row of the table, not the end of the sweep
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        return {"status": f"failed: {type(err).__name__}: {first_line}"}

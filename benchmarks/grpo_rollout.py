@@ -37,7 +37,7 @@ from benchmarks.common import (
     ratio,
     report,
     reset_peak_memory,
-    run_isolated,
+    run_case,
     skip_reasons,
     synchronize,
 )
@@ -198,7 +198,6 @@ def rollout_case(model_dir: str, engine: str, n_prompts: int, group_sizes: list[
 
 def run_cases(a) -> list[dict]:
     rows = []
-    isolate = cuda_available()  # CPU: in this process (nothing patches, nothing to measure per process)
     for model in a.models:
         model_dir = model_folder(model, a.tokenizer)
         adapter = make_adapter(model_dir, a.lora_rank, tempfile.mkdtemp(prefix="bench-lora-")) if a.lora_rank else None
@@ -215,10 +214,7 @@ def run_cases(a) -> list[dict]:
                        "adapter": None if engine == "unsloth-vllm" else adapter}
             print(f"[bench] {model} {engine}: {a.prompts} prompts x groups {a.group_sizes} x {a.new_tokens} tokens",
                   flush=True)
-            if isolate:
-                outcome = run_isolated("benchmarks.grpo_rollout", "rollout_case", payload)
-            else:
-                outcome = {"status": "ok", "value": rollout_case(**payload)}
+            outcome = run_case("benchmarks.grpo_rollout", "rollout_case", payload)
             value = outcome.get("value") or {"rows": [{"group_size": g} for g in a.group_sizes]}
             rows += [{**base, **r, "start_s": value.get("start_s"), "peak_gib": value.get("peak_gib"),
                       "status": outcome["status"]} for r in value["rows"]]

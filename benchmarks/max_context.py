@@ -22,7 +22,7 @@ import argparse
 import gc
 
 from benchmarks.common import (MODEL_CONFIGS, SMOKE_MODEL, ensure_random_model, peak_memory_gib, ratio, report,
-                               reset_peak_memory, run_isolated, skip_reasons)
+                               reset_peak_memory, run_case, skip_reasons)
 
 BACKENDS = ["hf", "lab-hf", "lab-unsloth"]
 COLUMNS = ["model", "quant", "backend", "max_length", "reached_cap", "peak_gib_at_max", "tries", "vs_hf", "status"]
@@ -173,7 +173,7 @@ def run_cases(a) -> list[dict]:
             continue
         model_dir = model_dir or ensure_random_model(a.model, a.tokenizer)
         print(f"[bench] {a.model} {a.quant} {backend}: searching {a.start}..{a.max_length} tokens", flush=True)
-        outcome = run_isolated("benchmarks.max_context", "search_case",
+        outcome = run_case("benchmarks.max_context", "search_case",
                                dict(model_dir=model_dir, backend=backend, quant=a.quant, start=a.start,
                                     cap=a.max_length, resolution=a.resolution))
         rows.append({**row, **outcome.get("value", {}), "status": outcome["status"]})

@@ -69,7 +69,7 @@ from pathlib import Path
 from benchmarks.common import (GPU_MODELS, SMOKE_MODEL, ensure_random_model, fixed_length_rows, gpu_name,
                                lora_flops_per_token, mfu_percent, natural_length_rows,
                                peak_memory_gib, ratio, report, reset_peak_memory,
-                               run_isolated, skip_reasons, steady_rate, synchronize)
+                               run_case, skip_reasons, steady_rate, synchronize)
 
 
 # ---------------------------------------------------------------- shared by both modes
@@ -338,7 +338,7 @@ def run_cases(a) -> list[dict]:
                                gradient_checkpointing=a.gradient_checkpointing, lengths=a.lengths,
                                data_file=a.data_file)
                 print(f"[bench] {model} {quant} {backend}: training {a.steps} steps ...", flush=True)
-                outcome = run_isolated("benchmarks.sft_throughput", "train_case", payload)
+                outcome = run_case("benchmarks.sft_throughput", "train_case", payload)
                 rows.append({**row, **outcome.get("value", {}), "status": outcome["status"]})
     return add_ratios(rows)
 

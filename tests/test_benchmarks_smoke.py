@@ -1,16 +1,13 @@
 """The GPU benchmarks' harness on CPU: shapes of the real configs, the length search, each --smoke run.
 
-The smoke runs are real subprocesses (`python -m benchmarks.x --smoke --out DIR`),
-exactly what CI or a user runs: they must train/generate through the hf path, print
-the table, write the JSON, and say why each GPU-only case was skipped.
+The smoke runs call each benchmark's main() with the arguments of `python -m benchmarks.x --smoke --out DIR`,
+in this process (on a CPU the benchmarks run their cases in process too): they must train/generate through
+the hf path, print the table, write the JSON, and say why each GPU-only case was skipped.
 """
 
+import importlib
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,6 @@ import torch
 from benchmarks.common import GPU_MODELS, model_config
 from benchmarks.max_context import longest_fitting
 
-REPO = Path(__file__).resolve().parent.parent
 
 # total parameters of the published checkpoints (tied embeddings counted once)
 PUBLISHED_PARAMETERS = {"qwen2.5-0.5b": 494_032_768, "qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512,
@@ -50,20 +46,13 @@ def test_length_search_stops_at_the_cap_and_at_a_failing_start():
     assert longest_fitting(lambda n: False, start=100, cap=1000, resolution=10) == (0, [(100, False)])
 
 
-def run_smoke(module: str, tmp_path, *args) -> tuple[str, dict]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", module, *args, "--smoke", "--out", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+def run_smoke(module: str, tmp_path, capsys, *args) -> tuple[str, dict]:
+    """`python -m <module> ... --smoke --out DIR`, called in this process (on a CPU each case runs in process
+    too: benchmarks.common.run_case); what it printed and the JSON it wrote."""
+    importlib.import_module(module).main([*args, "--smoke", "--out", str(tmp_path)])
     written = list(tmp_path.glob(f"{module.split('.')[-1]}-*.json"))
     assert len(written) == 1
-    return done.stdout, json.loads(written[0].read_text())
+    return capsys.readouterr().out, json.loads(written[0].read_text())
 
 
 def by(rows, **match):
@@ -71,8 +60,8 @@ def by(rows, **match):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
-def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path):
-    out, result = run_smoke("benchmarks.sft_throughput", tmp_path, "--sweep")
+def test_sft_smoke_trains_trl_and_lab_hf_and_skips_the_gpu_cases(tmp_path, capsys):
+    out, result = run_smoke("benchmarks.sft_throughput", tmp_path, capsys, "--sweep")
     assert "== LoRA SFT" in out and "| smoke-llama | lora16  | trl" in out
     rows = result["rows"]
     for backend in ("trl", "lab-hf"):
@@ -108,8 +97,8 @@ def test_rollout_smoke_times_hf_and_vllm_with_the_adapter_and_skips_unsloth(tmp_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
-def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path):
-    out, result = run_smoke("benchmarks.max_context", tmp_path)
+def test_max_context_smoke_searches_to_the_cap_on_both_hf_paths(tmp_path, capsys):
+    out, result = run_smoke("benchmarks.max_context", tmp_path, capsys)
     assert "== Longest trainable sequence" in out and "| 256 " in out
     for backend in ("hf", "lab-hf"):
         (row,) = by(result["rows"], backend=backend)
@@ -133,36 +122,11 @@ def test_vision_shape_gives_the_published_parameter_count():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU run skips")
-def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.sft_throughput",
-            "--sweep",
-            "--smoke",
-            "--lengths",
-            "natural",
-            "--data_file",
-            "medical/dialogues_gbk.csv",
-            "--backends",
-            "trl",
-            "lab-hf",
-            "--quants",
-            "lora16",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "natural lengths from medical/dialogues_gbk.csv" in done.stdout and "mfu_pct" in done.stdout
-    result = json.loads(next(tmp_path.glob("sft_throughput-*.json")).read_text())
+def test_sft_smoke_at_natural_lengths_counts_real_tokens(tmp_path, capsys):
+    out, result = run_smoke("benchmarks.sft_throughput", tmp_path, capsys, "--sweep", "--lengths", "natural",
+                            "--data_file", "medical/dialogues_gbk.csv", "--backends", "trl", "lab-hf",
+                            "--quants", "lora16")
+    assert "natural lengths from medical/dialogues_gbk.csv" in out and "mfu_pct" in out
     assert result["settings"]["lengths"] == "natural"
     rows = {r["backend"]: r for r in result["rows"]}
     for backend in ("trl", "lab-hf"):
