@@ -22,6 +22,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # instead, pytest's logging capture handles its lines like any other library's.
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
+# Under pytest-xdist (make test-fast runs two workers) each worker gets one thread: two workers on two cores
+# with torch's default thread count each would fight over the same cores. Set before anything imports torch;
+# subprocesses (papermill kernels, torchrun) inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -11,7 +11,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from lab_utils.core.paths import models_dir, write_then_rename
+from lab_utils.core.paths import build_lock, models_dir, write_then_rename
 from lab_utils.core.progress import follow_output_file
 from lab_utils.export.merge import ExportError
 
@@ -67,12 +67,19 @@ def _extract_converter(sdist: Path, into: Path) -> None:
 def ensure_llama_cpp(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     """The folder holding llama.cpp's convert_hf_to_gguf.py; fetched once (~1-2 min), cached after."""
     target = llama_cpp_dir(version)
-    if (target / CONVERT_SCRIPT).exists() and (target / "gguf-py" / "gguf").is_dir():
+
+    def fetched() -> bool:
+        return (target / CONVERT_SCRIPT).exists() and (target / "gguf-py" / "gguf").is_dir()
+
+    if fetched():
         return target
-    print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}",
-          flush=True)
-    with write_then_rename(target, overwrite=True) as staging, tempfile.TemporaryDirectory() as tmp:
-        _extract_converter(_download_sdist(version, Path(tmp)), staging)
+    with build_lock(target):  # two exports (or two test workers) at once: the second waits, then finds it
+        if fetched():
+            return target
+        print(f"[lab] fetching llama.cpp's converter from llama-cpp-python=={version} (sdist, once) into {target}",
+              flush=True)
+        with write_then_rename(target, overwrite=True) as staging, tempfile.TemporaryDirectory() as tmp:
+            _extract_converter(_download_sdist(version, Path(tmp)), staging)
     return target
 
 

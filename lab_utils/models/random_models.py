@@ -17,7 +17,7 @@ never looked up.
 from pathlib import Path
 
 from lab_utils.core.machine import has_package, run_isolated
-from lab_utils.core.paths import models_dir
+from lab_utils.core.paths import build_lock, models_dir
 from lab_utils.models.registry import resolve_model, save_model_folder
 
 # Shapes from the published config.json files (Hugging Face, 2024-09 releases).
@@ -192,23 +192,28 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     return str(save_model_folder(model, vision_processor(tokenizer, name), target))
 
 
-def ensure_random_vision_model(name: str) -> str:
+def _ensure_built(name: str, builder: str, payload: dict) -> str:
+    """`name`'s folder, built once by `builder` in a child process (keeps this process free of a CUDA context);
+    two processes asking at once (test workers, DDP ranks) build it once: the second waits, then finds it."""
     target = random_model_dir(name)
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+
+    def built() -> bool:
+        return (target / "config.json").exists() and (target / "tokenizer_config.json").exists()
+
+    if built():
         return str(target)
-    result = run_isolated("lab_utils.models.random_models", "build_random_vision_model", {"name": name})
+    with build_lock(target):
+        if built():
+            return str(target)
+        result = run_isolated("lab_utils.models.random_models", builder, payload)
     if result["status"] != "ok":
         raise RuntimeError(f"building the random {name} failed: {result['status']}")
     return result["value"]
+
+
+def ensure_random_vision_model(name: str) -> str:
+    return _ensure_built(name, "build_random_vision_model", {"name": name})
 
 
 def ensure_random_model(name: str, tokenizer_source: str | None = None) -> str:
-    """The model folder, built in a child process (keeps this process free of a CUDA context)."""
-    target = random_model_dir(name)
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-        return str(target)
-    result = run_isolated("lab_utils.models.random_models", "build_random_model",
-                          {"name": name, "tokenizer_source": tokenizer_source})
-    if result["status"] != "ok":
-        raise RuntimeError(f"building the random {name} failed: {result['status']}")
-    return result["value"]
+    return _ensure_built(name, "build_random_model", {"name": name, "tokenizer_source": tokenizer_source})
