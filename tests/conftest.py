@@ -32,6 +32,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's loadgroup, the multi-process launches (ddp) all go to one worker, one after another:
+    each already starts two ranks, and two such launches at once would put four processes on two cores."""
+    for item in items:
+        if item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.xdist_group("ddp"))
+
+
 @pytest.fixture(autouse=True)
 def hermetic_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path / "outputs"))
