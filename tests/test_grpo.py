@@ -10,14 +10,23 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.backend import Backend, has_package, vllm_available
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import output_dir
+from lab_utils.models.random_models import SMOKE_MODEL, random_model_dir
 from lab_utils.training.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
-# 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after.
+# 2 steps of 1 prompt x 2 completions x 16 tokens after a 1-step warm-up; 2 problems graded before and after,
+# on the tiny random Llama with the real SmolLM2 tokenizer (conftest's tiny_lm_dir): these tests prove the
+# mechanics (TRL's settings, rewards, checkpoints, the notebooks), the learning test below uses the real model.
 # HF generate on purpose (auto would pick vLLM where it is installed): tests/test_vllm.py runs the vLLM path.
-TINY = dict(max_rows=12, heldout_rows=2, num_generations=2, batch_size=2, max_completion_length=16,
-            max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8, report_to="none",
-            sft_warmup_steps=1, sft_warmup_batch_size=2, rollouts="hf")
+TINY = dict(model=str(random_model_dir(SMOKE_MODEL)), max_rows=12, heldout_rows=2, num_generations=2, batch_size=2,
+            max_completion_length=16, max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8,
+            report_to="none", sft_warmup_steps=1, sft_warmup_batch_size=2, rollouts="hf")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tiny_model_built(tiny_lm_dir):
+    """TINY names the tiny model's folder; this builds it (once per machine) before the first test uses it."""
+    assert tiny_lm_dir == TINY["model"]
 # The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
 # where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
 # Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.
@@ -204,8 +213,9 @@ def test_vllm_rollouts_train_and_log_rewards(tmp_path):
     else the lab's engine through rollout_func), the rewards are logged per step, and the adapter is saved."""
     if not vllm_available():
         pytest.skip("needs vllm (make setup-vllm)")
-    p = grpo_gsm8k.Params(**{**TINY, "max_completion_length": 64, "batch_size": 4, "num_generations": 4,
-                             "rollouts": "vllm"}, vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
+    p = grpo_gsm8k.Params(**{**TINY, "model": "smollm2-135m", "max_completion_length": 64, "batch_size": 4,
+                             "num_generations": 4, "rollouts": "vllm"},
+                          vllm_gpu_memory_utilization=0.3, max_seq_length=512, run_name="vllm")
     metrics = grpo_gsm8k.run(p)["metrics"]
     assert metrics["rollouts"] == "vllm" and metrics["device"] == "cuda" and metrics["global_step"] == 2
     history = read_json(output_dir() / "grpo_gsm8k" / "vllm" / "history.json")

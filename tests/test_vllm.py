@@ -21,10 +21,13 @@ from lab_utils.training.rollouts import choose_rollouts
 from lab_utils.training.vllm_engine import EngineError, explain, lora_rank_slot, vllm_build
 from scripts import grpo_gsm8k
 from tests.test_evaluate_export import fake_finished_run
-from tests.test_grpo import TINY
+from tests.test_grpo import TINY as GRPO_TINY
 
 needs_vllm = pytest.mark.skipif(not has_package("vllm"), reason="vLLM is not installed (make setup-vllm)")
 CPU = Backend("hf", "test", "cpu")
+# vLLM serves the embedded SmolLM2 (the tiny random Llama's 16-wide attention heads are below what vLLM's CPU
+# attention takes)
+TINY = {**GRPO_TINY, "model": "smollm2-135m"}
 QUESTIONS = ["What is 12 + 30?", "Name three primary colors.", "Write one sentence about the sea.",
              "What is the capital of France?"]
 
@@ -109,11 +112,13 @@ def test_vllm_rollouts_train_then_serve_the_same_greedy_answers_as_hf(embedded_m
     prompt_ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                 tokenize=True, return_dict=False) for q in QUESTIONS]
     engine = start_engine(str(embedded_model_dir), max_model_len=256, lora_rank=p.lora_r, dtype="float32")
-    try:
-        engine.publish(trained)
+    try:  # the base model first: on a CPU, publishing merges the adapter into the engine's weights
         greedy = SamplingParams(temperature=0.0, max_tokens=24)
-        served = [list(o.outputs[0].token_ids) for o in engine.generate(prompt_ids, greedy)]
         served_base = [list(o.outputs[0].token_ids) for o in engine.generate(prompt_ids, greedy, base=True)]
+        engine.publish(trained)
+        served = [list(o.outputs[0].token_ids) for o in engine.generate(prompt_ids, greedy)]
+        with pytest.raises(RuntimeError, match="before the first publish"):
+            engine.generate(prompt_ids, greedy, base=True)
     finally:
         engine.close()
     assert served == hf_greedy(trained, tokenizer, prompt_ids, 24)

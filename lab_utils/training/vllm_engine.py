@@ -1,7 +1,7 @@
 """A vLLM engine inside this process, on a CPU or a CUDA GPU: GRPO rollouts, greedy grading, the LoRA being trained.
 
     engine = start_engine(model_dir, max_model_len=512, lora_rank=16, dtype="float32")
-    engine.publish(peft_model)          # serve the adapter as it is now (a fresh LoRARequest id)
+    engine.publish(peft_model)          # serve the policy as it is now (CPU: merged weights; CUDA: a new LoRARequest)
     engine.greedy(tokenizer, conversations, max_new_tokens=64)          # with that adapter
     engine.greedy(tokenizer, conversations, max_new_tokens=64, base=True)  # the base model
     engine.close()
@@ -10,10 +10,11 @@ Why in process (VLLM_ENABLE_V1_MULTIPROCESSING=0): the default engine core is a 
 child, which needs a `__main__` guard in every script and costs 30-60 s to start on a CPU;
 in process it works the same in scripts, pytest and papermill kernels and starts in seconds.
 
-The adapter is re-read only under a NEW int id: vLLM caches LoRA weights by id, so
-re-sending an old id would serve the old weights. Each publish saves the adapter to a
-private folder (in /dev/shm where there is one), serves it under the next id and drops
-the previous one.
+On a CPU each publish merges the adapter into the engine's own weights (vllm_cpu_weights: vLLM-CPU's
+LoRA kernels made sampling slower than HF generate). On CUDA the adapter is served as a LoRARequest,
+re-read only under a NEW int id (vLLM caches LoRA weights by id, so re-sending an old id would serve
+the old weights): each publish saves it to a private folder (in /dev/shm where there is one), serves
+it under the next id and drops the previous one.
 
 Things vLLM does to the process, handled here:
 - On a CPU, without a KV-cache size it reserves 92% of all RAM; we size it
@@ -116,11 +117,9 @@ def start_engine(model_dir: str, *, max_model_len: int, lora_rank: int = 16, dty
     try:
         from vllm import LLM
 
-        if not cuda_available():
-            from lab_utils.training import vllm_cpu_lora
-
-            vllm_cpu_lora.apply()  # one matmul per projection when the whole batch uses one adapter
-        llm = LLM(**engine_kwargs(model_dir, max_model_len, lora_rank, dtype, seed, gpu_memory_utilization))
+        # a CPU engine gets the policy merged into its weights at each publish (vllm_cpu_weights): no LoRA slots
+        lora_slots = lora_rank if cuda_available() else 0
+        llm = LLM(**engine_kwargs(model_dir, max_model_len, lora_slots, dtype, seed, gpu_memory_utilization))
     except Exception as error:  # vLLM raises ValueError / pydantic errors with long texts
         line = explain(error, model_dir)
         if line:
@@ -148,14 +147,30 @@ class Engine:
         self.start_seconds = start_seconds
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.folder = tempfile.mkdtemp(prefix="lab-vllm-adapter-", dir=shm)
-        self.lora = None  # the LoRARequest of the published adapter
+        self.lora = None  # the LoRARequest of the published adapter (CUDA)
+        self.merges = not cuda_available()  # CPU: the policy is merged into the engine's weights instead
+        self.published = 0
         self.publish_seconds = 0.0
 
     def publish(self, peft_model) -> None:
-        """Serve the adapter as it is now: saved to this engine's folder, under a fresh id."""
+        """Serve the policy as it is now: on a CPU merged into the engine's weights (lab_utils.training.
+        vllm_cpu_weights); on CUDA its adapter saved to this engine's folder and served under a fresh id."""
+        started = time.perf_counter()
+        if self.merges:
+            from lab_utils.training.vllm_cpu_weights import load_into_engine_model, policy_weights
+
+            policy = policy_weights(peft_model)
+            changed = self.llm.apply_model(lambda model: load_into_engine_model(model, policy))
+            if not any(changed):
+                raise EngineError("the vLLM engine has no layer the adapter's modules map to: use rollouts: hf")
+        else:
+            self.publish_lora(peft_model)
+        self.published += 1
+        self.publish_seconds += time.perf_counter() - started
+
+    def publish_lora(self, peft_model) -> None:
         from vllm.lora.request import LoRARequest
 
-        started = time.perf_counter()
         active = peft_model.active_adapter
         peft_model.save_pretrained(self.folder, selected_adapters=[active])  # not TRL's "ref" copy
         folder = self.folder if active == "default" else os.path.join(self.folder, active)
@@ -163,11 +178,14 @@ class Engine:
         if self.lora:
             self.llm.llm_engine.remove_lora(self.lora.lora_int_id)
         self.lora = LoRARequest(f"policy-{number}", number, folder)
-        self.publish_seconds += time.perf_counter() - started
 
     def generate(self, prompt_ids: list[list[int]], params, base: bool = False):
-        """vLLM outputs for token-id prompts, with the published adapter unless base."""
+        """vLLM outputs for token-id prompts, with the published policy unless base."""
         from vllm.inputs import TokensPrompt
+
+        if base and self.merges and self.published:
+            raise RuntimeError("the base model's answers come before the first publish: a CPU engine then holds "
+                               "the policy's weights")
 
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
         return self.llm.generate(prompts, params, lora_request=None if base else self.lora, use_tqdm=False)
@@ -186,7 +204,7 @@ class Engine:
     def stats(self) -> dict:
         """What a run records about its engine: start time, adapters served, time spent publishing them."""
         return {"vllm_engine_start_seconds": round(self.start_seconds, 1),
-                "vllm_adapters_published": self.lora.lora_int_id if self.lora else 0,
+                "vllm_adapters_published": self.published,
                 "vllm_publish_seconds": round(self.publish_seconds, 2)}
 
     def close(self) -> None:
