@@ -9,12 +9,18 @@ from pathlib import Path
 
 import yaml
 
+from lab_utils.models.random_models import SMOKE_MODEL, random_model_dir
+
 REPO = Path(__file__).resolve().parent.parent
 
+# The tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer and chat template: the tests of
+# mechanics (CLI, artifacts, resume, notebooks, locks) run on it in seconds; the learning tests use the real
+# model. conftest.py builds it once per machine (it is cached under $LAB_MODELS_DIR/bench-random/).
+TINY_LM = str(random_model_dir(SMOKE_MODEL))
 # The smallest text SFT run that still goes through every step (40 rows, 2 steps, rank 4): each test
 # that needs one starts from this and changes only what it tests.
-TINY_SFT = dict(max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, max_new_tokens=4,
-                max_seq_length=128, save_steps=1, report_to="none")
+TINY_SFT = dict(model=TINY_LM, max_rows=40, heldout_rows=2, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8,
+                max_new_tokens=4, max_seq_length=128, save_steps=1, report_to="none")
 
 TUTOR_PROMPT = "You are a terse math tutor."  # conftest's finished_sft_run's system prompt (its Modelfile's SYSTEM)
 

@@ -10,7 +10,7 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.backend import Backend, has_package, vllm_available
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import output_dir
-from lab_utils.models.random_models import SMOKE_MODEL, random_model_dir
+from tests.helpers import TINY_LM
 from lab_utils.training.rollouts import choose_rollouts
 from scripts import grpo_gsm8k
 
@@ -18,15 +18,10 @@ from scripts import grpo_gsm8k
 # on the tiny random Llama with the real SmolLM2 tokenizer (conftest's tiny_lm_dir): these tests prove the
 # mechanics (TRL's settings, rewards, checkpoints, the notebooks), the learning test below uses the real model.
 # HF generate on purpose (auto would pick vLLM where it is installed): tests/test_vllm.py runs the vLLM path.
-TINY = dict(model=str(random_model_dir(SMOKE_MODEL)), max_rows=12, heldout_rows=2, num_generations=2, batch_size=2,
+TINY = dict(model=TINY_LM, max_rows=12, heldout_rows=2, num_generations=2, batch_size=2,
             max_completion_length=16, max_new_tokens=16, max_steps=2, save_steps=1, lora_r=4, lora_alpha=8,
             report_to="none", sft_warmup_steps=1, sft_warmup_batch_size=2, rollouts="hf")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def tiny_model_built(tiny_lm_dir):
-    """TINY names the tiny model's folder; this builds it (once per machine) before the first test uses it."""
-    assert tiny_lm_dir == TINY["model"]
 # The CPU demo shortened (fewer held-out problems, warm-up and GRPO steps), fp32 on every CPU (bf16 autocast
 # where a CPU has it would change the rounding), seeded: the policy must *learn*, not just run.
 # Its warm-up is as strong as the demo's (16 steps at 8e-4 ~ 24 at 5e-4: the same sum of learning rates), in less time.

@@ -14,9 +14,10 @@ from lab_utils.core.paths import REPO_ROOT, LabPathError, output_dir
 from lab_utils.training.preference import (answer_logps, encode_pair_side, preference_summary, score_pairs,
                                            score_unpaired)
 from scripts import preference
+from tests.helpers import TINY_LM, TINY_SFT
 
-TINY = dict(heldout_rows=4, answer_rows=1, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8, max_new_tokens=4,
-            max_seq_length=128, save_steps=1, report_to="none")
+TINY = dict(model=TINY_LM, heldout_rows=4, answer_rows=1, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8,
+            max_new_tokens=4, max_seq_length=128, save_steps=1, report_to="none")
 
 
 # ---------------------------------------------------------------- scoring (lab_utils/training/preference.py)
@@ -164,9 +165,7 @@ def test_orpo_runs_and_measures_log_odds():
 def test_init_from_an_sft_run_continues_its_adapter():
     from scripts import sft_alpaca
 
-    sft_alpaca.run(sft_alpaca.Params(max_rows=16, heldout_rows=2, max_steps=1, batch_size=4, lora_r=4, lora_alpha=8,
-                                     max_new_tokens=2, max_seq_length=128, save_steps=1, report_to="none",
-                                     run_name="sft"))
+    sft_alpaca.run(sft_alpaca.Params(**{**TINY_SFT, "max_rows": 16, "max_steps": 1}, run_name="sft"))
     result = preference.run(preference.Params(**{**TINY, "max_steps": 1}, init_from="sft", run_name="from-sft"))
     adapter = json.loads((output_dir() / "preference" / "from-sft" / "adapter/adapter_config.json").read_text())
     assert adapter["r"] == 4 and result["metrics"]["global_step"] == 1  # the SFT adapter's shape, trained on

@@ -10,9 +10,10 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_medical
+from tests.helpers import TINY_LM
 
-TINY = dict(max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, heldout_rows=1, max_new_tokens=4, max_seq_length=256,
-            save_steps=2, report_to="none")
+TINY = dict(model=TINY_LM, max_steps=2, batch_size=4, lora_r=4, lora_alpha=8, heldout_rows=1, max_new_tokens=4,
+            max_seq_length=256, save_steps=2, report_to="none")
 
 
 def run_folder(name):
