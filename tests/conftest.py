@@ -39,6 +39,20 @@ LONGEST_FIRST = ["test_ddp", "test_grpo", "test_vllm", "test_verify_gpu", "test_
                  "test_browser", "test_sft_medical", "test_vision_model", "test_sft_vision", "test_sft_alpaca"]
 
 
+def pytest_configure(config):
+    """Build the model folders the tests share once, before any test (and, under pytest-xdist, before any worker
+    starts): two workers building one folder at once raced in a fresh clone (a DDP rank read a folder another
+    process was still replacing). Cached under LAB_MODELS_DIR: seconds the first time, nothing after."""
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    from lab_utils.models.random_models import SMOKE_MODEL, ensure_random_model
+    from lab_utils.models.registry import resolve_model
+
+    for name in ("smollm2-135m", "tiny-qwen2.5-vl", "tiny-qwen3-vl"):
+        resolve_model(name)  # the embedded SmolLM2 converted from its GGUF; the tiny vision models built
+    ensure_random_model(SMOKE_MODEL)
+
+
 def pytest_collection_modifyitems(config, items):
     """Longest files first (above); under pytest-xdist's loadgroup the multi-process launches (ddp) all go to one
     worker, one after another: each already starts two ranks, and two at once would put four on two cores."""

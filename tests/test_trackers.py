@@ -35,7 +35,7 @@ def test_swanlab_offline_run_leaves_its_log_in_the_run_folder(tmp_path, monkeypa
     pytest.importorskip("swanlab", reason="optional extra: make setup-trackers")
     monkeypatch.delenv("SWANLAB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no login file of the developer's is read or written
-    sft_alpaca.run(sft_alpaca.Params(**TINY, report_to="swanlab", run_name="swan"))
+    sft_alpaca.run(sft_alpaca.Params(**{**TINY, "report_to": "swanlab"}, run_name="swan"))
     logs = list((output_dir() / "sft_alpaca" / "swan" / "swanlog").glob("run-*/run-*.swanlab"))
     assert len(logs) == 1 and b"train/loss" in logs[0].read_bytes()  # the trainer's records, logged offline
     import swanlab
