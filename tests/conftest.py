@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 # The files whose tests take longest (make test's --durations), run first: xdist hands tests out in order, so a
 # long test left for the end keeps one worker busy while the other idles. Each file stays in one piece (its
 # module-scoped fixtures are built once); the other files follow in their usual order.
-LONGEST_FIRST = ["test_ddp", "test_grpo", "test_vllm", "test_verify_gpu", "test_preference", "test_evaluate_export",
-                 "test_browser", "test_sft_medical", "test_vision_model", "test_sft_vision", "test_sft_alpaca"]
+LONGEST_FIRST = ["test_ddp", "test_verify_gpu", "test_vllm", "test_grpo", "test_preference", "test_vision_model",
+                 "test_evaluate_export", "test_browser", "test_secrets", "test_batch", "test_sft_medical",
+                 "test_sft_vision", "test_sft_alpaca"]
 
 
 def pytest_configure(config):
