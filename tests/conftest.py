@@ -95,7 +95,7 @@ def embedded_model(embedded_model_dir):
     return model.eval()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def tiny_lm_dir():
     """A 2-layer Llama (hidden 64) with random weights and the real SmolLM2 tokenizer and chat template:
     every export, serving and A/B path runs on it in seconds (its GGUF is 8 MB, the 135M model's 270 MB)."""

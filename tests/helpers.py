@@ -42,6 +42,21 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def finished_cli_run(folder: Path, script, experiment: str, argv: list[str]) -> tuple[Path, str]:
+    """Run `script.main(argv)` once with its outputs under `folder` (a module-scoped fixture's tmp folder):
+    the finished run folder (argv's --run_name) and what the run printed."""
+    import contextlib
+    import io
+
+    import pytest
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("LAB_OUTPUT_DIR", str(folder / "outputs"))
+        script.main(argv)
+    return folder / "outputs" / experiment / argv[argv.index("--run_name") + 1], printed.getvalue()
+
+
 def write_config(folder: Path, settings: dict) -> Path:
     """A flat YAML config, as a user writes one for --config or papermill -f."""
     path = folder / "tiny.yaml"

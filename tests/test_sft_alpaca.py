@@ -1,7 +1,5 @@
 """The alpaca experiment end to end on the embedded model: CLI, resume, papermill."""
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -12,27 +10,23 @@ from lab_utils.core.artifacts import read_json
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_alpaca
-from tests.helpers import TINY_SFT
+from tests.helpers import TINY_SFT, finished_cli_run, write_config
 
 TINY = {**TINY_SFT, "report_to": "tensorboard"}  # the CLI test reads its tensorboard log
 
 
 
 def tiny_config(tmp_path, **extra):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **extra}))
-    return path
+    return write_config(tmp_path, {**TINY, **extra})
 
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """The module's one finished run, trained through the command line (config + an override); the resume test
     continues a copy of it."""
-    out, printed = tmp_path_factory.mktemp("alpaca_cli"), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setenv("LAB_OUTPUT_DIR", str(out / "outputs"))
-        sft_alpaca.main(["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
-    return out / "outputs" / "sft_alpaca" / "cli", printed.getvalue()
+    out = tmp_path_factory.mktemp("alpaca_cli")
+    return finished_cli_run(out, sft_alpaca, "sft_alpaca",
+                            ["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
 
 
 def test_cli_with_config_and_override_writes_every_artifact(cli_run):

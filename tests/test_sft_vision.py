@@ -1,7 +1,5 @@
 """The vision SFT experiment end to end on the tiny Qwen2.5-VL: CLI, resume, papermill, bad sheets, GPU path."""
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -15,7 +13,7 @@ from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from lab_utils.vision.answers import normalise_answer
 from scripts import sft_vision
-from tests.helpers import write_config, write_sheet
+from tests.helpers import finished_cli_run, write_config, write_sheet
 
 TINY = dict(max_rows=8, heldout_rows=2, max_steps=2, batch_size=2, lora_r=4, lora_alpha=4, max_new_tokens=4,
             save_steps=1, grid_images=2)
@@ -30,11 +28,9 @@ def tiny_config(tmp_path, **extra):
 def cli_run(tmp_path_factory):
     """The module's one finished vision run, trained through the command line (config + an override); the
     resume test continues a copy of it."""
-    out, printed = tmp_path_factory.mktemp("vision_cli"), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setenv("LAB_OUTPUT_DIR", str(out / "outputs"))
-        sft_vision.main(["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
-    return out / "outputs" / "sft_vision" / "cli", printed.getvalue()
+    out = tmp_path_factory.mktemp("vision_cli")
+    return finished_cli_run(out, sft_vision, "sft_vision",
+                            ["--config", str(tiny_config(out)), "--run_name", "cli", "--lora_r", "2"])
 
 
 def test_cli_with_config_and_override_writes_every_artifact(cli_run):
