@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from lab_utils.core.errors import MachineError, ParamError
+from lab_utils.core.knob_checks import CHOICES
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _choose_backend(forced: str | None) -> Backend:
     forced = (forced or "").strip().lower() or None
     cuda = cuda_available()
     device = "cuda" if cuda else "cpu"
-    if forced not in (None, "auto", "hf", "unsloth"):
+    if forced is not None and forced not in CHOICES["backend"]:
         raise ParamError(f"backend={forced!r} (LAB_BACKEND or the backend parameter): expected auto, hf or unsloth")
     if forced == "hf":
         return Backend("hf", "forced: backend=hf", device)

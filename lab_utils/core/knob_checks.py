@@ -39,7 +39,8 @@ SHARES = {
     "vllm_gpu_memory_utilization": (0.0, 1.0, "(0, 1]"),
     "gpu_memory_utilization": (0.0, 1.0, "(0, 1]"),
 }
-# Knobs with a closed set of values (the same lists their help comments show).
+# Knobs with a closed set of values (the same lists their help comments show); the code that reads a knob checks
+# against the same tuple (backend.get_backend, lora.resolve_precision, rollouts.choose_rollouts).
 CHOICES = {
     "backend": ("auto", "hf", "unsloth"),
     "precision": ("auto", "bf16", "fp16", "fp32"),

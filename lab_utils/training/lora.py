@@ -6,6 +6,7 @@ from lab_utils.core.backend import Backend, import_unsloth
 from lab_utils.core.distributed import model_device_map
 from lab_utils.models.registry import load_tokenizer, lora_target_modules, resolve_model
 from lab_utils.core.errors import MachineError, ParamError
+from lab_utils.core.knob_checks import CHOICES
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -15,7 +16,7 @@ def resolve_precision(precision: str, device: str) -> str:
     throughput of the embedded model (benchmarks/sft_throughput.py) at the same loss.
     """
     if precision != "auto":
-        if precision not in ("bf16", "fp16", "fp32"):
+        if precision not in CHOICES["precision"]:
             raise ParamError(f"precision={precision!r}: expected auto, bf16, fp16 or fp32")
         return precision
     if device == "cuda":

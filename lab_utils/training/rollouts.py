@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from lab_utils.core.errors import ParamError
+from lab_utils.core.knob_checks import CHOICES
 from lab_utils.core.backend import Backend, has_package
 from lab_utils.training.vllm_engine import SETUP_HINT, EngineError, start_engine, vllm_build
 
@@ -52,7 +53,7 @@ class Rollouts:
 def choose_rollouts(requested: str, backend: Backend) -> Rollouts:
     """auto -> vLLM wherever it is installed, else HF generate; vllm without vLLM is a one-line error."""
     requested = (requested or "auto").strip().lower()
-    if requested not in ("auto", "vllm", "hf"):
+    if requested not in CHOICES["rollouts"]:
         raise ParamError(f"rollouts={requested!r}: expected auto, vllm or hf")
     if requested == "hf":
         return Rollouts("hf", "forced: rollouts=hf")
