@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 
 from lab_utils.core import locks, paths
 from lab_utils.core.paths import REPO_ROOT, output_dir
@@ -98,3 +99,21 @@ def test_one_process_may_reopen_its_own_run_like_a_notebook_kernel_rerunning_cel
     assert paths.run_dir("sft_alpaca", "kernel", overwrite=True) == first and not paths.is_complete(first)
     assert json.loads(locks.lock_path(first).read_text())["pid"] == os.getpid()
     paths.mark_complete(first)
+
+
+def test_a_run_started_the_moment_another_takes_the_lock_still_names_the_holder(tmp_path):
+    # the holder takes the OS lock first and writes its name a moment later; a run arriving in between
+    # must wait for the name instead of saying "it left no name" (a CI race of two real runs)
+    folder = tmp_path / "race"
+    slow_namer = ("import sys, time; from filelock import FileLock; from lab_utils.core import locks; "
+                  "path = locks.lock_path(sys.argv[1]); lock = FileLock(str(path), timeout=0, is_singleton=False); "
+                  "lock.acquire(); print('locked', flush=True); time.sleep(0.5); "
+                  "path.write_text(__import__('json').dumps(locks.this_process())); time.sleep(600)")
+    holder = lab("-c", slow_namer, str(folder))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(locks.RunLockedError, match=f"is in use by pid {holder.pid} on host"):
+            locks.hold_run(folder)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -74,6 +74,17 @@ def read_holder(path: Path) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def read_holder_of_held_lock(path: Path, wait_s: float = 3.0) -> dict:
+    """The holder of a lock another process holds. It writes its name just after taking the
+    lock, so a run started at the same moment can find the file still empty: wait briefly."""
+    deadline = time.monotonic() + wait_s
+    holder = read_holder(path)
+    while not holder and time.monotonic() < deadline:
+        time.sleep(0.05)
+        holder = read_holder(path)
+    return holder
+
+
 def describe(holder: dict) -> str:
     if not holder:
         return "another process (it left no name)"
@@ -101,7 +112,8 @@ def hold_run(folder) -> bool:
     try:
         lock.acquire()
     except Timeout:
-        raise RunLockedError(f"run folder {folder} is in use by {describe(read_holder(path))}; wait for that run "
+        holder = read_holder_of_held_lock(path)
+        raise RunLockedError(f"run folder {folder} is in use by {describe(holder)}; wait for that run "
                              "to end or stop it, or choose another run_name (a notebook kernel holds its run "
                              "until the run finishes or the kernel restarts)") from None
     previous = read_holder(path)
