@@ -3,7 +3,7 @@
     python -m benchmarks.grpo_rollout --out                    # CPU: the embedded model, groups 4/8/16
     python -m benchmarks.grpo_rollout --threads 1 --out        # a CPU shared with other jobs: one thread each
     python -m benchmarks.grpo_rollout --models qwen2.5-0.5b qwen2.5-1.5b --prompts 16 --new_tokens 256 --out  # GPU
-    python -m benchmarks.grpo_rollout --smoke                  # seconds: 2 completions of 8 tokens
+    python -m benchmarks.grpo_rollout --smoke                  # seconds: the tiny random Llama, 2 x 8 tokens
 
 A GRPO step spends most of its time sampling `group_size` answers per prompt. Engines:
     hf             PeftModel.generate(do_sample, num_return_sequences=group_size), the LoRA unmerged:
@@ -31,6 +31,7 @@ import time
 
 from benchmarks.common import (
     MODEL_CONFIGS,
+    SMOKE_MODEL,
     cuda_available,
     ensure_random_model,
     peak_memory_gib,
@@ -232,7 +233,7 @@ def run_cases(a) -> list[dict]:
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = cuda_available()
-    parser.add_argument("--smoke", action="store_true", help="the embedded model, 2 completions of 8 tokens")
+    parser.add_argument("--smoke", action="store_true", help="the tiny random Llama, 2 completions of 8 tokens")
     parser.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "qwen2.5-1.5b"] if cuda else ["smollm2-135m"])
     parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     parser.add_argument("--prompts", type=int, default=16 if cuda else 1, help="distinct prompts (the demo: 1)")
@@ -248,7 +249,7 @@ def parse(argv=None):
                         help="write JSON (default folder: benchmarks/results/)")
     a = parser.parse_args(argv)
     if a.smoke:
-        a.models, a.prompts, a.group_sizes, a.new_tokens, a.lora_rank = ["smollm2-135m"], 1, [2], 8, 8
+        a.models, a.prompts, a.group_sizes, a.new_tokens, a.lora_rank = [SMOKE_MODEL], 1, [2], 8, 8
     return a
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from lab_utils.core.machine import (MemoryPoller, environment, peak_memory_gib, reset_peak_memory, run_isolated,
                                     skip_reasons)
-from lab_utils.models.random_models import ensure_random_model, ensure_random_vision_model
+from lab_utils.models.random_models import MODEL_CONFIGS, SMOKE_MODEL, ensure_random_model, ensure_random_vision_model
 from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
@@ -43,7 +43,7 @@ VISION_MODEL = "qwen2.5-vl-3b"
 QWEN3_MODEL = "qwen3-0.6b"  # with Qwen3's own chat template (the thinking switch)
 QWEN3_VISION_MODEL = "qwen3-vl-2b"
 # model kind -> (the random real-shape model on a CUDA box, the CPU model under --smoke)
-MODELS = {"text": (TEXT_MODEL, "smollm2-135m"), "vision": (VISION_MODEL, "tiny-qwen2.5-vl"),
+MODELS = {"text": (TEXT_MODEL, SMOKE_MODEL), "vision": (VISION_MODEL, "tiny-qwen2.5-vl"),
           "text-qwen3": (QWEN3_MODEL, None), "vision-qwen3": (QWEN3_VISION_MODEL, "tiny-qwen3-vl")}
 COLUMNS = ["case", "status", "seconds", "peak_gib", "checked"]
 CASE_TIMEOUT_S = 300
@@ -364,8 +364,9 @@ def why_skipped(case: Case, smoke: bool) -> str | None:
 def model_folders(cases: list[Case], smoke: bool) -> tuple[dict, list[dict]]:
     """The models the cases need, built once (random weights, real shapes); (folders, build rows)."""
     kinds = {c.model for c in cases if c.model != "none"}
-    if smoke:
-        return {kind: cpu for kind, (_, cpu) in MODELS.items() if cpu}, []
+    if smoke:  # the tiny random Llama (built here once) or a registry name
+        return {kind: ensure_random_model(cpu) if cpu in MODEL_CONFIGS else cpu
+                for kind, (_, cpu) in MODELS.items() if cpu}, []
     folders, rows = {}, []
     for kind in sorted(kinds):
         name = MODELS[kind][0]
@@ -438,7 +439,7 @@ def write_report(folder: Path, rows: list[dict], settings: dict, seconds: float)
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="CPU-sized cases (embedded/tiny models, hf backend)")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized cases (tiny random models, hf backend)")
     parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], help="run only these (default: all)")
     parser.add_argument("--timeout_s", type=int, default=None,
                         help=f"per-case limit in seconds (default {CASE_TIMEOUT_S}; a busy CPU may need more)")

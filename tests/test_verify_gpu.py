@@ -1,7 +1,7 @@
 """scripts/verify_gpu.py (`make verify-gpu`) on CPU: the --smoke harness, really run.
 
 `--smoke` is a real subprocess run of the same harness a GPU box runs: each case in its
-own process, CPU-sized (embedded SmolLM2, tiny Qwen2.5-VL, hf backend), CUDA-only cases
+own process, CPU-sized (a tiny random Llama with the SmolLM2 tokenizer, tiny Qwen2.5-VL, hf backend), CUDA-only cases
 marked "skipped: no CUDA", a table on stdout, report.json + report.md under
 $LAB_OUTPUT_DIR/verify_gpu/.
 """

@@ -14,6 +14,7 @@ the tokenizer's ids are all below it, so no id needs mapping and the extra rows 
 never looked up.
 """
 
+import json
 from pathlib import Path
 
 from lab_utils.core.machine import has_package, run_isolated
@@ -42,9 +43,10 @@ MODEL_CONFIGS = {
                        num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
                        rope_theta=1000000.0, tie_word_embeddings=True, max_position_embeddings=40960,
                        rms_norm_eps=1e-6),
-    # --smoke: a 2-layer Llama with the same code path, small enough for a CPU test
-    "smoke-llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, intermediate_size=128, vocab_size=49152, rope_theta=10000.0,
+    # --smoke: a 2-layer Llama with the same code path, small enough for a CPU test; two 32-wide heads
+    # because vLLM's CPU attention takes head sizes from 32 up (its rollouts and server run on it too)
+    "smoke-llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=1, intermediate_size=128, vocab_size=49152, rope_theta=10000.0,
                         tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5),
 }
 GPU_MODELS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "llama3.2-1b"]
@@ -88,7 +90,7 @@ def model_config(name: str, **special_token_ids):
 def build_random_model(name: str, tokenizer_source: str | None = None, seed: int = 0) -> str:
     """Save `name`'s shape with random bf16 weights (fp32 for the smoke model) once; return the folder."""
     target = random_model_dir(name)
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+    if (target / "tokenizer_config.json").exists() and has_shape(target, name):
         return str(target)
     import torch
     from transformers import AutoModelForCausalLM
@@ -174,7 +176,7 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     """Save `name`'s Qwen2.5-VL / Qwen3-VL shape with random bf16 weights once (the embedded tokenizer +
     vision tokens)."""
     target = random_model_dir(name)
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+    if (target / "tokenizer_config.json").exists() and has_shape(target, name):
         return str(target)
     import torch
     import transformers
@@ -192,13 +194,29 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     return str(save_model_folder(model, vision_processor(tokenizer, name), target))
 
 
+# the keys that set the tensors' shapes (config.json keeps others, e.g. rope_theta, under other names)
+SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings")
+
+
+def has_shape(folder: Path, name: str) -> bool:
+    """Does the saved config.json have `name`'s shape now? A folder built by an older lab with another
+    shape (the smoke model's heads widened for vLLM) is rebuilt instead of silently reused."""
+    try:
+        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    shape = MODEL_CONFIGS.get(name, {})
+    return all(saved.get(key) == shape[key] for key in SHAPE_KEYS if key in shape)
+
+
 def _ensure_built(name: str, builder: str, payload: dict) -> str:
     """`name`'s folder, built once by `builder` in a child process (keeps this process free of a CUDA context);
     two processes asking at once (test workers, DDP ranks) build it once: the second waits, then finds it."""
     target = random_model_dir(name)
 
     def built() -> bool:
-        return (target / "config.json").exists() and (target / "tokenizer_config.json").exists()
+        return (target / "tokenizer_config.json").exists() and has_shape(target, name)
 
     if built():
         return str(target)
