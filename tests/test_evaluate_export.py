@@ -17,11 +17,11 @@ from scripts import serve
 QUESTIONS = [[{"role": "user", "content": "What is the capital of France?"}]]
 
 
-def fake_finished_run(folder, base_model_dir, seed):
+def fake_finished_run(folder, base_model_dir, seed, target_modules=("q_proj", "v_proj")):
     """A run dir as sft_alpaca writes it, holding a random (non-zero) LoRA adapter."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=32, target_modules=list(target_modules), init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(folder / "adapter")
     (folder / "params.json").write_text(json.dumps({"model": str(base_model_dir), "data_file": "alpaca_sample.jsonl"}))
     mark_complete(folder)

@@ -25,9 +25,11 @@ from tests.test_grpo import TINY as GRPO_TINY
 
 needs_vllm = pytest.mark.skipif(not has_package("vllm"), reason="vLLM is not installed (make setup-vllm)")
 CPU = Backend("hf", "test", "cpu")
-# vLLM serves the embedded SmolLM2 (the tiny random Llama's 16-wide attention heads are below what vLLM's CPU
-# attention takes)
-TINY = {**GRPO_TINY, "model": "smollm2-135m"}
+# The mechanics run on the tiny random Llama (two 32-wide heads: vLLM's CPU attention takes 32 up). Greedy parity
+# with HF needs the embedded SmolLM2: a random model's top logits are close enough for two kernels to tie-break apart.
+TINY = {**GRPO_TINY, "rollouts": "vllm"}
+# an adapter on every projection: publishing merges into the engine's packed qkv and gate_up weights too
+EVERY_PROJECTION = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUESTIONS = ["What is 12 + 30?", "Name three primary colors.", "Write one sentence about the sea.",
              "What is the capital of France?"]
 
@@ -39,7 +41,7 @@ def test_missing_vllm_is_one_line_naming_make_setup_vllm(monkeypatch):
     auto = choose_rollouts("auto", CPU)
     assert auto.engine == "hf" and "make setup-vllm" in auto.reason
     with pytest.raises(EngineError, match="make setup-vllm"):
-        grpo_gsm8k.run(grpo_gsm8k.Params(**{**TINY, "rollouts": "vllm", "run_name": "novllm"}))
+        grpo_gsm8k.run(grpo_gsm8k.Params(**{**TINY, "run_name": "novllm"}))
     assert not (output_dir() / "grpo_gsm8k" / "novllm").exists()
 
 
@@ -61,23 +63,23 @@ def test_auto_picks_vllm_wherever_it_is_installed_and_says_so():
 
 @pytest.mark.vllm
 @needs_vllm
-def test_failed_engine_start_is_one_line_and_leaves_no_run_folder(tmp_path, embedded_model_dir, monkeypatch):
-    # an architecture vLLM does not know: the embedded model's files, its config renamed
+def test_failed_engine_start_is_one_line_and_leaves_no_run_folder(tmp_path, tiny_lm_dir, monkeypatch):
+    # an architecture vLLM does not know: the tiny model's files, its config renamed
     model = tmp_path / "foobar"
     model.mkdir()
-    source = Path(embedded_model_dir)
+    source = Path(tiny_lm_dir)
     for f in source.iterdir():
         if f.is_file() and f.name != "config.json":
             (model / f.name).symlink_to(f)
     config = json.loads((source / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "architectures": ["FooBarForCausalLM"]}))
-    p = grpo_gsm8k.Params(**{**TINY, "rollouts": "vllm", "run_name": "arch", "model": str(model)})
+    p = grpo_gsm8k.Params(**{**TINY, "run_name": "arch", "model": str(model)})
     with pytest.raises(EngineError, match="rollouts: hf"):
         grpo_gsm8k.run(p)
     # no room for the KV cache (0 GiB)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "0")
     with pytest.raises(EngineError, match="VLLM_CPU_KVCACHE_SPACE"):
-        grpo_gsm8k.run(grpo_gsm8k.Params(**{**TINY, "rollouts": "vllm", "run_name": "kv"}))
+        grpo_gsm8k.run(grpo_gsm8k.Params(**{**TINY, "run_name": "kv"}))
     assert not (output_dir() / "grpo_gsm8k").exists()
 
 
@@ -90,41 +92,45 @@ def hf_greedy(model, tokenizer, prompt_ids, max_new_tokens):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_vllm_rollouts_train_then_serve_the_same_greedy_answers_as_hf(embedded_model_dir, tokenizer):
+def test_vllm_rollouts_train_with_the_adapter_published_at_each_step():
+    p = grpo_gsm8k.Params(**{**TINY, "run_name": "vllm", "precision": "fp32", "save_steps": 2})
+    metrics, run = grpo_gsm8k.run(p)["metrics"], output_dir() / "grpo_gsm8k" / "vllm"
+    assert metrics["rollouts"] == "vllm" and metrics["global_step"] == 2
+    assert metrics["vllm_adapters_published"] >= 2 + 2  # one per GRPO generation + the two adapter gradings
+    history = json.loads((run / "history.json").read_text())
+    assert [r["step"] for r in history if "reward" in r] == [1, 2]
+    assert all(0 < r["completions/mean_length"] <= 16 for r in history if "reward" in r)
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_a_published_adapter_gives_hfs_greedy_answers_token_for_token(tmp_path, embedded_model_dir, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     from vllm import SamplingParams
 
     from lab_utils.training.vllm_engine import start_engine
 
-    p = grpo_gsm8k.Params(**{**TINY, "rollouts": "vllm", "run_name": "vllm", "precision": "fp32", "max_steps": 2,
-                             "save_steps": 2, "learning_rate": 2e-3})
-    result = grpo_gsm8k.run(p)
-    metrics, run = result["metrics"], output_dir() / "grpo_gsm8k" / "vllm"
-    assert metrics["rollouts"] == "vllm" and metrics["global_step"] == 2
-    assert metrics["vllm_adapters_published"] >= 2 + 2  # one per GRPO generation + the two adapter gradings
-    history = json.loads((run / "history.json").read_text())
-    assert [r["step"] for r in history if "reward" in r] == [1, 2]
-    assert all(0 < r["completions/mean_length"] <= 16 for r in history if "reward" in r)
-    # the trained adapter: vLLM's greedy answers are HF's, token for token
+    run = fake_finished_run(tmp_path / "run", embedded_model_dir, 0, EVERY_PROJECTION)
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
-    trained = PeftModel.from_pretrained(base, run / "adapter").eval()
+    tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
     prompt_ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                 tokenize=True, return_dict=False) for q in QUESTIONS]
-    engine = start_engine(str(embedded_model_dir), max_model_len=256, lora_rank=p.lora_r, dtype="float32")
+    engine = start_engine(str(embedded_model_dir), max_model_len=256, lora_rank=4, dtype="float32")
     try:  # the base model first: on a CPU, publishing merges the adapter into the engine's weights
         greedy = SamplingParams(temperature=0.0, max_tokens=24)
         served_base = [list(o.outputs[0].token_ids) for o in engine.generate(prompt_ids, greedy, base=True)]
-        engine.publish(trained)
+        engine.publish(tuned)
         served = [list(o.outputs[0].token_ids) for o in engine.generate(prompt_ids, greedy)]
         with pytest.raises(RuntimeError, match="before the first publish"):
             engine.generate(prompt_ids, greedy, base=True)
     finally:
         engine.close()
-    assert served == hf_greedy(trained, tokenizer, prompt_ids, 24)
-    with trained.disable_adapter():
-        assert served_base == hf_greedy(trained, tokenizer, prompt_ids, 24)
-    assert served != served_base  # the adapter was trained: it changes the answers
+    assert served == hf_greedy(tuned, tokenizer, prompt_ids, 24)
+    with tuned.disable_adapter():
+        assert served_base == hf_greedy(tuned, tokenizer, prompt_ids, 24)
+    assert served != served_base  # the adapter changes the answers
 
 
 def test_serve_off_loopback_without_a_key_refuses_in_one_line(tmp_path, embedded_model_dir, monkeypatch):
