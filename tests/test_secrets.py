@@ -13,6 +13,7 @@ import yaml
 
 from lab_utils.core.config import save_params
 from lab_utils.core.paths import REPO_ROOT, output_dir
+from tests.helpers import TINY_LM
 
 FAKE = {"HF_TOKEN": "hf_FAKEhfTOKEN0123456789abcdef", "WANDB_API_KEY": "FAKEwandbKEY0123456789abcdef0123456789ab",
         "SWANLAB_API_KEY": "FAKEswanlabKEY0123456789", "MODELSCOPE_API_TOKEN": "ms-FAKEmodelscope-0123456789"}
@@ -37,10 +38,11 @@ def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     printed = lab("-m", "scripts.teach_svd", "--image", "synthetic", "--max_side", "48", "--run_name", "script",
                   env=env)
     batch_file = tmp_path / "secrets.yaml"
+    # TensorBoard on (the config's report_to): its logs are searched too
     batch_file.write_text(yaml.safe_dump({"name": "secrets", "runs": [{
         "notebook": "sft_alpaca", "config": "configs/sft_alpaca.yaml",
-        "params": {"max_rows": 40, "heldout_rows": 2, "max_steps": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
-                   "max_new_tokens": 2, "max_seq_length": 128, "save_steps": 1}}]}))  # TensorBoard on: its logs too
+        "params": {"model": TINY_LM, "max_rows": 40, "heldout_rows": 2, "max_steps": 1, "batch_size": 4, "lora_r": 4,
+                   "lora_alpha": 8, "max_new_tokens": 2, "max_seq_length": 128, "save_steps": 1}}]}))
     printed += lab("-m", "scripts.batch", str(batch_file), env=env)
     profile = tmp_path / "box.env"  # a profile that exports a token, as env/.env.example suggests
     profile.write_text(f"export LAB_OUTPUT_DIR={output_dir()}\nexport HF_TOKEN={FAKE['HF_TOKEN']}\n")
