@@ -53,13 +53,13 @@ class HFChat:
     def __init__(self, path: Path, p: Params):
         from transformers import AutoModelForCausalLM
 
-        from lab_utils.models.registry import load_tokenizer
+        from lab_utils.models.registry import load_gguf_model, load_tokenizer
 
         self.p = p
         if path.suffix == ".gguf":
             tokenizer_dir = path.parent / "merged"  # the export layout: reading a GGUF's vocabulary in Python is slow
             self.tokenizer = load_tokenizer(str(tokenizer_dir if tokenizer_dir.is_dir() else path.parent))
-            self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            self.model = load_gguf_model(path)
             self.system = None
         elif (path / "config.json").exists():
             self.tokenizer, self.model, self.system = (

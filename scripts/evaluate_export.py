@@ -106,14 +106,14 @@ def gguf_answers_back(p: Params, exported: dict) -> dict:
     """The GGUF loaded back (transformers' GGUF reader) against the merged model, on the first prompt."""
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_tokenizer
+    from lab_utils.models.registry import load_gguf_model, load_tokenizer
 
     out = Path(exported["out_dir"])
     merged_dir, gguf = out / "merged", next(out.glob(f"*-{p.serve_format.removeprefix('gguf-')}.gguf"))
     tokenizer = load_tokenizer(str(merged_dir))  # the GGUF's own tokenizer is the same vocabulary
     question = prompt_conversations(p)[:1]
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="float32")
-    from_gguf = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype="float32")
+    from_gguf = load_gguf_model(gguf, dtype="float32")
     return {"question": p.prompts[0], "merged": generate(merged, tokenizer, question, p.max_new_tokens)[0],
             "gguf": generate(from_gguf, tokenizer, question, p.max_new_tokens)[0], "gguf_file": gguf.name}
 

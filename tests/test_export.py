@@ -184,16 +184,26 @@ def gguf_f16(merged_f16, tmp_path_factory):
     return convert_to_gguf(merged_f16, tmp_path_factory.mktemp("gguf") / "model-f16.gguf", outtype="f16")
 
 
-def test_gguf_f16_loads_back_with_the_merged_models_weights(merged_f16, gguf_f16):
+def test_gguf_f16_loads_back_with_the_merged_models_weights(merged_f16, gguf_f16, monkeypatch):
+    import gguf as gguf_py
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_tokenizer
+    from lab_utils.models.registry import load_gguf_model, load_tokenizer
 
     gguf = gguf_f16
     assert gguf.stat().st_size > 2 * parameter_count(merged_f16) and not list(gguf.parent.glob("*.partial"))
     tokenizer = load_tokenizer(str(merged_f16))
     from_hf = AutoModelForCausalLM.from_pretrained(merged_f16, dtype=torch.float32)
-    from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    parsed = []
+
+    class CountingReader(gguf_py.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            parsed.append(path)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_py, "GGUFReader", CountingReader)
+    from_gguf = load_gguf_model(gguf, dtype=torch.float32)
+    assert len(parsed) == 1 and gguf_py.GGUFReader is CountingReader  # config and weights: one parse, then restored
     # f16 in, f16 out: llama.cpp's file holds the merged model's very weights
     torch.testing.assert_close(_logits(from_gguf, tokenizer), _logits(from_hf, tokenizer), atol=1e-4, rtol=1e-4)
     assert _greedy(from_gguf, tokenizer) == _greedy(from_hf, tokenizer)

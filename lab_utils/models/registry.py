@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +132,49 @@ def ensure_embedded_model() -> Path:
     return target
 
 
+@contextmanager
+def gguf_parsed_once():
+    """Within this block, transformers parses each GGUF file once.
+
+    Loading a GGUF through transformers reads the whole file's metadata again for the config, the
+    tokenizer and the weights (gguf.GGUFReader, ~3 s each for SmolLM2's 49k-token vocabulary on a
+    CPU); the parsed reader is read-only (a memory map), so one per file serves every call.
+    """
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # transformers imports it from the gguf module at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+def load_gguf_model(gguf_file, **kwargs):
+    """A transformers causal LM from one GGUF file (dequantised), its metadata parsed once."""
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = Path(gguf_file)
+    with gguf_parsed_once():
+        return AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, **kwargs)
+
+
 def convert_embedded_model(target: Path) -> Path:
     """Dequantise the GGUF into a plain fp32 safetensors folder with the right eos/pad tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
-    print(f"[lab] converting embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~30 s)", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, clean_up_tokenization_spaces=False)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    print(f"[lab] converting embedded SmolLM2-135M GGUF to safetensors in {target} (once, ~20 s)", flush=True)
+    with gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, clean_up_tokenization_spaces=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF loader leaves quantizer state behind; the weights are already plain fp32,
     # and saving with that state would write a config that claims to be GGUF-quantised.
     model.hf_quantizer = None
