@@ -28,9 +28,9 @@ pytestmark = [
 ]
 
 RUN_TIMEOUT_S = 900  # a tiny run takes ~1 min on 2 quiet cores; the CI machine is shared
-# As small as the SFT notebook goes: 2 optimizer steps of 2 rows, 2 held-out prompts, 4 new tokens
-# (the literals a person types into the parameters cell: the suite's tiny SFT settings, batches of 2)
-TINY_EDITS = {**{name: repr(TINY_SFT[name]) for name in ("max_steps", "heldout_rows", "max_new_tokens",
+# As small as the SFT notebook goes: the tiny random Llama, 2 optimizer steps of 2 rows, 2 held-out prompts, 4 new
+# tokens (the literals a person types into the parameters cell: the suite's tiny SFT settings, batches of 2)
+TINY_EDITS = {**{name: repr(TINY_SFT[name]) for name in ("model", "max_steps", "heldout_rows", "max_new_tokens",
                                                           "max_seq_length", "report_to")},
               "batch_size": "2", "run_name": "'browser'"}
 
