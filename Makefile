@@ -10,9 +10,10 @@ STAMP := $(VENV)/.lab-setup-$(REQ_HASH)
 PYTEST_ARGS ?=
 # `make test` / `make test-fast` run two pytest-xdist workers of one thread each (tests/conftest.py): measured faster
 # on 2 cores than one process of two threads (README, Tests). PYTEST_WORKERS=0: one process (a debugger, pdb, -x).
-# loadgroup: the ddp launches (two ranks each) stay on one worker, one after another.
+# loadfile: a file's tests run on one worker, so its shared fixtures (a trained run, a GGUF, a browser) are built once
+# and the ddp launches (two ranks each) run one after another; files go out in tests/conftest.py's order.
 PYTEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 SPARK_STAMP := $(VENV)/.lab-spark-$(shell cat requirements-spark.txt | cksum | cut -d' ' -f1)
 DEEPSPEED_STAMP := $(VENV)/.lab-deepspeed-$(shell cat requirements-deepspeed.txt | cksum | cut -d' ' -f1)

@@ -28,6 +28,7 @@ models/      models and chat
                   Hugging Face / ModelScope hubs, tokenizer loading, LoRA target modules per architecture
     chat          chat templates in one place: render conversations, assistant-only labels, batched generation
     random_models real model shapes with random weights, for GPU checks and benchmarks without network
+    gguf_reading  GGUF files loaded through transformers, their metadata parsed once (load_gguf_model)
 
 training/    the training core
     params        the shared Params groups (RunParams, LoraParams, OptimParams, EvalParams) every

@@ -53,7 +53,8 @@ class HFChat:
     def __init__(self, path: Path, p: Params):
         from transformers import AutoModelForCausalLM
 
-        from lab_utils.models.registry import load_gguf_model, load_tokenizer
+        from lab_utils.models.gguf_reading import load_gguf_model
+        from lab_utils.models.registry import load_tokenizer
 
         self.p = p
         if path.suffix == ".gguf":

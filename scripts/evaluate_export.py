@@ -106,7 +106,8 @@ def gguf_answers_back(p: Params, exported: dict) -> dict:
     """The GGUF loaded back (transformers' GGUF reader) against the merged model, on the first prompt."""
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_gguf_model, load_tokenizer
+    from lab_utils.models.gguf_reading import load_gguf_model
+    from lab_utils.models.registry import load_tokenizer
 
     out = Path(exported["out_dir"])
     merged_dir, gguf = out / "merged", next(out.glob(f"*-{p.serve_format.removeprefix('gguf-')}.gguf"))

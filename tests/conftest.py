@@ -32,19 +32,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The files whose tests take longest (make test's --durations), run first: xdist hands tests out in order, so a
-# long test left for the end keeps one worker busy while the other idles; the other files follow in their usual
-# order.
-LONGEST_FIRST = ["test_ddp", "test_verify_gpu", "test_vllm", "test_grpo", "test_preference", "test_vision_model",
-                 "test_evaluate_export", "test_browser", "test_secrets", "test_batch", "test_sft_medical",
-                 "test_sft_vision", "test_sft_alpaca"]
-
-
-# pytest-xdist hands out single tests, and every worker that runs a test of these files builds the file's module- or
-# session-scoped fixture again (a trained run, a GGUF conversion, a browser): each group's tests go to one worker,
-# which builds it once. Measured: 7 s (lora_rank's adapter), 6 s (the GGUF), 2-3 s (runs, Chromium) saved each.
-ONE_WORKER = {"test_export": "finished_sft_run", "test_evaluate_export": "finished_sft_run",
-              "test_lora_rank": "lora_rank", "test_checkpoints": "checkpoints", "test_browser": "browser"}
+# make test / test-fast hand out whole files (pytest-xdist's loadfile: every worker that ran a test of a file would
+# otherwise build the file's module- and session-scoped fixtures again; xdist's loadgroup marks do not reach its
+# scheduler under pytest 9). The files that take longest (make test's --durations) go first: a long file left for
+# the end keeps one worker busy while the other idles. The other files follow in their usual order.
+LONGEST_FIRST = ["test_ddp", "test_grpo", "test_preference", "test_vllm", "test_browser", "test_verify_gpu",
+                 "test_sft_vision", "test_export", "test_lora_rank", "test_evaluate_export", "test_benchmarks_smoke",
+                 "test_vision_model", "test_batch", "test_progress", "test_run_lock", "test_sft_alpaca", "test_secrets",
+                 "test_teach_notebooks", "test_sft_medical", "test_models_backend", "test_checkpoints"]
 
 
 def pytest_configure(config):
@@ -62,16 +57,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest files first (above); under pytest-xdist's loadgroup the multi-process launches (ddp) all go to one
-    worker, one after another: each already starts two ranks, and two at once would put four on two cores; the
-    ONE_WORKER files' tests too, by group."""
+    """Longest files first (above)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
-    for item in items:
-        if item.get_closest_marker("ddp"):
-            item.add_marker(pytest.mark.xdist_group("ddp"))
-        elif item.path.stem in ONE_WORKER:
-            item.add_marker(pytest.mark.xdist_group(ONE_WORKER[item.path.stem]))
 
 
 @pytest.fixture(autouse=True)

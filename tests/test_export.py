@@ -188,7 +188,8 @@ def test_gguf_f16_loads_back_with_the_merged_models_weights(merged_f16, gguf_f16
     import gguf as gguf_py
     from transformers import AutoModelForCausalLM
 
-    from lab_utils.models.registry import load_gguf_model, load_tokenizer
+    from lab_utils.models.gguf_reading import load_gguf_model
+    from lab_utils.models.registry import load_tokenizer
 
     gguf = gguf_f16
     assert gguf.stat().st_size > 2 * parameter_count(merged_f16) and not list(gguf.parent.glob("*.partial"))
