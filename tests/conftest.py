@@ -7,6 +7,7 @@ points them elsewhere itself.
 """
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -42,18 +43,48 @@ LONGEST_FIRST = ["test_ddp", "test_grpo", "test_preference", "test_vllm", "test_
                  "test_teach_notebooks", "test_sft_medical", "test_models_backend", "test_checkpoints"]
 
 
-def pytest_configure(config):
-    """Build the model folders the tests share once, before any test (and, under pytest-xdist, before any worker
-    starts): two workers building one folder at once raced in a fresh clone (a DDP rank read a folder another
-    process was still replacing). Cached under LAB_MODELS_DIR: seconds the first time, nothing after."""
-    if hasattr(config, "workerinput") or config.option.collectonly:
-        return
+def build_shared_models():
     from lab_utils.models.random_models import SMOKE_MODEL, ensure_random_model
     from lab_utils.models.registry import resolve_model
 
     for name in ("smollm2-135m", "tiny-qwen2.5-vl", "tiny-qwen3-vl"):
         resolve_model(name)  # the embedded SmolLM2 converted from its GGUF; the tiny vision models built
     ensure_random_model(SMOKE_MODEL)
+
+
+class SharedModels(threading.Thread):
+    """The build, in the background while pytest-xdist's workers start and collect (seconds even when nothing needs
+    building: the check imports torch and transformers)."""
+
+    def __init__(self):
+        super().__init__(name="shared-models", daemon=True)
+        self.error = None
+
+    def run(self):
+        try:
+            build_shared_models()
+        except BaseException as error:  # re-raised in the main thread, before any test
+            self.error = error
+
+
+def pytest_configure(config):
+    """Build the model folders the tests share once, before any test (and, under pytest-xdist, before any worker
+    runs one): two workers building one folder at once raced in a fresh clone (a DDP rank read a folder another
+    process was still replacing). Cached under LAB_MODELS_DIR: seconds the first time, nothing after."""
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    config.shared_models = SharedModels()
+    config.shared_models.start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """Wait for the build before the first test is handed out (in one process, or to an xdist worker)."""
+    builder = getattr(session.config, "shared_models", None)
+    if builder is not None:
+        builder.join()
+        if builder.error is not None:
+            raise builder.error
 
 
 def pytest_collection_modifyitems(config, items):
