@@ -161,7 +161,7 @@ def wait_until_up(url: str, server, log, timeout: float = 1200) -> None:
             urllib.request.urlopen(url, timeout=5).close()
             return
         except (urllib.error.URLError, OSError):
-            time.sleep(2)
+            time.sleep(0.5)
     pytest.fail(f"the server did not answer within {timeout} s: {log.read_text()[-3000:]}")
 
 
