@@ -42,7 +42,8 @@ from lab_utils.core.errors import ParamError
 
 @dataclass(kw_only=True)
 class Params:
-    model: str = "smollm2-135m"  # whose layer shapes the parameter count uses (config only, no weights)
+    # whose layer shapes the parameter count uses (config only, no weights), and the model a demo adapter trains
+    model: str = "smollm2-135m"
     table_ranks: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # ranks in the parameter-count table
     max_rank: int = 64  # the parameter plot runs over r = 1..max_rank
     adapter_run: str = ""  # run name under $LAB_OUTPUT_DIR/sft_alpaca/, a path, or "" = the newest finished run
@@ -114,7 +115,7 @@ def train_demo_adapter(p: Params) -> Path:
     """A tiny sft_alpaca run (a few steps on the bundled sample) so the lesson has a real dW to study."""
     from scripts import sft_alpaca
 
-    demo = sft_alpaca.Params(max_rows=40, heldout_rows=2, max_steps=p.demo_steps, batch_size=4,
+    demo = sft_alpaca.Params(model=p.model, max_rows=40, heldout_rows=2, max_steps=p.demo_steps, batch_size=4,
                              lora_r=p.demo_lora_r, lora_alpha=p.demo_lora_alpha, max_new_tokens=4,
                              max_seq_length=128, save_steps=1000, report_to="none", run_name="teach_lora_rank-demo",
                              warmup_ratio=0.0)  # no warm-up: even a 1-step demo must move B off zero

@@ -10,6 +10,7 @@ from lab_utils.teaching import lowrank
 from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import LabPathError
 from scripts import teach_lora_rank
+from tests.helpers import TINY_LM
 
 TINY_R, TINY_ALPHA = 4, 8
 
@@ -74,11 +75,12 @@ def test_missing_adapter_is_a_clear_error():
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory):
-    """A 2-step sft_alpaca run (r=4, alpha=8) in its own output folder, made by the lesson's own demo step."""
+    """A 2-step sft_alpaca run (r=4, alpha=8) of the tiny random Llama (2 layers x 7 projections) in its own output
+    folder, made by the lesson's own demo step."""
     root = tmp_path_factory.mktemp("lora_rank_outputs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAB_OUTPUT_DIR", str(root))
-        p = teach_lora_rank.Params(demo_steps=2, demo_lora_r=TINY_R, demo_lora_alpha=TINY_ALPHA)
+        p = teach_lora_rank.Params(model=TINY_LM, demo_steps=2, demo_lora_r=TINY_R, demo_lora_alpha=TINY_ALPHA)
         folder = teach_lora_rank.train_demo_adapter(p)
     return root, folder
 
@@ -86,13 +88,13 @@ def tiny_adapter(tmp_path_factory):
 def test_real_adapter_rank_at_most_r(tiny_adapter):
     _, folder = tiny_adapter
     adapter = adapters.read_lora_adapter(folder)
-    assert adapter.rank == TINY_R and adapter.scale == TINY_ALPHA / TINY_R and len(adapter.modules) == 210
+    assert adapter.rank == TINY_R and adapter.scale == TINY_ALPHA / TINY_R and len(adapter.modules) == 2 * 7
     table, spectra = teach_lora_rank.adapter_ranks(adapter, 0.9)
     assert (table["rank"] <= TINY_R).all() and (table["effective_rank"] <= table["rank"]).all()
     assert table["rank"].max() >= 1  # training moved B off zero
     a, b = adapter.modules["model.layers.0.self_attn.q_proj"]
     dense = lowrank.delta_weight(a, b, adapter.scale)
-    assert dense.shape == (576, 576) and np.linalg.matrix_rank(dense) <= TINY_R
+    assert dense.shape == (64, 64) and np.linalg.matrix_rank(dense) <= TINY_R  # the tiny Llama: 2 heads of 32
     dense_s = np.linalg.svd(dense, compute_uv=False)
     assert np.allclose(dense_s[:TINY_R], spectra["model.layers.0.self_attn.q_proj"], rtol=1e-8, atol=1e-15)
 
