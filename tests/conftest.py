@@ -73,7 +73,10 @@ def pytest_configure(config):
     process was still replacing). Cached under LAB_MODELS_DIR: seconds the first time, nothing after."""
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
-    config.shared_models = SharedModels()
+    if not getattr(config.option, "numprocesses", None):  # one process: collection imports the same libraries, and
+        build_shared_models()  # two threads importing transformers at once break its lazy imports
+        return
+    config.shared_models = SharedModels()  # the xdist controller collects nothing: free while its workers start
     config.shared_models.start()
 
 

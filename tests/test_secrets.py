@@ -1,6 +1,6 @@
 """No token ever lands in a file the lab writes or in what it prints: real runs with fake tokens in the
 environment (a script, a training notebook under the batch runner, doctor with a profile that exports one),
-then every output file searched byte by byte."""
+then every output file searched byte by byte. The batch's run is also sft_alpaca.ipynb's papermill test."""
 
 import dataclasses
 import json
@@ -40,7 +40,7 @@ def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     batch_file = tmp_path / "secrets.yaml"
     # TensorBoard on (the config's report_to): its logs are searched too
     batch_file.write_text(yaml.safe_dump({"name": "secrets", "runs": [{
-        "notebook": "sft_alpaca", "config": "configs/sft_alpaca.yaml",
+        "notebook": "sft_alpaca", "config": "configs/sft_alpaca.yaml", "name": "tiny",
         "params": {"model": TINY_LM, "max_rows": 40, "heldout_rows": 2, "max_steps": 1, "batch_size": 4, "lora_r": 4,
                    "lora_alpha": 8, "max_new_tokens": 2, "max_seq_length": 128, "save_steps": 1}}]}))
     printed += lab("-m", "scripts.batch", str(batch_file), env=env)
@@ -64,6 +64,14 @@ def test_no_token_in_params_logs_reports_or_executed_notebooks(tmp_path):
     assert any("tfevents" in p.name for p in written)
     assert "HF_TOKEN=***" in printed  # doctor says the profile sets it, not what it is
     assert leaks(output_dir()) == []
+    # the batch ran sft_alpaca.ipynb under papermill (the notebook test of that experiment): finished, its 2 steps
+    # trained, the loss plot shown
+    batch_run = output_dir() / "batch" / "secrets" / "tiny"
+    assert (batch_run / "sft_alpaca" / "tiny" / "run_complete.json").exists()
+    assert json.loads((batch_run / "sft_alpaca" / "tiny" / "metrics.json").read_text())["global_step"] == 1
+    executed = json.loads((batch_run / "sft_alpaca.ipynb").read_text())
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in executed["cells"] for o in c.get("outputs", [])), "the loss plot is shown"
 
 
 def test_params_json_masks_a_credential_given_as_a_parameter(tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from lab_utils.core.artifacts import read_json
-from lab_utils.core.notebooks import NOTEBOOKS_DIR, execute
 from lab_utils.core.paths import REPO_ROOT, output_dir
 from scripts import sft_alpaca
 from tests.helpers import TINY_SFT, finished_cli_run, write_config
@@ -71,16 +70,8 @@ def test_eval_steps_give_an_eval_curve_sample_answers_and_the_best_checkpoint(tm
     assert metrics["eval_loss_after"] == pytest.approx(eval_losses[best_step], rel=1e-4)  # the best one was kept
 
 
-@pytest.mark.notebook
-def test_notebook_runs_under_papermill(tmp_path):
-    out = tmp_path / "executed.ipynb"
-    execute(NOTEBOOKS_DIR / "sft_alpaca.ipynb", out, {**TINY, "run_name": "nb"})
-    run = output_dir() / "sft_alpaca" / "nb"
-    assert (run / "run_complete.json").exists()
-    executed = json.loads(out.read_text())
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in executed["cells"] for o in c.get("outputs", [])), "the loss plot is shown"
-    assert read_json(run / "metrics.json")["global_step"] == 2
+# The notebook under papermill: tests/test_secrets.py runs it through the batch runner (and tests/test_browser.py in
+# JupyterLab, edited by hand).
 
 
 @pytest.mark.gpu
