@@ -111,7 +111,7 @@ lab: setup
 	exec $(PY) -m scripts.jupyter_lab $(LAB_ARGS)
 
 # The README's pictures (docs/images/*.png), taken in headless Chromium by the browser test's code:
-# JupyterLab mid-run, GRPO reward curves, the vision before/after table, a batch report (51 min measured on 2 cores at load ~20).
+# JupyterLab mid-run, GRPO reward curves, the vision before/after table, a batch report (2 min 38 s on 2 quiet cores).
 screenshots: setup setup-browser
 	$(PY) -m scripts.screenshots $(SCREENSHOT_ARGS)
 
