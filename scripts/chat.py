@@ -79,7 +79,7 @@ class HFChat:
     def stream(self, messages: list[dict]):
         from transformers import TextIteratorStreamer
 
-        from lab_utils.models.chat import render
+        from lab_utils.models.chat import render, whole_characters_stream
 
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -99,7 +99,7 @@ class HFChat:
         )
         worker = threading.Thread(target=self.model.generate, kwargs=kwargs)
         worker.start()
-        yield from streamer
+        yield from whole_characters_stream(streamer)
         worker.join()
 
 

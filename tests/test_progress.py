@@ -7,6 +7,7 @@ real tokens-per-second number; no per-step dicts of strings.
 
 import json
 import os
+from pathlib import Path
 from dataclasses import asdict
 
 import pytest
@@ -91,6 +92,14 @@ def test_greedy_answer_cut_at_max_new_tokens_ends_in_a_whole_character(embedded_
     answer = generate(embedded_model, tokenizer, [CHINESE_PROMPT], max_new_tokens=3)[0]
     assert answer == raw_text.rstrip(REPLACEMENT_CHARACTER).strip() and answer
     assert REPLACEMENT_CHARACTER not in answer
+
+
+def test_a_streamed_chat_answer_cut_at_max_new_tokens_ends_in_a_whole_character(embedded_model_dir):
+    from scripts import chat
+
+    bot = chat.HFChat(Path(embedded_model_dir), chat.Params(max_new_tokens=3, temperature=0.0))
+    pieces = list(bot.stream(CHINESE_PROMPT))  # the greedy answer above: its third token stops inside a character
+    assert "".join(pieces).strip() and not "".join(pieces).endswith(REPLACEMENT_CHARACTER), pieces
 
 
 def test_a_tiny_run_shows_bars_records_numbers_and_sums_up_like_make_demo(tmp_path, capsys, monkeypatch):

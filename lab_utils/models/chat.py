@@ -132,6 +132,19 @@ def decode_whole_characters(tokenizer, token_ids) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True).rstrip(REPLACEMENT_CHARACTER)
 
 
+def whole_characters_stream(pieces):
+    """A streamed answer (transformers' TextIteratorStreamer), dropping a character cut in half at its very end, as
+    decode_whole_characters does; mid-stream the streamer already holds an unfinished character back. The last
+    piece is held until the stream ends."""
+    previous = None
+    for piece in pieces:
+        if previous is not None:
+            yield previous
+        previous = piece
+    if previous:
+        yield previous.rstrip(REPLACEMENT_CHARACTER)
+
+
 class TokenTicker:
     """A generate() stopping criterion that never stops: it advances a progress bar once per new token."""
 
