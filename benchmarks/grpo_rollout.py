@@ -30,10 +30,8 @@ import tempfile
 import time
 
 from benchmarks.common import (
-    MODEL_CONFIGS,
     SMOKE_MODEL,
     cuda_available,
-    ensure_random_model,
     peak_memory_gib,
     ratio,
     report,
@@ -42,20 +40,12 @@ from benchmarks.common import (
     skip_reasons,
     synchronize,
 )
+from lab_utils.models.random_models import model_folder
 
 ENGINES = ["hf", "vllm", "unsloth-vllm"]
 NEEDS = {"hf": [], "vllm": ["vllm"], "unsloth-vllm": ["cuda", "unsloth", "vllm"]}
 COLUMNS = ["model", "engine", "prompts", "group_size", "new_tokens", "tokens", "seconds", "tokens_per_s", "speed_vs_hf",
            "start_s", "peak_gib", "status"]
-
-
-def model_folder(name: str, tokenizer: str | None) -> str:
-    """A GPU shape (random weights, built once) or a real model (registry name or folder)."""
-    if name in MODEL_CONFIGS:
-        return ensure_random_model(name, tokenizer)
-    from lab_utils.models.registry import resolve_model
-
-    return str(resolve_model(name))
 
 
 def rollout_prompts(model_dir: str, n_prompts: int) -> list[list[int]]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from lab_utils.core.machine import (MemoryPoller, environment, peak_memory_gib, reset_peak_memory, run_isolated,
                                     skip_reasons)
-from lab_utils.models.random_models import MODEL_CONFIGS, SMOKE_MODEL, ensure_random_model, ensure_random_vision_model
+from lab_utils.models.random_models import SMOKE_MODEL, ensure_random_model, ensure_random_vision_model, model_folder
 from lab_utils.core.paths import REPO_ROOT, output_dir
 
 TEXT_MODEL = "qwen2.5-0.5b"  # the real shape the text cases train (random weights)
@@ -364,9 +364,8 @@ def why_skipped(case: Case, smoke: bool) -> str | None:
 def model_folders(cases: list[Case], smoke: bool) -> tuple[dict, list[dict]]:
     """The models the cases need, built once (random weights, real shapes); (folders, build rows)."""
     kinds = {c.model for c in cases if c.model != "none"}
-    if smoke:  # the tiny random Llama (built here once) or a registry name
-        return {kind: ensure_random_model(cpu) if cpu in MODEL_CONFIGS else cpu
-                for kind, (_, cpu) in MODELS.items() if cpu}, []
+    if smoke:  # the tiny random Llama and the tiny vision models, built here once
+        return {kind: model_folder(cpu) for kind, (_, cpu) in MODELS.items() if cpu}, []
     folders, rows = {}, []
     for kind in sorted(kinds):
         name = MODELS[kind][0]

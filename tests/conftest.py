@@ -7,7 +7,7 @@ points them elsewhere itself.
 """
 
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,27 +44,11 @@ LONGEST_FIRST = ["test_ddp", "test_grpo", "test_preference", "test_vllm", "test_
 
 
 def build_shared_models():
-    from lab_utils.models.random_models import SMOKE_MODEL, ensure_random_model
-    from lab_utils.models.registry import resolve_model
+    from lab_utils.models.random_models import SMOKE_MODEL, model_folder
 
-    for name in ("smollm2-135m", "tiny-qwen2.5-vl", "tiny-qwen3-vl"):
-        resolve_model(name)  # the embedded SmolLM2 converted from its GGUF; the tiny vision models built
-    ensure_random_model(SMOKE_MODEL)
-
-
-class SharedModels(threading.Thread):
-    """The build, in the background while pytest-xdist's workers start and collect (seconds even when nothing needs
-    building: the check imports torch and transformers)."""
-
-    def __init__(self):
-        super().__init__(name="shared-models", daemon=True)
-        self.error = None
-
-    def run(self):
-        try:
-            build_shared_models()
-        except BaseException as error:  # re-raised in the main thread, before any test
-            self.error = error
+    # the embedded SmolLM2 converted from its GGUF; the tiny vision models and the tiny random Llama built
+    for name in ("smollm2-135m", "tiny-qwen2.5-vl", "tiny-qwen3-vl", SMOKE_MODEL):
+        model_folder(name)
 
 
 def pytest_configure(config):
@@ -76,18 +60,17 @@ def pytest_configure(config):
     if not getattr(config.option, "numprocesses", None):  # one process: collection imports the same libraries, and
         build_shared_models()  # two threads importing transformers at once break its lazy imports
         return
-    config.shared_models = SharedModels()  # the xdist controller collects nothing: free while its workers start
-    config.shared_models.start()
+    # the xdist controller collects nothing: the check (seconds even when nothing needs building, as it imports
+    # torch and transformers) runs in the background while its workers start and collect
+    config.shared_models = ThreadPoolExecutor(max_workers=1).submit(build_shared_models)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
-    """Wait for the build before the first test is handed out (in one process, or to an xdist worker)."""
-    builder = getattr(session.config, "shared_models", None)
-    if builder is not None:
-        builder.join()
-        if builder.error is not None:
-            raise builder.error
+    """Wait for the build before the first test is handed out to an xdist worker."""
+    build = getattr(session.config, "shared_models", None)
+    if build is not None:
+        build.result()  # re-raises the build's error, before any test
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,8 +28,6 @@ CPU = Backend("hf", "test", "cpu")
 # The mechanics run on the tiny random Llama (two 32-wide heads: vLLM's CPU attention takes 32 up). Greedy parity
 # with HF needs the embedded SmolLM2: a random model's top logits are close enough for two kernels to tie-break apart.
 TINY = {**GRPO_TINY, "rollouts": "vllm"}
-# an adapter on every projection: publishing merges into the engine's packed qkv and gate_up weights too
-EVERY_PROJECTION = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUESTIONS = ["What is 12 + 30?", "Name three primary colors.", "Write one sentence about the sea.",
              "What is the capital of France?"]
 
@@ -107,12 +105,15 @@ def test_vllm_rollouts_train_with_the_adapter_published_at_each_step():
 @needs_vllm
 def test_a_published_adapter_gives_hfs_greedy_answers_token_for_token(tmp_path, embedded_model_dir, tokenizer):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from vllm import SamplingParams
 
+    from lab_utils.models.registry import lora_target_modules
     from lab_utils.training.vllm_engine import start_engine
 
-    run = fake_finished_run(tmp_path / "run", embedded_model_dir, 0, EVERY_PROJECTION)
+    # an adapter on every projection LoRA takes: publishing merges into the engine's packed qkv and gate_up weights
+    every_projection = lora_target_modules(AutoConfig.from_pretrained(embedded_model_dir), include_mlp=True)
+    run = fake_finished_run(tmp_path / "run", embedded_model_dir, 0, every_projection)
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
     tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
     prompt_ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,

@@ -90,7 +90,7 @@ def model_config(name: str, **special_token_ids):
 def build_random_model(name: str, tokenizer_source: str | None = None, seed: int = 0) -> str:
     """Save `name`'s shape with random bf16 weights (fp32 for the smoke model) once; return the folder."""
     target = random_model_dir(name)
-    if (target / "tokenizer_config.json").exists() and has_shape(target, name):
+    if is_built(name):
         return str(target)
     import torch
     from transformers import AutoModelForCausalLM
@@ -176,7 +176,7 @@ def build_random_vision_model(name: str, seed: int = 0) -> str:
     """Save `name`'s Qwen2.5-VL / Qwen3-VL shape with random bf16 weights once (the embedded tokenizer +
     vision tokens)."""
     target = random_model_dir(name)
-    if (target / "tokenizer_config.json").exists() and has_shape(target, name):
+    if is_built(name):
         return str(target)
     import torch
     import transformers
@@ -199,29 +199,27 @@ SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_h
               "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings")
 
 
-def has_shape(folder: Path, name: str) -> bool:
-    """Does the saved config.json have `name`'s shape now? A folder built by an older lab with another
-    shape (the smoke model's heads widened for vLLM) is rebuilt instead of silently reused."""
+def is_built(name: str) -> bool:
+    """Is `name`'s folder whole (tokenizer written last) and of `name`'s shape now? A folder built by an older lab
+    with another shape (the smoke model's heads widened for vLLM) is rebuilt instead of silently reused."""
+    folder = random_model_dir(name)
     try:
         saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     shape = MODEL_CONFIGS.get(name, {})
-    return all(saved.get(key) == shape[key] for key in SHAPE_KEYS if key in shape)
+    return (folder / "tokenizer_config.json").exists() and \
+        all(saved.get(key) == shape[key] for key in SHAPE_KEYS if key in shape)
 
 
 def _ensure_built(name: str, builder: str, payload: dict) -> str:
     """`name`'s folder, built once by `builder` in a child process (keeps this process free of a CUDA context);
     two processes asking at once (test workers, DDP ranks) build it once: the second waits, then finds it."""
     target = random_model_dir(name)
-
-    def built() -> bool:
-        return (target / "tokenizer_config.json").exists() and has_shape(target, name)
-
-    if built():
+    if is_built(name):
         return str(target)
     with build_lock(target):
-        if built():
+        if is_built(name):
             return str(target)
         result = run_isolated("lab_utils.models.random_models", builder, payload)
     if result["status"] != "ok":
@@ -235,3 +233,11 @@ def ensure_random_vision_model(name: str) -> str:
 
 def ensure_random_model(name: str, tokenizer_source: str | None = None) -> str:
     return _ensure_built(name, "build_random_model", {"name": name, "tokenizer_source": tokenizer_source})
+
+
+def model_folder(name: str, tokenizer_source: str | None = None) -> str:
+    """A random real-shape model's folder (a MODEL_CONFIGS name, built once) or a real model's (any name
+    resolve_model takes: a registry name, a folder, a hub id)."""
+    if name in MODEL_CONFIGS:
+        return ensure_random_model(name, tokenizer_source)
+    return str(resolve_model(name))
